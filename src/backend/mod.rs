@@ -14,7 +14,13 @@ pub struct BackendArgs {
 }
 
 /// Runs the reference backend until SIGTERM/SIGINT.
-pub async fn run_cli(_args: BackendArgs) -> anyhow::Result<()> {
+pub async fn run_cli(_args: BackendArgs) -> Result<(), BackendError> {
     let _ = Duration::ZERO;
     Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
 }

@@ -1,0 +1,411 @@
+//! Bodies that stream through the proxy frame by frame, never buffered.
+//!
+//! [`ResponseBody`] carries everything whose life must end with the response: the in-flight guard
+//! (least-connections counts a stream for as long as it is open), the upstream connection (back to
+//! the pool at end of body, closed if the client left early, so the backend sees the disconnect),
+//! the SSE watch (keepalives, endpoint learning, drain close) and the access-log record.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::sse::{BoundaryTracker, DRAIN_RETRY, EndpointScanner, KEEPALIVE};
+use crate::state::State;
+use crate::upstream::{InFlightGuard, PoolLimits};
+
+/// Errors a body can yield to hyper.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+}
+
+/// A client's request body on its way to a backend.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    limit: Option<u64>,
+    received: u64,
+    state: Option<Arc<State>>,
+}
+
+impl RequestBody {
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            limit: None,
+            received: 0,
+            state: None,
+        }
+    }
+
+    pub fn streaming(body: Incoming, limit: Option<u64>, state: Arc<State>) -> RequestBody {
+        RequestBody {
+            inner: Some(body),
+            limit,
+            received: 0,
+            state: Some(state),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            let len = data.map_or(0, |d| d.len() as u64);
+            this.received += len;
+            if let Some(state) = &this.state {
+                state.metrics.bytes_in.inc_by(len);
+            }
+            if let Some(limit) = this.limit.filter(|limit| this.received > *limit) {
+                this.inner = None;
+                return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
+            }
+        }
+        Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// What the access log says about one request, written when its response body ends.
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub state: Arc<State>,
+    pub method: http::Method,
+    pub path: String,
+    pub class: crate::router::RouteClass,
+    pub status: u16,
+    pub backend: Arc<str>,
+    pub pool: Arc<str>,
+    pub session: Option<String>,
+    pub started: Instant,
+    pub bytes: u64,
+    pub stream: bool,
+}
+
+impl AccessRecord {
+    /// Writes the access-log line (and stream metrics) for a request that ended with `outcome`.
+    pub fn finish(&self, outcome: &'static str) {
+        let elapsed = self.started.elapsed();
+        if self.stream {
+            self.state
+                .metrics
+                .stream_duration
+                .get_or_create(&crate::metrics::ClassLabels {
+                    class: self.class.as_str(),
+                })
+                .observe(elapsed.as_secs_f64());
+        }
+        tracing::info!(
+            target: "access",
+            method = %self.method,
+            path = %self.path,
+            class = self.class.as_str(),
+            status = self.status,
+            backend = %self.backend,
+            pool = %self.pool,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes = self.bytes,
+            session = self.session.as_deref().unwrap_or(""),
+            outcome,
+        );
+    }
+}
+
+/// What watches an SSE response as it passes.
+pub struct SseWatch {
+    boundary: BoundaryTracker,
+    /// Set on a legacy `GET /sse` stream until its `endpoint` event was seen.
+    endpoint: Option<EndpointScanner>,
+    keepalive: Option<(Pin<Box<Sleep>>, Duration)>,
+    close: Pin<Box<WaitForCancellationFutureOwned>>,
+    closing: bool,
+}
+
+impl SseWatch {
+    pub fn new(
+        learn_endpoint: bool,
+        keepalive: Option<Duration>,
+        close: tokio_util::sync::CancellationToken,
+    ) -> SseWatch {
+        SseWatch {
+            boundary: BoundaryTracker::default(),
+            endpoint: learn_endpoint.then(EndpointScanner::default),
+            keepalive: keepalive.map(|every| (Box::pin(tokio::time::sleep(every)), every)),
+            close: Box::pin(close.cancelled_owned()),
+            closing: false,
+        }
+    }
+}
+
+/// The parts of a proxied response that live until its last byte.
+pub struct UpstreamBody {
+    inner: Option<Incoming>,
+    guard: Option<InFlightGuard>,
+    sender: Option<SendRequest<RequestBody>>,
+    pool_limits: PoolLimits,
+    idle: Option<(Pin<Box<Sleep>>, Duration)>,
+    sse: Option<Box<SseWatch>>,
+    record: Option<AccessRecord>,
+    /// A last frame to send before ending (the drain `retry:`), then done.
+    last: Option<Bytes>,
+}
+
+pub struct UpstreamParts {
+    pub body: Incoming,
+    pub guard: InFlightGuard,
+    pub sender: SendRequest<RequestBody>,
+    pub pool_limits: PoolLimits,
+    pub idle_timeout: Option<Duration>,
+    pub sse: Option<SseWatch>,
+    pub record: AccessRecord,
+}
+
+/// The body of every response the proxy sends.
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Upstream(Box<UpstreamBody>),
+}
+
+impl ResponseBody {
+    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody::Full(Some(bytes.into()))
+    }
+
+    pub fn empty() -> ResponseBody {
+        ResponseBody::Full(None)
+    }
+
+    pub fn upstream(parts: UpstreamParts) -> ResponseBody {
+        ResponseBody::Upstream(Box::new(UpstreamBody {
+            inner: Some(parts.body),
+            guard: Some(parts.guard),
+            sender: Some(parts.sender),
+            pool_limits: parts.pool_limits,
+            idle: parts
+                .idle_timeout
+                .map(|d| (Box::pin(tokio::time::sleep(d)), d)),
+            sse: parts.sse.map(Box::new),
+            record: Some(parts.record),
+            last: None,
+        }))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Upstream(body) => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(bytes) => bytes.is_none(),
+            ResponseBody::Upstream(body) => body.inner.is_none() && body.last.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ResponseBody::Upstream(body) => body
+                .inner
+                .as_ref()
+                .filter(|_| body.sse.is_none())
+                .map_or_else(SizeHint::default, Body::size_hint),
+        }
+    }
+}
+
+impl UpstreamBody {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(last) = self.last.take() {
+            self.end("drained");
+            return Poll::Ready(Some(Ok(Frame::data(last))));
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(self.pass(frame)))),
+            Poll::Ready(Some(Err(error))) => {
+                self.end("upstream_error");
+                Poll::Ready(Some(Err(error)))
+            }
+            Poll::Ready(None) => {
+                self.complete();
+                Poll::Ready(None)
+            }
+            Poll::Pending => self.poll_timers(cx),
+        }
+    }
+
+    /// Forwards one frame as it is, noting what the SSE watch and the timers need.
+    fn pass(&mut self, frame: Frame<Bytes>) -> Frame<Bytes> {
+        if let Some(data) = frame.data_ref() {
+            if let Some(record) = &mut self.record {
+                record.bytes += data.len() as u64;
+                record.state.metrics.bytes_out.inc_by(data.len() as u64);
+            }
+            if let Some((sleep, every)) = &mut self.idle {
+                sleep.as_mut().reset(tokio::time::Instant::now() + *every);
+            }
+            if let Some(sse) = &mut self.sse {
+                sse.boundary.observe(data);
+                if let Some((sleep, every)) = &mut sse.keepalive {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *every);
+                }
+                self.scan_endpoint(data);
+                if self
+                    .sse
+                    .as_ref()
+                    .is_some_and(|s| s.closing && s.boundary.at_boundary())
+                {
+                    self.last = Some(Bytes::from_static(DRAIN_RETRY));
+                }
+            }
+        }
+        frame
+    }
+
+    /// Learns the legacy session from the `endpoint` event before the client can see it, so the
+    /// client's first POST already finds its owner.
+    fn scan_endpoint(&mut self, data: &Bytes) {
+        let Some(sse) = self.sse.as_mut() else { return };
+        let Some(scanner) = sse.endpoint.as_mut() else {
+            return;
+        };
+        let Some(url) = scanner.feed(data) else {
+            if scanner.is_done() {
+                sse.endpoint = None;
+            }
+            return;
+        };
+        sse.endpoint = None;
+        let query = url.split_once('?').map(|(_, q)| q);
+        let (Some(id), Some(guard), Some(record)) = (
+            query.and_then(crate::router::legacy_session_id),
+            self.guard.as_ref(),
+            self.record.as_mut(),
+        ) else {
+            return;
+        };
+        crate::forward::learn_session(&record.state, id, guard.backend());
+        record.session = Some(crate::forward::session_tag(id));
+    }
+
+    fn poll_timers(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(sse) = &mut self.sse {
+            if !sse.closing && sse.close.as_mut().poll(cx).is_ready() {
+                sse.closing = true;
+            }
+            if sse.closing && sse.boundary.at_boundary() {
+                if let Some(record) = &self.record {
+                    record.state.metrics.streams_drained.inc();
+                }
+                self.end("drained");
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(DRAIN_RETRY)))));
+            }
+            if let Some((sleep, every)) = &mut sse.keepalive
+                && sleep.as_mut().poll(cx).is_ready()
+            {
+                sleep.as_mut().reset(tokio::time::Instant::now() + *every);
+                // Registers the waker for the next tick.
+                let _ = sleep.as_mut().poll(cx);
+                if sse.boundary.at_boundary() && !sse.closing {
+                    sse.boundary.observe(KEEPALIVE);
+                    if let Some(record) = &self.record {
+                        record.state.metrics.keepalives.inc();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEPALIVE)))));
+                }
+            }
+        }
+        if let Some((sleep, _)) = &mut self.idle
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            self.end("idle_timeout");
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+
+    /// The backend finished the response: the connection can serve another request.
+    fn complete(&mut self) {
+        if let (Some(sender), Some(guard)) = (self.sender.take(), self.guard.as_ref()) {
+            guard.backend().checkin(sender, self.pool_limits);
+        }
+        self.finish("complete");
+    }
+
+    /// The response ends early: dropping the upstream body and connection closes it, so the
+    /// backend sees the request cancelled.
+    fn end(&mut self, outcome: &'static str) {
+        self.inner = None;
+        self.sender = None;
+        self.finish(outcome);
+    }
+
+    fn finish(&mut self, outcome: &'static str) {
+        self.inner = None;
+        self.idle = None;
+        self.guard = None;
+        if let Some(record) = self.record.take() {
+            record.finish(outcome);
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if self.record.is_some() {
+            self.finish("client_closed");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The running proxy: listeners, admin endpoint and background tasks around one shared [`State`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::state::State;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started proxy. Dropping it does not stop it: cancel the shutdown token, then [`Proxy::wait`].
+#[derive(Debug)]
+pub struct Proxy {
+    state: Arc<State>,
+    listeners: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    accept_loops: JoinSet<()>,
+    background: CancellationToken,
+}
+
+impl Proxy {
+    /// Binds every listener and starts serving; stops accepting when `shutdown` is cancelled.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Proxy, StartError> {
+        let bind = |address: SocketAddr| {
+            crate::listener::bind(address).map_err(|source| StartError::Bind { address, source })
+        };
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| bind(l.bind))
+            .collect::<Result<Vec<_>, _>>()?;
+        let admin = config.admin.as_ref().map(|a| bind(a.bind)).transpose()?;
+        let max_connections = config.limits.max_connections;
+        let state = Arc::new(State::new(config));
+        let background = CancellationToken::new();
+        let connections = Arc::new(Semaphore::new(max_connections));
+
+        let mut addresses = Vec::new();
+        let mut accept_loops = JoinSet::new();
+        for listener in listeners {
+            addresses.push(listener.local_addr().map_err(|source| StartError::Bind {
+                address: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?);
+            accept_loops.spawn(crate::listener::accept_loop(
+                listener,
+                Arc::clone(&state),
+                Arc::clone(&connections),
+                shutdown.clone(),
+            ));
+        }
+        let admin_address = match admin {
+            Some(listener) => {
+                let address = listener.local_addr().ok();
+                tokio::spawn(crate::admin::serve(
+                    listener,
+                    Arc::clone(&state),
+                    background.clone(),
+                ));
+                address
+            }
+            None => None,
+        };
+        tokio::spawn(maintain(Arc::clone(&state), background.clone()));
+        for address in &addresses {
+            tracing::info!(%address, "listening");
+        }
+        Ok(Proxy {
+            state,
+            listeners: addresses,
+            admin: admin_address,
+            shutdown,
+            accept_loops,
+            background,
+        })
+    }
+
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// The bound addresses of the client listeners, in config order.
+    pub fn listeners(&self) -> &[SocketAddr] {
+        &self.listeners
+    }
+
+    pub fn admin(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Waits for the shutdown signal, then drains: readiness fails at once, listeners close,
+    /// in-flight requests finish, and streams still open at the drain timeout are closed at an
+    /// event boundary with a `retry:` hint.
+    pub async fn wait(mut self) {
+        self.shutdown.cancelled().await;
+        self.state.begin_drain();
+        while self.accept_loops.join_next().await.is_some() {}
+        let drain = self.state.snapshot().config.timeouts.drain;
+        self.state.tasks.close();
+        tracing::info!(?drain, "draining connections");
+        if tokio::time::timeout(drain, self.state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!("drain timeout reached; closing remaining streams");
+            self.state.stream_root.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.state.tasks.wait()).await;
+        }
+        self.background.cancel();
+    }
+}
+
+/// Periodic upkeep: session expiry and drain deadlines.
+async fn maintain(state: Arc<State>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_expiry = Instant::now();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let finished = state.reap_drained(now);
+        if finished > 0 {
+            tracing::info!(
+                backends = finished,
+                "drain deadline reached; remaining streams closed"
+            );
+        }
+        let idle = state.snapshot().config.sessions.idle_timeout;
+        if now.duration_since(last_expiry) >= Duration::from_secs(10).min(idle) {
+            last_expiry = now;
+            let expired = state.sessions.expire(idle);
+            state.metrics.sessions_expired.inc_by(expired as u64);
+        }
+    }
+}

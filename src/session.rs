@@ -1,0 +1,182 @@
+//! The session table: which backend owns each MCP session id.
+//!
+//! Learned from responses (the `Mcp-Session-Id` header, the legacy `endpoint` event), forgotten on
+//! `DELETE` or when the owner says it no longer knows the session, and expired when idle. Sharded
+//! so that concurrent requests of different sessions rarely touch the same lock.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+
+const SHARDS: usize = 32;
+
+type Shard = RwLock<FxHashMap<Box<str>, Entry>>;
+
+#[derive(Debug)]
+struct Entry {
+    owner: Arc<str>,
+    /// Seconds since the table's epoch; atomics so a lookup needs only a read lock.
+    last_seen: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct SessionTable {
+    shards: Box<[Shard]>,
+    epoch: Instant,
+    len: AtomicUsize,
+    max: usize,
+}
+
+/// What happened to a learned session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    New,
+    Known,
+    TableFull,
+}
+
+impl SessionTable {
+    pub fn new(max: usize) -> SessionTable {
+        SessionTable {
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(FxHashMap::default()))
+                .collect(),
+            epoch: Instant::now(),
+            len: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    fn shard(&self, id: &str) -> &Shard {
+        let index = crate::balance::stable_hash(id.as_bytes()) as usize % SHARDS;
+        &self.shards[index]
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+
+    /// The owner's address, refreshing the session's idle clock.
+    pub fn owner(&self, id: &str) -> Option<Arc<str>> {
+        let shard = self
+            .shard(id)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = shard.get(id)?;
+        entry.last_seen.store(self.now(), Ordering::Relaxed);
+        Some(Arc::clone(&entry.owner))
+    }
+
+    pub fn learn(&self, id: &str, owner: &Arc<str>) -> Learned {
+        let mut shard = self
+            .shard(id)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = shard.get_mut(id) {
+            entry.owner = Arc::clone(owner);
+            entry.last_seen.store(self.now(), Ordering::Relaxed);
+            return Learned::Known;
+        }
+        if self.len.load(Ordering::Relaxed) >= self.max {
+            return Learned::TableFull;
+        }
+        let entry = Entry {
+            owner: Arc::clone(owner),
+            last_seen: AtomicU64::new(self.now()),
+        };
+        shard.insert(id.into(), entry);
+        self.len.fetch_add(1, Ordering::Relaxed);
+        Learned::New
+    }
+
+    pub fn forget(&self, id: &str) -> bool {
+        let mut shard = self
+            .shard(id)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let removed = shard.remove(id).is_some();
+        if removed {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Drops sessions idle for longer than `idle`; returns how many.
+    pub fn expire(&self, idle: Duration) -> usize {
+        let cutoff = self.now().saturating_sub(idle.as_secs());
+        let mut expired = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            let before = shard.len();
+            shard.retain(|_, e| e.last_seen.load(Ordering::Relaxed) >= cutoff);
+            expired += before - shard.len();
+        }
+        self.len.fetch_sub(expired, Ordering::Relaxed);
+        expired
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sessions per owner address, for the admin API.
+    pub fn count_by_owner(&self) -> FxHashMap<Arc<str>, usize> {
+        let mut counts: FxHashMap<Arc<str>, usize> = FxHashMap::default();
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            for entry in shard.values() {
+                *counts.entry(Arc::clone(&entry.owner)).or_default() += 1;
+            }
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn learn_lookup_forget() {
+        let table = SessionTable::new(10);
+        let owner: Arc<str> = Arc::from("127.0.0.1:3001");
+        assert_eq!(table.learn("abc", &owner), Learned::New);
+        assert_eq!(table.learn("abc", &owner), Learned::Known);
+        assert_eq!(table.owner("abc").as_deref(), Some("127.0.0.1:3001"));
+        assert_eq!(table.len(), 1);
+        assert!(table.forget("abc"));
+        assert!(table.owner("abc").is_none());
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let table = SessionTable::new(2);
+        let owner: Arc<str> = Arc::from("b:1");
+        assert_eq!(table.learn("1", &owner), Learned::New);
+        assert_eq!(table.learn("2", &owner), Learned::New);
+        assert_eq!(table.learn("3", &owner), Learned::TableFull);
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn expiry_keeps_fresh_sessions() {
+        let table = SessionTable::new(10);
+        let owner: Arc<str> = Arc::from("b:1");
+        table.learn("fresh", &owner);
+        assert_eq!(table.expire(Duration::from_secs(60)), 0);
+        assert_eq!(
+            table.expire(Duration::ZERO),
+            0,
+            "last_seen == now is not idle"
+        );
+        assert_eq!(table.len(), 1);
+    }
+}

@@ -1,0 +1,160 @@
+//! Reading an SSE stream as it passes, without holding any byte back.
+//!
+//! Two facts are needed: whether the bytes so far end at an event boundary (a keepalive comment or
+//! a closing `retry:` may only go there), and, at the start of a legacy `/sse` stream, the
+//! `endpoint` event that carries the session id.
+
+/// Comment injected into silent streams so idle timers along the path do not fire.
+pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
+/// Sent before closing a stream on drain: asks the client to reconnect soon (to the new fleet).
+pub const DRAIN_RETRY: &[u8] = b": switchyard: stream closed for drain, reconnect\nretry: 1000\n\n";
+
+/// How many bytes at the head of a stream are searched for the `endpoint` event.
+const ENDPOINT_SCAN_LIMIT: usize = 8 * 1024;
+
+/// Tracks whether the stream is between events; O(1) per chunk.
+#[derive(Debug, Clone, Default)]
+pub struct BoundaryTracker {
+    tail: [u8; 3],
+    seen: usize,
+}
+
+impl BoundaryTracker {
+    pub fn observe(&mut self, chunk: &[u8]) {
+        if chunk.len() >= 3 {
+            self.tail.copy_from_slice(&chunk[chunk.len() - 3..]);
+        } else {
+            for &byte in chunk {
+                self.tail = [self.tail[1], self.tail[2], byte];
+            }
+        }
+        self.seen = self.seen.saturating_add(chunk.len());
+    }
+
+    /// True before the first byte and after a blank line (`\n\n` or `\r\n\r\n`).
+    pub fn at_boundary(&self) -> bool {
+        self.seen == 0 || self.tail[1..] == *b"\n\n" || self.tail == *b"\n\r\n"
+    }
+}
+
+/// Looks for the legacy transport's `event: endpoint` in the first bytes of a stream.
+#[derive(Debug, Default)]
+pub struct EndpointScanner {
+    head: Vec<u8>,
+    done: bool,
+}
+
+impl EndpointScanner {
+    /// Feeds a chunk; returns the endpoint URL once its event is complete. Gives up after
+    /// [`ENDPOINT_SCAN_LIMIT`] bytes or once a first complete event was something else.
+    pub fn feed(&mut self, chunk: &[u8]) -> Option<String> {
+        if self.done {
+            return None;
+        }
+        let room = ENDPOINT_SCAN_LIMIT - self.head.len();
+        self.head.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let text = String::from_utf8_lossy(&self.head);
+        let normalized = text.replace("\r\n", "\n");
+        let mut complete = normalized.split("\n\n").collect::<Vec<_>>();
+        complete.pop(); // the unfinished tail
+        for event in complete {
+            match parse_event(event) {
+                Some(("endpoint", data)) => {
+                    self.done = true;
+                    return Some(data);
+                }
+                // Comments and retry-only blocks may come first; any real event ends the search.
+                Some(_) => {
+                    self.finish();
+                    return None;
+                }
+                None => {}
+            }
+        }
+        if self.head.len() >= ENDPOINT_SCAN_LIMIT {
+            self.finish();
+        }
+        None
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.head = Vec::new();
+    }
+}
+
+/// `(event name, data)` of one event block, or `None` for a block with no data.
+fn parse_event(block: &str) -> Option<(&str, String)> {
+    let mut name = "message";
+    let mut data: Option<String> = None;
+    for line in block.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => name = value,
+            "data" => {
+                let data = data.get_or_insert_with(String::new);
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(value);
+            }
+            _ => {}
+        }
+    }
+    data.map(|d| (name, d))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn boundary_across_chunk_splits() {
+        let mut t = BoundaryTracker::default();
+        assert!(t.at_boundary());
+        t.observe(b"data: 1\n");
+        assert!(!t.at_boundary());
+        t.observe(b"\n");
+        assert!(t.at_boundary());
+        t.observe(b"data: 2\r\n\r");
+        assert!(!t.at_boundary());
+        t.observe(b"\n");
+        assert!(t.at_boundary());
+        t.observe(b"event: x\ndata: 3\n\n");
+        assert!(t.at_boundary());
+        t.observe(b"da");
+        assert!(!t.at_boundary());
+    }
+
+    #[test]
+    fn finds_endpoint_split_over_chunks() {
+        let mut s = EndpointScanner::default();
+        assert_eq!(s.feed(b": hello\n\nevent: endp"), None);
+        assert_eq!(s.feed(b"oint\r\ndata: /messages?sessionId=abc"), None);
+        assert_eq!(
+            s.feed(b"\r\n\r\n").as_deref(),
+            Some("/messages?sessionId=abc")
+        );
+        assert!(s.is_done());
+        assert_eq!(s.feed(b"event: endpoint\ndata: /x\n\n"), None);
+    }
+
+    #[test]
+    fn gives_up_on_other_events_and_long_heads() {
+        let mut s = EndpointScanner::default();
+        assert_eq!(
+            s.feed(b"event: message\ndata: {}\n\nevent: endpoint\ndata: /m\n\n"),
+            None
+        );
+        assert!(s.is_done());
+        let mut s = EndpointScanner::default();
+        assert_eq!(s.feed(&vec![b':'; ENDPOINT_SCAN_LIMIT + 10]), None);
+        assert!(s.is_done());
+    }
+}

@@ -1,0 +1,350 @@
+//! Backends: live counters, health flags, and a pool of keep-alive HTTP/1.1 connections.
+//!
+//! A [`Backend`] outlives config reloads: the snapshot builder reuses the same `Arc<Backend>` for
+//! an address that stays, so its counters, health and idle connections carry over.
+//!
+//! The connection pool is ours rather than hyper-util's legacy `Client` because the proxy must
+//! retry a request on another backend when the connection fails before any byte was sent; the
+//! legacy client consumes the request on a connect error, while hyper's `try_send_request` on a
+//! connection we hold gives it back.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::RequestBody;
+
+/// One upstream server, identified by the address as written in the config.
+#[derive(Debug)]
+pub struct Backend {
+    pub address: Arc<str>,
+    pub authority: Authority,
+    /// Mixed into the client hash by the consistent ring; fixed per address so replicas agree.
+    pub ring_key: u64,
+    in_flight: AtomicUsize,
+    open_streams: AtomicUsize,
+    requests: AtomicU64,
+    healthy: AtomicBool,
+    drained_by_admin: AtomicBool,
+    /// Set when the backend left the config and its drain ended: its sessions are lost.
+    gone: AtomicBool,
+    stream_root: CancellationToken,
+    /// Streams watch the token current when they opened; closing streams cancels it and puts a
+    /// fresh one in place for streams that open later.
+    streams: Mutex<CancellationToken>,
+    idle: Mutex<Vec<IdleConnection>>,
+}
+
+#[derive(Debug)]
+struct IdleConnection {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// Why no response came from a backend. Every variant maps to a status in `error.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect to {address} failed: {source}")]
+    Connect {
+        address: Arc<str>,
+        source: std::io::Error,
+    },
+    #[error("connect to {address} timed out")]
+    ConnectTimeout { address: Arc<str> },
+    #[error("HTTP handshake with {address} failed: {source}")]
+    Handshake {
+        address: Arc<str>,
+        source: hyper::Error,
+    },
+    #[error("{address} did not answer within {timeout:?}")]
+    ResponseTimeout {
+        address: Arc<str>,
+        timeout: Duration,
+    },
+    #[error("{address} failed the request: {source}")]
+    Request {
+        address: Arc<str>,
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    /// True when the backend never received the request, so sending it elsewhere is safe.
+    pub fn request_not_sent(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect { .. }
+                | UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::Handshake { .. }
+        )
+    }
+}
+
+impl Backend {
+    pub fn new(address: &str, stream_root: &CancellationToken) -> Option<Arc<Backend>> {
+        let authority: Authority = address.parse().ok()?;
+        Some(Arc::new(Backend {
+            address: Arc::from(address),
+            ring_key: crate::balance::stable_hash(address.as_bytes()),
+            authority,
+            in_flight: AtomicUsize::new(0),
+            open_streams: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            drained_by_admin: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            stream_root: stream_root.clone(),
+            streams: Mutex::new(stream_root.child_token()),
+            idle: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Requests plus open streams: the least-connections load.
+    pub fn load(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn open_streams(&self) -> usize {
+        self.open_streams.load(Ordering::Relaxed)
+    }
+
+    pub fn requests_served(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    pub fn is_drained_by_admin(&self) -> bool {
+        self.drained_by_admin.load(Ordering::Relaxed)
+    }
+
+    pub fn set_drained_by_admin(&self, drained: bool) {
+        self.drained_by_admin.store(drained, Ordering::Relaxed);
+    }
+
+    /// May this backend take work that is not bound to one of its sessions?
+    pub fn takes_new_work(&self) -> bool {
+        self.is_healthy() && !self.is_drained_by_admin() && !self.is_gone()
+    }
+
+    /// May this backend serve requests of sessions it owns?
+    pub fn serves_its_sessions(&self) -> bool {
+        self.is_healthy() && !self.is_gone()
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+
+    /// The token a stream opening now must watch: cancelled when it has to close.
+    pub fn stream_token(&self) -> CancellationToken {
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Asks every stream open on this backend to close at its next event boundary.
+    pub fn close_streams(&self) {
+        let mut current = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        current.cancel();
+        *current = self.stream_root.child_token();
+    }
+
+    /// The end of a removed backend: its streams close, its sessions are lost.
+    pub fn retire(&self) {
+        self.gone.store(true, Ordering::Relaxed);
+        self.close_streams();
+        self.close_idle();
+    }
+
+    /// Counts one request until the guard drops (at end of response body, or disconnect).
+    pub fn start(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard {
+            backend: Arc::clone(self),
+            stream: false,
+        }
+    }
+
+    /// Sends `request` on a pooled or new connection, waiting at most `timeout` for the head.
+    ///
+    /// On a failure before the request left, the request is handed back for a retry elsewhere.
+    pub async fn send(
+        &self,
+        mut request: http::Request<RequestBody>,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+        limits: PoolLimits,
+    ) -> Result<Exchange, (UpstreamError, Option<http::Request<RequestBody>>)> {
+        // A pooled connection may have been closed by the backend a moment ago; hyper then gives
+        // the request back untouched and a fresh connection gets it.
+        loop {
+            let (mut sender, fresh) = match self.checkout(limits) {
+                Some(sender) => (sender, false),
+                None => match self.connect(connect_timeout).await {
+                    Ok(sender) => (sender, true),
+                    Err(error) => return Err((error, Some(request))),
+                },
+            };
+            let response =
+                tokio::time::timeout(response_timeout, sender.try_send_request(request)).await;
+            match response {
+                Ok(Ok(response)) => return Ok(Exchange { response, sender }),
+                Ok(Err(mut failed)) => match failed.take_message() {
+                    Some(unsent) if !fresh => request = unsent,
+                    unsent => {
+                        let error = UpstreamError::Request {
+                            address: Arc::clone(&self.address),
+                            source: failed.into_error(),
+                        };
+                        return Err((error, unsent));
+                    }
+                },
+                Err(_) => {
+                    let error = UpstreamError::ResponseTimeout {
+                        address: Arc::clone(&self.address),
+                        timeout: response_timeout,
+                    };
+                    return Err((error, None));
+                }
+            }
+        }
+    }
+
+    fn checkout(&self, limits: PoolLimits) -> Option<http1::SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(conn) = idle.pop() {
+            // Past the idle timeout the backend may be closing it right now: not worth the race.
+            if conn.sender.is_ready() && conn.since.elapsed() < limits.idle_timeout {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose response was read to the end, for the next request.
+    pub fn checkin(
+        self: &Arc<Self>,
+        mut sender: http1::SendRequest<RequestBody>,
+        limits: PoolLimits,
+    ) {
+        if sender.is_closed() || limits.max_idle == 0 {
+            return;
+        }
+        if sender.is_ready() {
+            self.park(sender, limits);
+            return;
+        }
+        // The connection task may not have seen the end of the body yet; like hyper-util's
+        // pool, wait for it off the request path rather than lose the connection.
+        let backend = Arc::clone(self);
+        tokio::spawn(async move {
+            let ready = tokio::time::timeout(Duration::from_secs(1), sender.ready()).await;
+            if matches!(ready, Ok(Ok(()))) {
+                backend.park(sender, limits);
+            }
+        });
+    }
+
+    fn park(&self, sender: http1::SendRequest<RequestBody>, limits: PoolLimits) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|c| now.duration_since(c.since) < limits.idle_timeout && !c.sender.is_closed());
+        if idle.len() < limits.max_idle {
+            idle.push(IdleConnection { sender, since: now });
+        }
+    }
+
+    /// Drops idle connections, e.g. when the backend left the config.
+    pub fn close_idle(&self) {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    async fn connect(
+        &self,
+        timeout: Duration,
+    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let address = || Arc::clone(&self.address);
+        let host = self.authority.host();
+        let port = self.authority.port_u16().unwrap_or(80);
+        let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout { address: address() })?
+            .map_err(|source| UpstreamError::Connect {
+                address: address(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake {
+                address: address(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// A response head plus the connection it came on, to be returned at end of body.
+pub struct Exchange {
+    pub response: http::Response<hyper::body::Incoming>,
+    pub sender: http1::SendRequest<RequestBody>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+}
+
+/// One unit of least-connections load; marks a stream too once the response turns out to be one.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    backend: Arc<Backend>,
+    stream: bool,
+}
+
+impl InFlightGuard {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    pub fn mark_stream(&mut self) {
+        if !self.stream {
+            self.stream = true;
+            self.backend.open_streams.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.stream {
+            self.backend.open_streams.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}

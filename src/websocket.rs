@@ -1,0 +1,49 @@
+//! WebSocket: once both sides have switched protocols, a byte tunnel between them.
+
+use std::sync::Arc;
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::body::AccessRecord;
+use crate::state::State;
+use crate::upstream::InFlightGuard;
+
+/// Runs the tunnel in the background; the guard counts it as an open stream until it closes, and
+/// it closes when the backend drains or the proxy shuts down.
+pub fn spawn_tunnel(
+    state: &Arc<State>,
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    guard: InFlightGuard,
+    mut record: AccessRecord,
+) {
+    let close = guard.backend().stream_token();
+    state.tasks.spawn(async move {
+        let outcome = tokio::select! {
+            outcome = tunnel(client, upstream, &mut record) => outcome,
+            () = close.cancelled() => "drained",
+        };
+        drop(guard);
+        record.finish(outcome);
+    });
+}
+
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, record: &mut AccessRecord) -> &'static str {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "websocket upgrade failed");
+            return "upgrade_failed";
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((to_backend, to_client)) => {
+            record.bytes = to_backend + to_client;
+            "complete"
+        }
+        Err(_) => "closed",
+    }
+}
