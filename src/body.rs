@@ -270,7 +270,15 @@ impl UpstreamBody {
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(self.pass(frame)))),
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = self.pass(frame);
+                // Servers stop polling once a sized body is written: finish now, or the
+                // connection would never return to the pool.
+                if self.inner.as_ref().is_some_and(Body::is_end_stream) && self.last.is_none() {
+                    self.complete();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Poll::Ready(Some(Err(error))) => {
                 self.end("upstream_error");
                 Poll::Ready(Some(Err(error)))

@@ -104,12 +104,15 @@ async fn proxy(
     let hash_client = meta.class.uses_client_hash().then_some(client_ip);
 
     let mut tried: Vec<Arc<str>> = Vec::new();
+    let mut last_error = None;
     let (guard, exchange) = loop {
         let backend = match &owner {
             Some(owner) => Arc::clone(owner),
-            None => snapshot
-                .pick_new(hash_client, &tried)
-                .ok_or(ProxyError::NoBackend)?,
+            None => match snapshot.pick_new(hash_client, &tried) {
+                Some(backend) => backend,
+                // Every candidate failed: report the last failure, not an empty pool.
+                None => return Err(last_error.map_or(ProxyError::NoBackend, ProxyError::from)),
+            },
         };
         let guard = backend.start();
         let sent = Instant::now();
@@ -153,6 +156,7 @@ async fn proxy(
                     {
                         tried.push(Arc::clone(&backend.address));
                         outgoing = request;
+                        last_error = Some(error);
                     }
                     _ => return Err(error.into()),
                 }

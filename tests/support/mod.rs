@@ -1,0 +1,432 @@
+//! Test fixtures: real sockets on 127.0.0.1:0, a small programmable HTTP backend, the real proxy.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use switchyard::config::Config;
+use switchyard::server::Proxy;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Polls `check` until it returns `Some`, failing the test at the deadline.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What a test backend saw.
+#[derive(Default)]
+pub struct Seen {
+    pub requests: AtomicUsize,
+    pub connections: AtomicUsize,
+    pub disconnects: AtomicUsize,
+    pub headers: Mutex<Vec<http::HeaderMap>>,
+    pub sessions: Mutex<Vec<String>>,
+    /// Legacy sessions: id → sender feeding that session's GET stream.
+    pub legacy: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Bytes>>>,
+}
+
+/// A small HTTP backend that speaks just enough MCP-over-HTTP to tell where each request landed.
+pub struct TestBackend {
+    pub name: String,
+    pub address: SocketAddr,
+    pub seen: Arc<Seen>,
+    stop: CancellationToken,
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl TestBackend {
+    pub async fn start(name: &str) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let seen = Arc::new(Seen::default());
+        let stop = CancellationToken::new();
+        let backend = TestBackend {
+            name: name.to_string(),
+            address,
+            seen: Arc::clone(&seen),
+            stop: stop.clone(),
+        };
+        let name = name.to_string();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                seen.connections.fetch_add(1, Ordering::SeqCst);
+                let seen = Arc::clone(&seen);
+                let name = name.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let seen = Arc::clone(&seen);
+                        let name = name.clone();
+                        async move { Ok::<_, Infallible>(route(&name, &seen, req).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades();
+                    tokio::select! {
+                        _ = conn => {}
+                        () = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+        backend
+    }
+
+    /// Stops accepting and drops every connection: the backend is dead.
+    pub fn kill(&self) {
+        self.stop.cancel();
+    }
+
+    pub fn requests(&self) -> usize {
+        self.seen.requests.load(Ordering::SeqCst)
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<BoxBody> {
+    let mut response = Response::new(Full::new(body.into()).boxed());
+    *response.status_mut() = status;
+    response
+}
+
+/// A streaming body fed by a channel; counts a disconnect when the proxy drops it.
+fn channel_body(seen: &Arc<Seen>) -> (tokio::sync::mpsc::UnboundedSender<Bytes>, BoxBody) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    struct OnDrop(Arc<Seen>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.disconnects.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let guard = OnDrop(Arc::clone(seen));
+    let stream = futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        let bytes = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(bytes)), (rx, guard)))
+    });
+    (tx, BodyExt::boxed(StreamBody::new(stream)))
+}
+
+fn sse(body: BoxBody) -> Response<BoxBody> {
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("cache-control", "no-cache".parse().unwrap());
+    response
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then_some(v)
+    })
+}
+
+static SESSION_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+async fn route(name: &str, seen: &Arc<Seen>, req: Request<Incoming>) -> Response<BoxBody> {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    seen.headers.lock().unwrap().push(req.headers().clone());
+    let path = req.uri().path().to_string();
+    match (req.method().as_str(), path.as_str()) {
+        ("GET", "/name") => text(StatusCode::OK, name.to_string()),
+        // Streamable HTTP: mint a session on initialize, answer with the owner's name, 404 strangers.
+        (_, "/mcp") => {
+            let session = req
+                .headers()
+                .get("mcp-session-id")
+                .map(|v| v.to_str().unwrap().to_string());
+            let method = req.method().clone();
+            let _ = req.into_body().collect().await;
+            match session {
+                None => {
+                    let id = format!("{name}-{}", SESSION_COUNTER.fetch_add(1, Ordering::SeqCst));
+                    seen.sessions.lock().unwrap().push(id.clone());
+                    let mut response = text(StatusCode::OK, format!(r#"{{"backend":"{name}"}}"#));
+                    response
+                        .headers_mut()
+                        .insert("mcp-session-id", id.parse().unwrap());
+                    response
+                }
+                Some(id) if seen.sessions.lock().unwrap().contains(&id) => {
+                    if method == http::Method::DELETE {
+                        seen.sessions.lock().unwrap().retain(|s| *s != id);
+                        return text(StatusCode::OK, "");
+                    }
+                    text(StatusCode::OK, format!(r#"{{"backend":"{name}"}}"#))
+                }
+                Some(_) => text(StatusCode::NOT_FOUND, "unknown session"),
+            }
+        }
+        // Legacy HTTP+SSE: the endpoint event names the session; POSTs are answered on the stream.
+        ("GET", "/sse") => {
+            let id = format!(
+                "{name}-legacy-{}",
+                SESSION_COUNTER.fetch_add(1, Ordering::SeqCst)
+            );
+            let (tx, body) = channel_body(seen);
+            tx.send(Bytes::from(format!(
+                "event: endpoint\ndata: /messages?sessionId={id}\n\n"
+            )))
+            .unwrap();
+            seen.legacy.lock().unwrap().insert(id, tx);
+            sse(body)
+        }
+        ("POST", "/messages") => {
+            let id = query_param(&req, "sessionId")
+                .unwrap_or_default()
+                .to_string();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let sender = seen.legacy.lock().unwrap().get(&id).cloned();
+            match sender {
+                Some(tx) => {
+                    let _ = tx.send(Bytes::from(format!(
+                        "event: message\ndata: {{\"backend\":\"{name}\",\"echo\":{}}}\n\n",
+                        String::from_utf8_lossy(&body)
+                    )));
+                    text(StatusCode::ACCEPTED, "Accepted")
+                }
+                None => text(StatusCode::NOT_FOUND, "unknown session"),
+            }
+        }
+        // Timestamped SSE events every `every_ms`, `count` of them.
+        (_, "/ticks") => {
+            let every = Duration::from_millis(
+                query_param(&req, "every_ms")
+                    .unwrap_or("200")
+                    .parse()
+                    .unwrap(),
+            );
+            let count: usize = query_param(&req, "count").unwrap_or("5").parse().unwrap();
+            let (tx, body) = channel_body(seen);
+            tokio::spawn(async move {
+                for i in 0..count {
+                    tokio::time::sleep(every).await;
+                    let sent = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_micros();
+                    if tx
+                        .send(Bytes::from(format!("id: {i}\ndata: {sent}\n\n")))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            sse(body)
+        }
+        // An SSE stream that stays open and silent until the client goes away.
+        ("GET", "/hold") | ("POST", "/hold") => {
+            let (tx, body) = channel_body(seen);
+            let first = query_param(&req, "first").map(|s| s.to_string());
+            if let Some(first) = first {
+                let _ = tx.send(Bytes::from(first.replace("%0A", "\n")));
+            }
+            tokio::spawn(async move {
+                tx.closed().await;
+            });
+            sse(body)
+        }
+        // Chunks separated by pauses, to see what the proxy adds between them.
+        ("GET", "/script") => {
+            let (tx, body) = channel_body(seen);
+            tokio::spawn(async move {
+                for (chunk, pause_ms) in [("data: a\n\n", 350), ("data: b", 350), ("\n\n", 0)] {
+                    if tx.send(Bytes::from_static(chunk.as_bytes())).is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                }
+            });
+            sse(body)
+        }
+        ("GET", "/headers") => {
+            let headers: HashMap<String, String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
+            text(StatusCode::OK, serde_json::to_string(&headers).unwrap())
+        }
+        ("POST", "/echo") => {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            text(StatusCode::OK, body)
+        }
+        ("GET", "/slow") => {
+            tokio::time::sleep(Duration::from_millis(
+                query_param(&req, "ms").unwrap_or("1000").parse().unwrap(),
+            ))
+            .await;
+            text(StatusCode::OK, "slow")
+        }
+        ("GET", "/ws") => websocket_echo(req),
+        _ => text(StatusCode::NOT_FOUND, "no such path"),
+    }
+}
+
+/// Accepts a WebSocket upgrade and echoes raw bytes: the proxy only tunnels, it never parses frames.
+fn websocket_echo(mut req: Request<Incoming>) -> Response<BoxBody> {
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            let mut io = TokioIo::new(upgraded);
+            let (mut reader, mut writer) = tokio::io::split(&mut io);
+            let _ = tokio::io::copy(&mut reader, &mut writer).await;
+        }
+    });
+    let mut response = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    response
+        .headers_mut()
+        .insert("upgrade", "websocket".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("connection", "upgrade".parse().unwrap());
+    response
+}
+
+/// A running proxy for one test; shut down and drained when dropped.
+pub struct TestProxy {
+    pub address: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub state: Arc<switchyard::state::State>,
+    pub shutdown: CancellationToken,
+    waiter: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TestProxy {
+    /// Starts the proxy on `config` (TOML), with every listener on port 0.
+    pub async fn start(config: &str) -> TestProxy {
+        let config = Config::parse(config, Path::new("test.toml")).unwrap();
+        let shutdown = CancellationToken::new();
+        let proxy = Proxy::start(config, shutdown.clone()).await.unwrap();
+        let address = proxy.listeners()[0];
+        let admin = proxy.admin();
+        let state = Arc::clone(proxy.state());
+        let waiter = tokio::spawn(proxy.wait());
+        TestProxy {
+            address,
+            admin,
+            state,
+            shutdown,
+            waiter: Some(waiter),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.unwrap())
+    }
+
+    /// Cancels the shutdown token and waits for the drain to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(waiter) = self.waiter.take() {
+            waiter.await.unwrap();
+        }
+    }
+
+    pub fn reload(&self, config: &str) -> Result<u64, String> {
+        let config = Config::parse(config, Path::new("test.toml")).map_err(|e| e.to_string())?;
+        switchyard::reload::apply(&self.state, config).map_err(|e| e.to_string())
+    }
+}
+
+/// A config with one listener on port 0, an admin listener, and the given pools (`name` → backends).
+pub fn config_for(pools: &[(&str, &[&TestBackend])], active: &str, extra: &str) -> String {
+    let mut text =
+        String::from("[[listener]]\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n");
+    for (name, backends) in pools {
+        let list: Vec<String> = backends
+            .iter()
+            .map(|b| format!("\"{}\"", b.address))
+            .collect();
+        text.push_str(&format!(
+            "[pools.{name}]\nbackends = [{}]\n\n",
+            list.join(", ")
+        ));
+    }
+    text.push_str(&format!("[routing]\nactive = {active}\n\n{extra}\n"));
+    text
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+/// Reads an SSE response until `count` events have arrived, returning each event's text and
+/// the instant it arrived.
+pub async fn read_events(
+    response: reqwest::Response,
+    count: usize,
+    timeout: Duration,
+) -> Vec<(String, Instant)> {
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    use futures_util::StreamExt;
+    while events.len() < count {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("events in time");
+        let Some(chunk) = chunk else { break };
+        buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            events.push((event, Instant::now()));
+        }
+    }
+    events
+}
+
+pub type Pinned<T> = Pin<Box<T>>;
