@@ -65,6 +65,9 @@ impl Proxy {
         let admin_address = match admin {
             Some(listener) => {
                 let address = listener.local_addr().ok();
+                if let Some(address) = address {
+                    tracing::info!(%address, "admin listening");
+                }
                 tokio::spawn(crate::admin::serve(
                     listener,
                     Arc::clone(&state),

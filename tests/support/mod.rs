@@ -277,6 +277,23 @@ async fn route(name: &str, seen: &Arc<Seen>, req: Request<Incoming>) -> Response
             });
             sse(body)
         }
+        // Endless events, each written in two chunks, so a stream is often mid-event.
+        ("GET", "/split") => {
+            let (tx, body) = channel_body(seen);
+            tokio::spawn(async move {
+                for i in 0.. {
+                    if tx.send(Bytes::from(format!("id: {i}\ndata: part"))).is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    if tx.send(Bytes::from_static(b"-end\n\n")).is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+            sse(body)
+        }
         ("GET", "/headers") => {
             let headers: HashMap<String, String> = req
                 .headers()
@@ -430,3 +447,15 @@ pub async fn read_events(
 }
 
 pub type Pinned<T> = Pin<Box<T>>;
+
+/// A child process killed when the test ends, pass or fail, so no stray proxy outlives it.
+pub struct KillOnDrop(pub Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
