@@ -177,8 +177,8 @@ pub struct UpstreamBody {
     idle: Option<(Pin<Box<Sleep>>, Duration)>,
     sse: Option<Box<SseWatch>>,
     record: Option<AccessRecord>,
-    /// A last frame to send before ending (the drain `retry:`), then done.
-    last: Option<Bytes>,
+    /// Set when a drain must close the stream right after the frame just passed.
+    close_next: bool,
 }
 
 pub struct UpstreamParts {
@@ -217,7 +217,7 @@ impl ResponseBody {
                 .map(|d| (Box::pin(tokio::time::sleep(d)), d)),
             sse: parts.sse.map(Box::new),
             record: Some(parts.record),
-            last: None,
+            close_next: false,
         }))
     }
 }
@@ -239,7 +239,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(bytes) => bytes.is_none(),
-            ResponseBody::Upstream(body) => body.inner.is_none() && body.last.is_none(),
+            ResponseBody::Upstream(body) => body.inner.is_none() && !body.close_next,
         }
     }
 
@@ -262,9 +262,8 @@ impl UpstreamBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(last) = self.last.take() {
-            self.end("drained");
-            return Poll::Ready(Some(Ok(Frame::data(last))));
+        if std::mem::take(&mut self.close_next) {
+            return Poll::Ready(Some(Ok(self.close_for_drain())));
         }
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
@@ -274,7 +273,7 @@ impl UpstreamBody {
                 let frame = self.pass(frame);
                 // Servers stop polling once a sized body is written: finish now, or the
                 // connection would never return to the pool.
-                if self.inner.as_ref().is_some_and(Body::is_end_stream) && self.last.is_none() {
+                if self.inner.as_ref().is_some_and(Body::is_end_stream) && !self.close_next {
                     self.complete();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -312,7 +311,7 @@ impl UpstreamBody {
                     .as_ref()
                     .is_some_and(|s| s.closing && s.boundary.at_boundary())
                 {
-                    self.last = Some(Bytes::from_static(DRAIN_RETRY));
+                    self.close_next = true;
                 }
             }
         }
@@ -354,11 +353,7 @@ impl UpstreamBody {
                 sse.closing = true;
             }
             if sse.closing && sse.boundary.at_boundary() {
-                if let Some(record) = &self.record {
-                    record.state.metrics.streams_drained.inc();
-                }
-                self.end("drained");
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(DRAIN_RETRY)))));
+                return Poll::Ready(Some(Ok(self.close_for_drain())));
             }
             if let Some((sleep, every)) = &mut sse.keepalive
                 && sleep.as_mut().poll(cx).is_ready()
@@ -382,6 +377,16 @@ impl UpstreamBody {
             return Poll::Ready(None);
         }
         Poll::Pending
+    }
+
+    /// Ends a stream that must close for a drain, at an event boundary: the last frame asks
+    /// the client to reconnect soon (and so land on the pool that now takes new work).
+    fn close_for_drain(&mut self) -> Frame<Bytes> {
+        if let Some(record) = &self.record {
+            record.state.metrics.streams_drained.inc();
+        }
+        self.end("drained");
+        Frame::data(Bytes::from_static(DRAIN_RETRY))
     }
 
     /// The backend finished the response: the connection can serve another request.

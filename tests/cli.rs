@@ -4,7 +4,10 @@
 use std::process::Command;
 
 fn switchyard(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_switchyard")).args(args).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -26,7 +29,10 @@ fn check_accepts_the_example_config_and_summarises_it() {
     let (code, stdout, _) = switchyard(&["check", "--config", example]);
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("listener  127.0.0.1:8080"), "{stdout}");
-    assert!(stdout.contains("pool      blue: 127.0.0.1:3001 (weight 1)"), "{stdout}");
+    assert!(
+        stdout.contains("pool      blue: 127.0.0.1:3001 (weight 1)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("active    blue"), "{stdout}");
     assert!(stdout.contains("configuration is valid"), "{stdout}");
 }
@@ -46,25 +52,43 @@ fn check_reports_file_line_and_column() {
 
 #[test]
 fn check_reports_syntax_errors_and_unknown_keys() {
-    let path = write_config("syntax.toml", "[[listener]]\nbind = \"127.0.0.1:8080\nport = 1\n");
+    let path = write_config(
+        "syntax.toml",
+        "[[listener]]\nbind = \"127.0.0.1:8080\nport = 1\n",
+    );
     let (code, _, stderr) = switchyard(&["check", "--config", path.to_str().unwrap()]);
     assert_ne!(code, 0);
-    assert!(stderr.starts_with(&format!("{}:2:", path.display())), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:2:", path.display())),
+        "{stderr}"
+    );
 
-    let path = write_config("unknown.toml", "[[listener]]\nbind = \"127.0.0.1:8080\"\nworkers = 4\n");
+    let path = write_config(
+        "unknown.toml",
+        "[[listener]]\nbind = \"127.0.0.1:8080\"\nworkers = 4\n",
+    );
     let (code, _, stderr) = switchyard(&["check", "--config", path.to_str().unwrap()]);
     assert_ne!(code, 0);
-    assert!(stderr.starts_with(&format!("{}:3:1: unknown field `workers`", path.display())), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:3:1: unknown field `workers`", path.display())),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn check_and_run_refuse_a_missing_file() {
     let (code, _, stderr) = switchyard(&["check", "--config", "/nonexistent/switchyard.toml"]);
     assert_ne!(code, 0);
-    assert!(stderr.contains("/nonexistent/switchyard.toml: cannot read"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/switchyard.toml: cannot read"),
+        "{stderr}"
+    );
     let (code, _, stderr) = switchyard(&["run", "--config", "/nonexistent/switchyard.toml"]);
     assert_ne!(code, 0);
-    assert!(stderr.contains("/nonexistent/switchyard.toml: cannot read"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/switchyard.toml: cannot read"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -75,5 +99,8 @@ fn run_refuses_an_invalid_config_with_the_same_message() {
     assert_ne!(check_code, 0);
     assert_ne!(run_code, 0);
     assert_eq!(check_err.lines().last(), run_err.lines().last());
-    assert!(run_err.contains(":2:8: `nowhere` is not an address"), "{run_err}");
+    assert!(
+        run_err.contains(":2:8: `nowhere` is not an address"),
+        "{run_err}"
+    );
 }

@@ -17,7 +17,11 @@ fn owner_of(session: &str) -> &str {
 }
 
 fn pool_of(backend: &str) -> &'static str {
-    if backend.starts_with('g') { "green" } else { "blue" }
+    if backend.starts_with('g') {
+        "green"
+    } else {
+        "blue"
+    }
 }
 
 #[derive(Default)]
@@ -29,12 +33,26 @@ struct Tally {
 }
 
 /// A Streamable HTTP session that keeps calling until `stop`; every answer must come from its owner.
-async fn streamable_session(client: reqwest::Client, url: String, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+async fn streamable_session(
+    client: reqwest::Client,
+    url: String,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
     let init = client.post(&url).body("{}").send().await.unwrap();
     assert_eq!(init.status(), 200);
-    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     while !stop.load(Ordering::Relaxed) {
-        match client.post(&url).header("mcp-session-id", &session).body("{}").send().await {
+        match client
+            .post(&url)
+            .header("mcp-session-id", &session)
+            .body("{}")
+            .send()
+            .await
+        {
             Ok(reply) if reply.status() == 200 => {
                 let body = reply.text().await.unwrap_or_default();
                 if body != format!(r#"{{"backend":"{}"}}"#, owner_of(&session)) {
@@ -52,12 +70,24 @@ async fn streamable_session(client: reqwest::Client, url: String, stop: Arc<Atom
 
 /// A legacy HTTP+SSE session: its GET stream must stay open, and every POST's answer must come
 /// back on it.
-async fn legacy_session(client: reqwest::Client, base: String, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
-    let stream = client.get(format!("{base}/sse")).header("accept", "text/event-stream").send().await.unwrap();
+async fn legacy_session(
+    client: reqwest::Client,
+    base: String,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
+    let stream = client
+        .get(format!("{base}/sse"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
     let mut bytes = stream.bytes_stream();
     let mut buffer = String::new();
     let endpoint = loop {
-        buffer.push_str(&String::from_utf8_lossy(&bytes.next().await.unwrap().unwrap()));
+        buffer.push_str(&String::from_utf8_lossy(
+            &bytes.next().await.unwrap().unwrap(),
+        ));
         if let Some(line) = buffer.lines().find(|l| l.starts_with("data: ")) {
             break line.trim_start_matches("data: ").to_string();
         }
@@ -66,7 +96,12 @@ async fn legacy_session(client: reqwest::Client, base: String, stop: Arc<AtomicB
     buffer.clear();
     let mut answered = 0;
     while !stop.load(Ordering::Relaxed) {
-        match client.post(format!("{base}{endpoint}")).body("1").send().await {
+        match client
+            .post(format!("{base}{endpoint}"))
+            .body("1")
+            .send()
+            .await
+        {
             Ok(reply) if reply.status() == 202 => {}
             _ => {
                 tally.failures.fetch_add(1, Ordering::Relaxed);
@@ -100,11 +135,20 @@ async fn legacy_session(client: reqwest::Client, base: String, stop: Arc<AtomicB
 /// flip new sessions land on the new active pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_flips_under_load_lose_nothing() {
-    let blue = [TestBackend::start("b1").await, TestBackend::start("b2").await];
-    let green = [TestBackend::start("g1").await, TestBackend::start("g2").await];
+    let blue = [
+        TestBackend::start("b1").await,
+        TestBackend::start("b2").await,
+    ];
+    let green = [
+        TestBackend::start("g1").await,
+        TestBackend::start("g2").await,
+    ];
     let pools = |active: &str| {
         config_for(
-            &[("blue", &[&blue[0], &blue[1]]), ("green", &[&green[0], &green[1]])],
+            &[
+                ("blue", &[&blue[0], &blue[1]]),
+                ("green", &[&green[0], &green[1]]),
+            ],
             &format!("\"{active}\""),
             "[timeouts]\ndrain = \"60s\"\n",
         )
@@ -117,31 +161,67 @@ async fn blue_green_flips_under_load_lose_nothing() {
     for i in 0..200 {
         let (client, stop, tally) = (client.clone(), Arc::clone(&stop), Arc::clone(&tally));
         if i % 2 == 0 {
-            tasks.push(tokio::spawn(streamable_session(client, proxy.url("/mcp"), stop, tally)));
+            tasks.push(tokio::spawn(streamable_session(
+                client,
+                proxy.url("/mcp"),
+                stop,
+                tally,
+            )));
         } else {
-            tasks.push(tokio::spawn(legacy_session(client, proxy.url(""), stop, tally)));
+            tasks.push(tokio::spawn(legacy_session(
+                client,
+                proxy.url(""),
+                stop,
+                tally,
+            )));
         }
     }
     let started = Instant::now();
-    for (flip, active) in ["green", "blue", "green", "blue", "green"].into_iter().enumerate() {
+    for (flip, active) in ["green", "blue", "green", "blue", "green"]
+        .into_iter()
+        .enumerate()
+    {
         tokio::time::sleep(Duration::from_secs(2)).await;
         proxy.reload(&pools(active)).unwrap();
         // New work goes to the new pool at once.
         for _ in 0..4 {
-            let init = client.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
-            let session = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
-            assert_eq!(pool_of(owner_of(&session)), active, "flip {flip}: new session {session}");
+            let init = client
+                .post(proxy.url("/mcp"))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let session = init.headers()["mcp-session-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(
+                pool_of(owner_of(&session)),
+                active,
+                "flip {flip}: new session {session}"
+            );
         }
     }
     assert!(started.elapsed() < Duration::from_secs(12));
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
-        tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
     let calls = tally.calls.load(Ordering::Relaxed);
     assert_eq!(tally.failures.load(Ordering::Relaxed), 0, "failed calls");
-    assert_eq!(tally.dropped_streams.load(Ordering::Relaxed), 0, "dropped streams");
-    assert_eq!(tally.wrong_owner.load(Ordering::Relaxed), 0, "answers from a stranger");
+    assert_eq!(
+        tally.dropped_streams.load(Ordering::Relaxed),
+        0,
+        "dropped streams"
+    );
+    assert_eq!(
+        tally.wrong_owner.load(Ordering::Relaxed),
+        0,
+        "answers from a stranger"
+    );
     assert!(calls > 2000, "only {calls} calls were made");
     assert_eq!(proxy.state.snapshot().generation, 6);
 }
@@ -153,18 +233,38 @@ async fn invalid_reload_changes_nothing() {
     let good = config_for(&[("blue", &[&a])], "\"blue\"", "");
     let proxy = TestProxy::start(&good).await;
     let client = client();
-    let init = client.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
-    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let init = client
+        .post(proxy.url("/mcp"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     for (bad, why) in [
         (good.replace("[routing]", "[routing"), "syntax"),
-        (good.replace("active = \"blue\"", "active = \"green\""), "`green`"),
-        (good.replace(&a.address.to_string(), "not-an-address"), "needs a port"),
+        (
+            good.replace("active = \"blue\"", "active = \"green\""),
+            "`green`",
+        ),
+        (
+            good.replace(&a.address.to_string(), "not-an-address"),
+            "needs a port",
+        ),
     ] {
         let error = proxy.reload(&bad).unwrap_err();
         assert!(error.contains(why) || why == "syntax", "{error}");
         assert!(error.starts_with("test.toml:"), "{error}");
         assert_eq!(proxy.state.snapshot().generation, 1, "nothing changed");
-        let reply = client.post(proxy.url("/mcp")).header("mcp-session-id", &session).body("{}").send().await.unwrap();
+        let reply = client
+            .post(proxy.url("/mcp"))
+            .header("mcp-session-id", &session)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(reply.status(), 200);
     }
 }
@@ -181,26 +281,66 @@ async fn admin_reload_reports_the_outcome() {
     std::fs::write(&path, &text).unwrap();
     let config = switchyard::config::Config::load(&path).unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let proxy = switchyard::server::Proxy::start(config, shutdown.clone()).await.unwrap();
+    let proxy = switchyard::server::Proxy::start(config, shutdown.clone())
+        .await
+        .unwrap();
     let admin = format!("http://{}", proxy.admin().unwrap());
     let client = client();
 
-    std::fs::write(&path, text.replace("active = \"blue\"", "active = \"green\"")).unwrap();
-    let reply: serde_json::Value = client.post(format!("{admin}/reload")).send().await.unwrap().json().await.unwrap();
+    std::fs::write(
+        &path,
+        text.replace("active = \"blue\"", "active = \"green\""),
+    )
+    .unwrap();
+    let reply: serde_json::Value = client
+        .post(format!("{admin}/reload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(reply["reloaded"], true);
     assert_eq!(reply["generation"], 2);
 
-    std::fs::write(&path, text.replace("active = \"blue\"", "active = \"purple\"")).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("active = \"blue\"", "active = \"purple\""),
+    )
+    .unwrap();
     let response = client.post(format!("{admin}/reload")).send().await.unwrap();
     assert_eq!(response.status(), 422);
     let reply: serde_json::Value = response.json().await.unwrap();
     assert_eq!(reply["reloaded"], false);
-    assert!(reply["error"].as_str().unwrap().contains("`purple`"), "{reply}");
-    let status: serde_json::Value = client.get(format!("{admin}/status")).send().await.unwrap().json().await.unwrap();
+    assert!(
+        reply["error"].as_str().unwrap().contains("`purple`"),
+        "{reply}"
+    );
+    let status: serde_json::Value = client
+        .get(format!("{admin}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(status["generation"], 2);
-    let metrics = client.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("switchyard_reloads_total{outcome=\"failure\"} 1"), "{metrics}");
-    assert!(metrics.contains("switchyard_reloads_total{outcome=\"success\"} 1"), "{metrics}");
+    let metrics = client
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchyard_reloads_total{outcome=\"failure\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_reloads_total{outcome=\"success\"} 1"),
+        "{metrics}"
+    );
     shutdown.cancel();
     proxy.wait().await;
 }
@@ -212,26 +352,54 @@ async fn drain_deadline_closes_streams_at_an_event_boundary() {
     let blue = TestBackend::start("b1").await;
     let green = TestBackend::start("g1").await;
     let pools = |active: &str| {
-        config_for(&[("blue", &[&blue]), ("green", &[&green])], &format!("\"{active}\""), "[timeouts]\ndrain = \"400ms\"\n")
+        config_for(
+            &[("blue", &[&blue]), ("green", &[&green])],
+            &format!("\"{active}\""),
+            "[timeouts]\ndrain = \"400ms\"\n",
+        )
     };
     let proxy = TestProxy::start(&pools("blue")).await;
     let client = client();
-    let stream = client.get(proxy.url("/split")).header("accept", "text/event-stream").send().await.unwrap();
+    let stream = client
+        .get(proxy.url("/split"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(blue.requests(), 1);
     let flipped = Instant::now();
     proxy.reload(&pools("green")).unwrap();
-    let raw = tokio::time::timeout(Duration::from_secs(5), stream.bytes()).await.unwrap().unwrap();
+    let raw = tokio::time::timeout(Duration::from_secs(5), stream.bytes())
+        .await
+        .unwrap()
+        .unwrap();
     let closed_after = flipped.elapsed();
     let raw = String::from_utf8(raw.to_vec()).unwrap();
-    assert!(closed_after >= Duration::from_millis(400), "closed before the deadline: {closed_after:?}");
-    assert!(closed_after < Duration::from_secs(2), "closed late: {closed_after:?}");
-    let retry = raw.rfind(": switchyard: stream closed for drain").expect("drain notice");
+    assert!(
+        closed_after >= Duration::from_millis(400),
+        "closed before the deadline: {closed_after:?}"
+    );
+    assert!(
+        closed_after < Duration::from_secs(2),
+        "closed late: {closed_after:?}"
+    );
+    let retry = raw
+        .rfind(": switchyard: stream closed for drain")
+        .expect("drain notice");
     assert!(raw.ends_with("retry: 1000\n\n"), "{raw:?}");
     let before = &raw[..retry];
     assert!(before.ends_with("-end\n\n"), "closed mid-event: {raw:?}");
-    assert_eq!(before.matches("data: part").count(), before.matches("-end\n\n").count());
+    assert_eq!(
+        before.matches("data: part").count(),
+        before.matches("-end\n\n").count()
+    );
     // The reconnect lands on the new pool.
-    let again = client.get(proxy.url("/hold")).header("accept", "text/event-stream").send().await.unwrap();
+    let again = client
+        .get(proxy.url("/hold"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 200);
     assert_eq!(green.requests(), 1);
     assert_eq!(proxy.state.metrics.streams_drained.get(), 1);
@@ -245,19 +413,55 @@ async fn removed_backend_serves_sessions_until_its_drain_ends() {
     let extra = "[timeouts]\ndrain = \"500ms\"\n";
     let proxy = TestProxy::start(&config_for(&[("blue", &[&a])], "\"blue\"", extra)).await;
     let client = client();
-    let init = client.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
-    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
-    proxy.reload(&config_for(&[("blue", &[&b])], "\"blue\"", extra)).unwrap();
-    let during = client.post(proxy.url("/mcp")).header("mcp-session-id", &session).body("{}").send().await.unwrap();
+    let init = client
+        .post(proxy.url("/mcp"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    proxy
+        .reload(&config_for(&[("blue", &[&b])], "\"blue\"", extra))
+        .unwrap();
+    let during = client
+        .post(proxy.url("/mcp"))
+        .header("mcp-session-id", &session)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(during.status(), 200);
     assert_eq!(during.text().await.unwrap(), r#"{"backend":"b1"}"#);
-    eventually("session lost after the drain", Duration::from_secs(5), async || {
-        let reply = client.post(proxy.url("/mcp")).header("mcp-session-id", &session).body("{}").send().await.unwrap();
-        (reply.status() == 404).then_some(())
-    })
+    eventually(
+        "session lost after the drain",
+        Duration::from_secs(5),
+        async || {
+            let reply = client
+                .post(proxy.url("/mcp"))
+                .header("mcp-session-id", &session)
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            (reply.status() == 404).then_some(())
+        },
+    )
     .await;
-    let fresh = client.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
-    assert!(fresh.headers()["mcp-session-id"].to_str().unwrap().starts_with("b2-"));
+    let fresh = client
+        .post(proxy.url("/mcp"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        fresh.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("b2-")
+    );
 }
 
 /// SIGTERM: readiness fails at once, the in-flight call completes, the process exits 0 within the
@@ -268,7 +472,15 @@ async fn sigterm_finishes_in_flight_calls_then_exits_zero() {
     let dir = std::env::temp_dir().join(format!("switchyard-sigterm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("switchyard.toml");
-    std::fs::write(&path, config_for(&[("blue", &[&backend])], "\"blue\"", "[timeouts]\ndrain = \"5s\"\n")).unwrap();
+    std::fs::write(
+        &path,
+        config_for(
+            &[("blue", &[&backend])],
+            "\"blue\"",
+            "[timeouts]\ndrain = \"5s\"\n",
+        ),
+    )
+    .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["run", "--config", path.to_str().unwrap()])
         .stdout(Stdio::null())
@@ -282,8 +494,13 @@ async fn sigterm_finishes_in_flight_calls_then_exits_zero() {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("address=").nth(1) {
-                let kind = if line.contains("admin listening") { "admin" } else { "proxy" };
-                let _ = addresses_tx.send((kind, rest.split_whitespace().next().unwrap().to_string()));
+                let kind = if line.contains("admin listening") {
+                    "admin"
+                } else {
+                    "proxy"
+                };
+                let _ =
+                    addresses_tx.send((kind, rest.split_whitespace().next().unwrap().to_string()));
             }
         }
     });
@@ -291,22 +508,46 @@ async fn sigterm_finishes_in_flight_calls_then_exits_zero() {
     let mut admin = None;
     while proxy.is_none() || admin.is_none() {
         let (kind, address) = addresses_rx.recv_timeout(Duration::from_secs(20)).unwrap();
-        if kind == "admin" { admin = Some(address) } else { proxy = Some(address) }
+        if kind == "admin" {
+            admin = Some(address)
+        } else {
+            proxy = Some(address)
+        }
     }
     let (proxy, admin) = (proxy.unwrap(), admin.unwrap());
     let client = client();
-    assert_eq!(client.get(format!("http://{admin}/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let slow = tokio::spawn({
         let client = client.clone();
         let url = format!("http://{proxy}/slow?ms=1500");
         async move { client.get(url).send().await.unwrap() }
     });
-    eventually("slow call reached the backend", Duration::from_secs(5), async || (backend.requests() == 1).then_some(())).await;
+    eventually(
+        "slow call reached the backend",
+        Duration::from_secs(5),
+        async || (backend.requests() == 1).then_some(()),
+    )
+    .await;
     let signalled = Instant::now();
-    let killed = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     eventually("readyz turns 503", Duration::from_secs(2), async || {
-        let ready = client.get(format!("http://{admin}/readyz")).send().await.ok()?;
+        let ready = client
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .ok()?;
         (ready.status() == 503).then_some(())
     })
     .await;
@@ -314,7 +555,13 @@ async fn sigterm_finishes_in_flight_calls_then_exits_zero() {
     assert_eq!(reply.status(), 200);
     assert_eq!(reply.text().await.unwrap(), "slow");
     let mut process = child.0.take().unwrap();
-    let status = tokio::task::spawn_blocking(move || process.wait().unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || process.wait().unwrap())
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(signalled.elapsed() < Duration::from_secs(5), "exit took {:?}", signalled.elapsed());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "exit took {:?}",
+        signalled.elapsed()
+    );
 }

@@ -282,7 +282,10 @@ async fn route(name: &str, seen: &Arc<Seen>, req: Request<Incoming>) -> Response
             let (tx, body) = channel_body(seen);
             tokio::spawn(async move {
                 for i in 0.. {
-                    if tx.send(Bytes::from(format!("id: {i}\ndata: part"))).is_err() {
+                    if tx
+                        .send(Bytes::from(format!("id: {i}\ndata: part")))
+                        .is_err()
+                    {
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(30)).await;
