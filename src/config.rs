@@ -17,6 +17,8 @@ use toml::Spanned;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub source: PathBuf,
+    /// Hash of the text this config was parsed from: the file watch compares against it.
+    pub digest: u64,
     pub listeners: Vec<ListenerConfig>,
     pub admin: Option<AdminConfig>,
     pub pools: BTreeMap<String, PoolConfig>,
@@ -26,6 +28,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub upstream: UpstreamConfig,
     pub limits: Limits,
+    /// Poll the config file this often and reload when it changes; `None` = off.
+    pub watch_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -166,8 +170,11 @@ impl Config {
         };
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| place(e.span(), e.message().trim().to_string()))?;
-        raw.validate(source)
-            .map_err(|Invalid { span, message }| place(span, message))
+        let mut config = raw
+            .validate(source)
+            .map_err(|Invalid { span, message }| place(span, message))?;
+        config.digest = crate::balance::stable_hash(text.as_bytes());
+        Ok(config)
     }
 
     /// A short human summary, printed by `switchyard check`.
@@ -257,6 +264,14 @@ struct RawConfig {
     upstream: RawUpstream,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    reload: RawReload,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    watch_interval: RawDuration,
 }
 
 #[derive(Deserialize)]
@@ -400,6 +415,7 @@ impl RawConfig {
             .collect::<Result<_, _>>()?;
         Ok(Config {
             source: source.to_path_buf(),
+            digest: 0,
             listeners,
             admin,
             pools,
@@ -434,6 +450,7 @@ impl RawConfig {
                     Duration::from_secs(10),
                 )?,
             },
+            watch_interval: optional_duration(&self.reload.watch_interval, Duration::ZERO)?,
         })
     }
 }

@@ -41,6 +41,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Ask a running proxy to reload its config file, through its admin listener.
+    Reload {
+        /// The running proxy's config file: its `[admin] bind` is the address to call.
+        #[arg(long, short, required_unless_present = "admin")]
+        config: Option<PathBuf>,
+        /// The admin listener's address, instead of reading it from the config.
+        #[arg(long, conflicts_with = "config")]
+        admin: Option<std::net::SocketAddr>,
+    },
     /// Run the bundled reference MCP server.
     Backend(switchyard::backend::BackendArgs),
 }
@@ -51,6 +60,9 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
+        Command::Reload { config, admin } => {
+            runtime().and_then(|rt| rt.block_on(reload(config.as_deref(), admin)))
+        }
         Command::Backend(args) => runtime().and_then(|rt| {
             rt.block_on(switchyard::backend::run_cli(args))
                 .map(|()| ExitCode::SUCCESS)
@@ -98,6 +110,37 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(2))
         }
     }
+}
+
+/// `switchyard reload`: prints the admin listener's answer; exit 0 only if the reload took.
+async fn reload(
+    config: Option<&std::path::Path>,
+    admin: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
+    let address = match (admin, config) {
+        (Some(address), _) => address,
+        (None, Some(path)) => {
+            let config = match Config::load(path) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            config
+                .admin
+                .map(|a| a.bind)
+                .with_context(|| format!("{} has no [admin] listener to call", path.display()))?
+        }
+        (None, None) => anyhow::bail!("give --config FILE or --admin ADDRESS"),
+    };
+    let (status, body) = switchyard::reload::request_reload(address, None).await?;
+    println!("{body}");
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -60,3 +60,97 @@ pub fn apply(state: &State, config: Config) -> Result<u64, ReloadError> {
     }
     Ok(state.apply(config))
 }
+
+/// Polls the config file every `interval` and reloads when its contents differ from the last
+/// version seen, until `stop`. Contents rather than mtime: an editor that rewrites the file twice
+/// within a second, or a Kubernetes ConfigMap symlink swap, is still seen. A broken edit is tried
+/// once, not on every tick.
+pub async fn watch(
+    state: std::sync::Arc<State>,
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut seen = state.snapshot().config.digest;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let source = state.snapshot().config.source.clone();
+        let Ok(text) = tokio::fs::read(&source).await else {
+            continue;
+        };
+        let digest = crate::balance::stable_hash(&text);
+        if digest != seen {
+            seen = digest;
+            tracing::info!(file = %source.display(), "config file changed; reloading");
+            let _ = reload_from_file(&state);
+        }
+    }
+}
+
+/// Why `switchyard reload` could not get an answer from the admin listener.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminCallError {
+    #[error("cannot connect to the admin listener at {address}: {source}")]
+    Connect {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the admin listener at {address} did not answer: {source}")]
+    Http {
+        address: std::net::SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("the admin listener at {address} did not answer within {timeout:?}")]
+    Timeout {
+        address: std::net::SocketAddr,
+        timeout: std::time::Duration,
+    },
+}
+
+/// `POST /reload` on a running proxy's admin listener; returns the status and the JSON answer.
+pub async fn request_reload(
+    address: std::net::SocketAddr,
+    token: Option<&str>,
+) -> Result<(http::StatusCode, String), AdminCallError> {
+    let timeout = std::time::Duration::from_secs(10);
+    tokio::time::timeout(timeout, post_reload(address, token))
+        .await
+        .map_err(|_| AdminCallError::Timeout { address, timeout })?
+}
+
+async fn post_reload(
+    address: std::net::SocketAddr,
+    token: Option<&str>,
+) -> Result<(http::StatusCode, String), AdminCallError> {
+    use http_body_util::{BodyExt, Empty};
+    let http = |source| AdminCallError::Http { address, source };
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|source| AdminCallError::Connect { address, source })?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+    tokio::spawn(connection);
+    let mut request =
+        http::Request::post("/reload").header(http::header::HOST, address.to_string());
+    if let Some(token) = token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap_or_default();
+    let response = sender.send_request(request).await.map_err(http)?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(http)?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}

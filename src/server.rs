@@ -78,6 +78,13 @@ impl Proxy {
             None => None,
         };
         tokio::spawn(maintain(Arc::clone(&state), background.clone()));
+        if let Some(interval) = state.snapshot().config.watch_interval {
+            tokio::spawn(crate::reload::watch(
+                Arc::clone(&state),
+                interval,
+                background.clone(),
+            ));
+        }
         for address in &addresses {
             tracing::info!(%address, "listening");
         }

@@ -350,3 +350,58 @@ pub fn describe(snapshot: &Snapshot) -> BTreeMap<String, Vec<String>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use std::path::Path;
+
+    fn config(blue: &str, green: &str, active: &str) -> Config {
+        let text = format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[pools.blue]\nbackends = [{blue}]\n[pools.green]\nbackends = [{green}]\n[routing]\nactive = \"{active}\"\n"
+        );
+        Config::parse(&text, Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn reload_keeps_retained_backends_and_drains_the_rest() {
+        let root = CancellationToken::new();
+        let now = Instant::now();
+        let first = Snapshot::build(
+            config("\"10.0.0.1:1\", \"10.0.0.2:1\"", "\"10.0.0.3:1\"", "blue"),
+            None,
+            &root,
+            now,
+        );
+        let kept = Arc::clone(&first.backends["10.0.0.1:1"]);
+        let _load = kept.start();
+        kept.set_healthy(false);
+        // Flip to green and drop 10.0.0.2 from the config.
+        let second = Snapshot::build(
+            config("\"10.0.0.1:1\"", "\"10.0.0.3:1\"", "green"),
+            Some(&first),
+            &root,
+            now,
+        );
+        let same = &second.backends["10.0.0.1:1"];
+        assert!(
+            Arc::ptr_eq(same, &kept),
+            "retained backend is the same object"
+        );
+        assert_eq!(same.load(), 1, "its counters carry over");
+        assert!(!same.is_healthy(), "and so does its health");
+        let draining: Vec<(&str, bool)> = second
+            .draining
+            .iter()
+            .map(|d| (&*d.backend.address, d.removed))
+            .collect();
+        assert!(draining.contains(&("10.0.0.1:1", false)), "{draining:?}");
+        assert!(draining.contains(&("10.0.0.2:1", true)), "{draining:?}");
+        assert!(
+            second.backends.contains_key("10.0.0.2:1"),
+            "a removed backend serves its sessions until its drain ends"
+        );
+        assert_eq!(second.generation, first.generation + 1);
+    }
+}

@@ -565,3 +565,169 @@ async fn sigterm_finishes_in_flight_calls_then_exits_zero() {
         signalled.elapsed()
     );
 }
+
+/// Writes `text` to a fresh file for one test and starts the proxy from it, as `run` does.
+async fn proxy_from_file(
+    name: &str,
+    text: &str,
+) -> (
+    std::path::PathBuf,
+    switchyard::server::Proxy,
+    tokio_util::sync::CancellationToken,
+) {
+    let dir = std::env::temp_dir().join(format!("switchyard-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = switchyard::config::Config::load(&path).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let proxy = switchyard::server::Proxy::start(config, shutdown.clone())
+        .await
+        .unwrap();
+    (path, proxy, shutdown)
+}
+
+/// `switchyard reload` calls the admin API and prints its answer; its exit code tells the outcome.
+#[tokio::test]
+async fn reload_command_prints_the_outcome() {
+    let a = TestBackend::start("b1").await;
+    let b = TestBackend::start("g1").await;
+    let text = config_for(&[("blue", &[&a]), ("green", &[&b])], "\"blue\"", "");
+    let (path, proxy, shutdown) = proxy_from_file("reload-cli", &text).await;
+    let admin = proxy.admin().unwrap().to_string();
+    let run = |admin: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                .args(["reload", "--admin", &admin])
+                .output()
+                .unwrap()
+        })
+    };
+
+    std::fs::write(
+        &path,
+        text.replace("active = \"blue\"", "active = \"green\""),
+    )
+    .unwrap();
+    let output = run(admin.clone()).await.unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["reloaded"], true);
+    assert_eq!(answer["generation"], 2);
+
+    std::fs::write(
+        &path,
+        text.replace("active = \"blue\"", "active = \"purple\""),
+    )
+    .unwrap();
+    let output = run(admin).await.unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["reloaded"], false);
+    assert!(
+        answer["error"].as_str().unwrap().contains("`purple`"),
+        "{answer}"
+    );
+    assert_eq!(proxy.state().snapshot().generation, 2);
+
+    // Nobody listening: a clear error, not a hang.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let output = run(closed).await.unwrap();
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot connect to the admin listener")
+    );
+    shutdown.cancel();
+    proxy.wait().await;
+}
+
+/// With `watch_interval` set, editing the file reloads it; a broken edit is refused and counted.
+#[tokio::test]
+async fn watched_config_file_reloads_on_change() {
+    let a = TestBackend::start("b1").await;
+    let b = TestBackend::start("g1").await;
+    let text = config_for(
+        &[("blue", &[&a]), ("green", &[&b])],
+        "\"blue\"",
+        "[reload]\nwatch_interval = \"50ms\"\n",
+    );
+    let (path, proxy, shutdown) = proxy_from_file("watch", &text).await;
+    let state = std::sync::Arc::clone(proxy.state());
+    std::fs::write(
+        &path,
+        text.replace("active = \"blue\"", "active = \"green\""),
+    )
+    .unwrap();
+    eventually(
+        "the edit is picked up",
+        Duration::from_secs(5),
+        async || (state.snapshot().generation == 2).then_some(()),
+    )
+    .await;
+    let client = client();
+    let init = client
+        .post(format!("http://{}/mcp", proxy.listeners()[0]))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        init.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("g1-")
+    );
+
+    std::fs::write(&path, "[[listener]\n").unwrap();
+    let failures = || {
+        state
+            .metrics
+            .reloads
+            .get_or_create(&switchyard::metrics::OutcomeLabels { outcome: "failure" })
+            .get()
+    };
+    eventually(
+        "the broken edit is refused",
+        Duration::from_secs(5),
+        async || (failures() == 1).then_some(()),
+    )
+    .await;
+    assert_eq!(
+        state.snapshot().generation,
+        2,
+        "the last good config stays in force"
+    );
+    shutdown.cancel();
+    proxy.wait().await;
+}
+
+/// Zero-gap restart: a second proxy process binds the same port (SO_REUSEPORT) while the first
+/// still runs; once the first has drained and exited, the second serves every new connection.
+#[tokio::test]
+async fn a_new_proxy_binds_the_same_port_before_the_old_one_leaves() {
+    let a = TestBackend::start("b1").await;
+    let old = TestProxy::start(&config_for(&[("blue", &[&a])], "\"blue\"", "")).await;
+    let port = old.address.port();
+    let same_port = config_for(&[("blue", &[&a])], "\"blue\"", "").replacen(
+        "127.0.0.1:0",
+        &format!("127.0.0.1:{port}"),
+        1,
+    );
+    let new = TestProxy::start(&same_port).await;
+    assert_eq!(new.address, old.address);
+    old.stop().await;
+    let client = client();
+    for _ in 0..20 {
+        let reply = client
+            .post(new.url("/mcp"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200);
+    }
+}
