@@ -624,3 +624,34 @@ async fn upstream_connections_are_pooled() {
         "{connections} upstream connections for 50 sequential requests"
     );
 }
+
+/// A backend that refuses the upgrade: its answer is relayed as it is and nothing is tunnelled.
+#[tokio::test]
+async fn websocket_refused_by_the_backend_is_relayed_not_tunnelled() {
+    let a = TestBackend::start("b1").await;
+    let proxy = TestProxy::start(&config_for(&[("blue", &[&a])], "\"blue\"", "")).await;
+    let mut socket = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    socket
+        .write_all(
+            b"GET /no-websocket-here HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+              Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let mut read = 0;
+    while !String::from_utf8_lossy(&answer[..read]).contains("no such path") {
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut answer[read..]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the answer");
+        read += n;
+    }
+    let answer = String::from_utf8_lossy(&answer[..read]).to_lowercase();
+    assert!(answer.starts_with("http/1.1 404"), "{answer}");
+    assert!(!answer.contains("upgrade: websocket"), "{answer}");
+    let snapshot = proxy.state.snapshot();
+    assert_eq!(snapshot.pools[0].members[0].backend.open_streams(), 0);
+}
