@@ -274,16 +274,8 @@ async fn invalid_reload_changes_nothing() {
 async fn admin_reload_reports_the_outcome() {
     let a = TestBackend::start("b1").await;
     let b = TestBackend::start("g1").await;
-    let dir = std::env::temp_dir().join(format!("switchyard-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("switchyard.toml");
     let text = config_for(&[("blue", &[&a]), ("green", &[&b])], "\"blue\"", "");
-    std::fs::write(&path, &text).unwrap();
-    let config = switchyard::config::Config::load(&path).unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let proxy = switchyard::server::Proxy::start(config, shutdown.clone())
-        .await
-        .unwrap();
+    let (path, proxy, shutdown) = proxy_from_file("admin-reload", &text).await;
     let admin = format!("http://{}", proxy.admin().unwrap());
     let client = client();
 
