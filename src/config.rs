@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -35,6 +36,22 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     pub bind: SocketAddr,
+    /// Loaded and checked at validation; new handshakes after a reload use the new one.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header naming the client.
+    pub proxy_protocol: bool,
+    /// A redirect listener answers every request with `301` to its `https://` URL.
+    pub redirect: Option<Redirect>,
+}
+
+/// Where a redirect listener sends clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redirect {
+    /// `https://` + the request's host (port dropped) + path and query, like nginx's
+    /// `return 301 https://$host$request_uri`.
+    SameHost,
+    /// This base URL (no trailing `/`) + path and query.
+    To(String),
 }
 
 #[derive(Debug, Clone)]
@@ -74,12 +91,21 @@ pub struct UpstreamConfig {
     pub max_idle_per_backend: usize,
     pub idle_timeout: Duration,
     pub retries: usize,
+    /// Client TLS for `https://` backends; built only when some backend or `ca` needs it.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// PROXY header plus TLS handshake must complete within this.
+    pub handshake_timeout: Duration,
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    /// `None`: no limit.
+    pub max_request_body: Option<u64>,
+    pub http2_max_concurrent_streams: u32,
 }
 
 /// A CIDR block such as `10.0.0.0/8` or `::1/128`.
@@ -181,7 +207,17 @@ impl Config {
     pub fn summary(&self) -> String {
         let mut out = String::new();
         for listener in &self.listeners {
-            out.push_str(&format!("listener  {} (http/1.1, h2c)\n", listener.bind));
+            let kind = match (&listener.redirect, &listener.tls) {
+                (Some(_), _) => "redirect to https",
+                (None, Some(_)) => "https: h2, http/1.1",
+                (None, None) => "http/1.1, h2c",
+            };
+            let proxy = if listener.proxy_protocol {
+                ", PROXY protocol"
+            } else {
+                ""
+            };
+            out.push_str(&format!("listener  {} ({kind}{proxy})\n", listener.bind));
         }
         if let Some(admin) = &self.admin {
             out.push_str(&format!("admin     {}\n", admin.bind));
@@ -278,6 +314,32 @@ struct RawReload {
 #[serde(deny_unknown_fields)]
 struct RawListener {
     bind: Spanned<String>,
+    tls: Option<Spanned<RawTls>>,
+    #[serde(default)]
+    proxy_protocol: bool,
+    #[serde(default)]
+    redirect_https: Option<Spanned<bool>>,
+    redirect: Option<Spanned<String>>,
+}
+
+/// `tls = { cert = "…", key = "…" }`, optionally with more pairs chosen by SNI in
+/// `certificates = [{ cert = "…", key = "…" }, …]` and client certificates checked against
+/// `client_ca`. The first pair is the default for clients that match no certificate.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    #[serde(default)]
+    certificates: Vec<Spanned<RawCertPair>>,
+    client_ca: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertPair {
+    cert: Spanned<String>,
+    key: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -347,6 +409,7 @@ struct RawUpstream {
     max_idle_per_backend: Option<usize>,
     idle_timeout: RawDuration,
     retries: Option<usize>,
+    ca: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -354,6 +417,11 @@ struct RawUpstream {
 struct RawLimits {
     max_connections: Option<usize>,
     header_read_timeout: RawDuration,
+    handshake_timeout: RawDuration,
+    max_header_size: Option<Spanned<usize>>,
+    max_headers: Option<Spanned<usize>>,
+    max_request_body: Option<u64>,
+    http2_max_concurrent_streams: Option<Spanned<u32>>,
 }
 
 fn duration(raw: &RawDuration, default: Duration) -> Result<Duration, Invalid> {
@@ -391,7 +459,7 @@ impl RawConfig {
         let listeners = self
             .listener
             .iter()
-            .map(|l| socket_addr(&l.bind).map(|bind| ListenerConfig { bind }))
+            .map(|l| validate_listener(l, source))
             .collect::<Result<_, _>>()?;
         let admin = match &self.admin {
             Some(a) => Some(AdminConfig {
@@ -408,6 +476,7 @@ impl RawConfig {
             .routing
             .ok_or_else(|| whole_file("no [routing]: set routing.active to a pool name"))?;
         let active = validate_active(&routing.active, &pools)?;
+        let upstream_tls = upstream_tls(self.upstream.ca.as_ref(), &pools, source)?;
         let trusted_proxies = routing
             .trusted_proxies
             .iter()
@@ -442,17 +511,166 @@ impl RawConfig {
                 max_idle_per_backend: self.upstream.max_idle_per_backend.unwrap_or(64),
                 idle_timeout: duration(&self.upstream.idle_timeout, Duration::from_secs(60))?,
                 retries: self.upstream.retries.unwrap_or(2),
+                tls: upstream_tls,
             },
-            limits: Limits {
-                max_connections: self.limits.max_connections.unwrap_or(100_000),
-                header_read_timeout: duration(
-                    &self.limits.header_read_timeout,
-                    Duration::from_secs(10),
-                )?,
-            },
+            limits: validate_limits(&self.limits)?,
             watch_interval: optional_duration(&self.reload.watch_interval, Duration::ZERO)?,
         })
     }
+}
+
+/// A path from the config, relative to the config file's directory like nginx's `include`.
+fn config_path(text: &Spanned<String>, source: &Path) -> PathBuf {
+    let path = Path::new(text.get_ref());
+    match source.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+fn validate_listener(raw: &RawListener, source: &Path) -> Result<ListenerConfig, Invalid> {
+    let bind = socket_addr(&raw.bind)?;
+    let redirect = match (&raw.redirect, &raw.redirect_https) {
+        (Some(_), Some(flag)) if *flag.get_ref() => {
+            return Err(invalid(
+                flag,
+                "set either redirect_https or redirect, not both".into(),
+            ));
+        }
+        (Some(url), _) => Some(Redirect::To(redirect_base(url)?)),
+        (None, Some(flag)) if *flag.get_ref() => Some(Redirect::SameHost),
+        (None, _) => None,
+    };
+    let tls = match &raw.tls {
+        Some(tls) => Some(listener_tls(tls, source)?),
+        None => None,
+    };
+    Ok(ListenerConfig {
+        bind,
+        tls,
+        proxy_protocol: raw.proxy_protocol,
+        redirect,
+    })
+}
+
+fn redirect_base(url: &Spanned<String>) -> Result<String, Invalid> {
+    let text = url.get_ref().trim_end_matches('/');
+    let parsed: Option<http::Uri> = text.parse().ok();
+    let usable = parsed.is_some_and(|uri| {
+        uri.scheme_str().is_some_and(|s| s == "https" || s == "http") && uri.authority().is_some()
+    });
+    if !usable {
+        return Err(invalid(
+            url,
+            format!("redirect `{}` is not a URL like https://example.com", url.get_ref()),
+        ));
+    }
+    Ok(text.to_string())
+}
+
+fn listener_tls(
+    raw: &Spanned<RawTls>,
+    source: &Path,
+) -> Result<Arc<rustls::ServerConfig>, Invalid> {
+    let tls = raw.get_ref();
+    let mut pairs: Vec<(crate::tls::CertPair, std::ops::Range<usize>)> = Vec::new();
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => pairs.push((
+            crate::tls::CertPair {
+                cert: config_path(cert, source),
+                key: config_path(key, source),
+            },
+            cert.span(),
+        )),
+        (None, None) => {}
+        _ => return Err(invalid(raw, "tls needs both cert and key".into())),
+    }
+    for pair in &tls.certificates {
+        pairs.push((
+            crate::tls::CertPair {
+                cert: config_path(&pair.get_ref().cert, source),
+                key: config_path(&pair.get_ref().key, source),
+            },
+            pair.span(),
+        ));
+    }
+    if pairs.is_empty() {
+        return Err(invalid(
+            raw,
+            "tls needs a certificate: tls = { cert = \"…\", key = \"…\" }".into(),
+        ));
+    }
+    // Load each pair on its own first, so an error points at the entry that caused it.
+    let provider = crate::tls::provider();
+    for (pair, span) in &pairs {
+        crate::tls::load_certified_key(pair, &provider).map_err(|e| Invalid {
+            span: Some(span.clone()),
+            message: e.to_string(),
+        })?;
+    }
+    let client_ca = tls.client_ca.as_ref().map(|ca| config_path(ca, source));
+    let pairs: Vec<_> = pairs.into_iter().map(|(pair, _)| pair).collect();
+    crate::tls::server_config(&pairs, client_ca.as_deref()).map_err(|e| {
+        let span = tls.client_ca.as_ref().map_or_else(|| raw.span(), Spanned::span);
+        Invalid {
+            span: Some(span),
+            message: e.to_string(),
+        }
+    })
+}
+
+fn upstream_tls(
+    ca: Option<&Spanned<String>>,
+    pools: &BTreeMap<String, PoolConfig>,
+    source: &Path,
+) -> Result<Option<Arc<rustls::ClientConfig>>, Invalid> {
+    let needed = pools
+        .values()
+        .flat_map(|p| &p.backends)
+        .any(|b| b.address.starts_with("https://"));
+    if !needed && ca.is_none() {
+        return Ok(None);
+    }
+    let path = ca.map(|ca| config_path(ca, source));
+    crate::tls::client_config(path.as_deref())
+        .map(Some)
+        .map_err(|e| Invalid {
+            span: ca.map(Spanned::span),
+            message: e.to_string(),
+        })
+}
+
+fn validate_limits(raw: &RawLimits) -> Result<Limits, Invalid> {
+    // hyper refuses a read buffer below 8 KiB.
+    let max_header_size = raw.max_header_size.as_ref().map_or(Ok(65_536), |size| {
+        match *size.get_ref() {
+            s @ 8192..=16_777_216 => Ok(s),
+            _ => Err(invalid(size, "max_header_size must be 8192..=16777216 bytes".into())),
+        }
+    })?;
+    let max_headers = raw.max_headers.as_ref().map_or(Ok(100), |count| {
+        match *count.get_ref() {
+            c @ 1..=10_000 => Ok(c),
+            _ => Err(invalid(count, "max_headers must be 1..=10000".into())),
+        }
+    })?;
+    let http2_max_concurrent_streams =
+        raw.http2_max_concurrent_streams
+            .as_ref()
+            .map_or(Ok(100), |count| match *count.get_ref() {
+                0 => Err(invalid(count, "http2_max_concurrent_streams must be at least 1".into())),
+                c => Ok(c),
+            })?;
+    Ok(Limits {
+        max_connections: raw.max_connections.unwrap_or(100_000),
+        header_read_timeout: duration(&raw.header_read_timeout, Duration::from_secs(10))?,
+        handshake_timeout: duration(&raw.handshake_timeout, Duration::from_secs(10))?,
+        max_header_size,
+        max_headers,
+        max_request_body: Some(raw.max_request_body.unwrap_or(10 * 1024 * 1024))
+            .filter(|limit| *limit > 0),
+        http2_max_concurrent_streams,
+    })
 }
 
 fn validate_pool(name: &str, pool: &RawPool) -> Result<PoolConfig, Invalid> {
@@ -490,6 +708,8 @@ fn validate_pool(name: &str, pool: &RawPool) -> Result<PoolConfig, Invalid> {
 
 fn validate_backend_address(address: &str) -> Result<(), String> {
     let authority: http::uri::Authority = address
+        .strip_prefix("https://")
+        .unwrap_or(address)
         .parse()
         .map_err(|_| format!("`{address}` is not a backend address like 127.0.0.1:3001"))?;
     if authority.port_u16().is_none() {

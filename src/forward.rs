@@ -93,6 +93,14 @@ async fn proxy(
     meta: &RequestMeta,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &snapshot.config;
+    // A body announced too large is refused before any backend is involved; one that grows too
+    // large mid-stream is cut by RequestBody and answered 413 below.
+    let body_limit = config.limits.max_request_body;
+    if let Some(limit) = body_limit
+        && http_body::Body::size_hint(request.body()).lower() > limit
+    {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
     let owner = match &meta.session {
         Some(id) => Some(session_owner(state, snapshot, id)?),
         None => None,
@@ -100,7 +108,14 @@ async fn proxy(
     let client_ip = client_ip(conn.peer.ip(), request.headers(), &config.trusted_proxies);
     let client_upgrade =
         (meta.class == RouteClass::WebSocket).then(|| hyper::upgrade::on(&mut request));
-    let mut outgoing = upstream_request(request, conn, client_ip, &config.trusted_proxies, state);
+    let mut outgoing = upstream_request(
+        request,
+        conn,
+        client_ip,
+        &config.trusted_proxies,
+        body_limit,
+        state,
+    );
     let hash_client = meta.class.uses_client_hash().then_some(client_ip);
 
     let mut tried: Vec<Arc<str>> = Vec::new();
@@ -122,6 +137,7 @@ async fn proxy(
                 config.timeouts.connect,
                 config.timeouts.response,
                 snapshot.pool_limits,
+                config.upstream.tls.as_ref(),
             )
             .await
         {
@@ -406,6 +422,7 @@ fn upstream_request(
     conn: &ConnInfo,
     client_ip: IpAddr,
     trusted: &[Cidr],
+    limit: Option<u64>,
     state: &Arc<State>,
 ) -> Request<RequestBody> {
     let (mut parts, body) = request.into_parts();
@@ -434,7 +451,6 @@ fn upstream_request(
         .cloned()
         .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
     parts.version = Version::HTTP_11;
-    let limit = None;
     Request::from_parts(
         parts,
         RequestBody::streaming(body, limit, Arc::clone(state)),

@@ -18,6 +18,8 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod sse;
+pub mod proxy_protocol;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 pub mod websocket;

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub streams_drained: Counter,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
+    pub tls_handshakes: Family<OutcomeLabels, Counter>,
     pub reloads: Family<OutcomeLabels, Counter>,
     pub config_generation: Gauge,
 }
@@ -105,6 +106,7 @@ impl Metrics {
             streams_drained: Counter::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
+            tls_handshakes: Family::default(),
             reloads: Family::default(),
             config_generation: Gauge::default(),
             registry: Registry::default(),
@@ -204,6 +206,11 @@ impl Metrics {
             "connections_refused",
             "Client connections refused at the connection limit",
             m.connections_refused.clone(),
+        );
+        r.register(
+            "tls_handshakes",
+            "TLS handshakes on client listeners, by outcome (success, failure, timeout)",
+            m.tls_handshakes.clone(),
         );
         r.register(
             "reloads",

@@ -50,13 +50,14 @@ impl Proxy {
 
         let mut addresses = Vec::new();
         let mut accept_loops = JoinSet::new();
-        for listener in listeners {
+        for (index, listener) in listeners.into_iter().enumerate() {
             addresses.push(listener.local_addr().map_err(|source| StartError::Bind {
                 address: SocketAddr::from(([0, 0, 0, 0], 0)),
                 source,
             })?);
             accept_loops.spawn(crate::listener::accept_loop(
                 listener,
+                index,
                 Arc::clone(&state),
                 Arc::clone(&connections),
                 shutdown.clone(),

@@ -25,6 +25,8 @@ use crate::body::RequestBody;
 pub struct Backend {
     pub address: Arc<str>,
     pub authority: Authority,
+    /// Written `https://host:port`: connections are TLS, verified against the upstream roots.
+    pub tls: bool,
     /// Mixed into the client hash by the consistent ring; fixed per address so replicas agree.
     pub ring_key: u64,
     in_flight: AtomicUsize,
@@ -88,11 +90,13 @@ impl UpstreamError {
 
 impl Backend {
     pub fn new(address: &str, stream_root: &CancellationToken) -> Option<Arc<Backend>> {
-        let authority: Authority = address.parse().ok()?;
+        let tls_address = address.strip_prefix("https://");
+        let authority: Authority = tls_address.unwrap_or(address).parse().ok()?;
         Some(Arc::new(Backend {
             address: Arc::from(address),
             ring_key: crate::balance::stable_hash(address.as_bytes()),
             authority,
+            tls: tls_address.is_some(),
             in_flight: AtomicUsize::new(0),
             open_streams: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
@@ -189,13 +193,14 @@ impl Backend {
         connect_timeout: Duration,
         response_timeout: Duration,
         limits: PoolLimits,
+        tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<Exchange, (UpstreamError, Option<http::Request<RequestBody>>)> {
         // A pooled connection may have been closed by the backend a moment ago; hyper then gives
         // the request back untouched and a fresh connection gets it.
         loop {
             let (mut sender, fresh) = match self.checkout(limits) {
                 Some(sender) => (sender, false),
-                None => match self.connect(connect_timeout).await {
+                None => match self.connect(connect_timeout, tls).await {
                     Ok(sender) => (sender, true),
                     Err(error) => return Err((error, Some(request))),
                 },
@@ -277,14 +282,21 @@ impl Backend {
             .clear();
     }
 
+    /// A new connection: TCP, then TLS for `https://` backends (within the same connect timeout),
+    /// then the HTTP/1.1 handshake, which is generic over the stream.
     async fn connect(
         &self,
         timeout: Duration,
+        tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
         let address = || Arc::clone(&self.address);
         let host = self.authority.host();
-        let port = self.authority.port_u16().unwrap_or(80);
-        let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+        let port = self
+            .authority
+            .port_u16()
+            .unwrap_or(if self.tls { 443 } else { 80 });
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stream = tokio::time::timeout_at(deadline, TcpStream::connect((host, port)))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout { address: address() })?
             .map_err(|source| UpstreamError::Connect {
@@ -292,11 +304,43 @@ impl Backend {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
+        if !self.tls {
+            return self.handshake(stream).await;
+        }
+        let Some(config) = tls else {
+            return Err(UpstreamError::Connect {
+                address: address(),
+                source: std::io::Error::other("no TLS client configuration for an https backend"),
+            });
+        };
+        // IPv6 literals come bracketed in the authority; the server name wants them bare.
+        let name = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).map_err(
+            |error| UpstreamError::Connect {
+                address: address(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, error),
+            },
+        )?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+        let stream = tokio::time::timeout_at(deadline, connector.connect(server_name, stream))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout { address: address() })?
+            .map_err(|source| UpstreamError::Connect {
+                address: address(),
+                source,
+            })?;
+        self.handshake(stream).await
+    }
+
+    async fn handshake<IO>(&self, io: IO) -> Result<http1::SendRequest<RequestBody>, UpstreamError>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|source| UpstreamError::Handshake {
-                address: address(),
+                address: Arc::clone(&self.address),
                 source,
             })?;
         tokio::spawn(async move {
