@@ -26,6 +26,7 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub upstream: UpstreamConfig,
     pub limits: Limits,
+    pub health: HealthConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +77,35 @@ pub struct UpstreamConfig {
 pub struct Limits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+}
+
+/// Upstream health: active probes (only when a `[health]` table is present), passive ejection
+/// (always on unless `max_fails = 0`), and what to do when a whole pool is unhealthy.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub probes: Option<ProbeConfig>,
+    /// Failures of real traffic (connect errors and timeouts) within `fail_window` that eject a
+    /// backend; 0 turns passive detection off.
+    pub max_fails: u32,
+    pub fail_window: Duration,
+    /// How long an ejected backend takes no traffic; with probes on, it then needs `rise` passes.
+    pub ejection: Duration,
+    /// When no backend of the active pools is healthy, send to all of them (Envoy's panic mode)
+    /// instead of answering `503`.
+    pub fail_open: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub path: http::uri::PathAndQuery,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Extra random delay, up to this, added to every interval.
+    pub jitter: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Inclusive range of statuses that count as a pass.
+    pub expect_status: (u16, u16),
 }
 
 /// A CIDR block such as `10.0.0.0/8` or `::1/128`.
@@ -257,6 +287,7 @@ struct RawConfig {
     upstream: RawUpstream,
     #[serde(default)]
     limits: RawLimits,
+    health: Option<RawHealth>,
 }
 
 #[derive(Deserialize)]
@@ -341,6 +372,22 @@ struct RawLimits {
     header_read_timeout: RawDuration,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Option<Spanned<String>>,
+    interval: RawDuration,
+    timeout: RawDuration,
+    jitter: RawDuration,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
+    expect_status: Option<Spanned<String>>,
+    max_fails: Option<u32>,
+    fail_window: RawDuration,
+    ejection: RawDuration,
+    fail_open: Option<bool>,
+}
+
 fn duration(raw: &RawDuration, default: Duration) -> Result<Duration, Invalid> {
     match raw {
         None => Ok(default),
@@ -393,6 +440,7 @@ impl RawConfig {
             .routing
             .ok_or_else(|| whole_file("no [routing]: set routing.active to a pool name"))?;
         let active = validate_active(&routing.active, &pools)?;
+        let health = validate_health(self.health.as_ref())?;
         let trusted_proxies = routing
             .trusted_proxies
             .iter()
@@ -434,7 +482,80 @@ impl RawConfig {
                     Duration::from_secs(10),
                 )?,
             },
+            health,
         })
+    }
+}
+
+/// Without a `[health]` table, backends are never probed (a fleet without `/healthz` must not be
+/// marked down by surprise), but real traffic still ejects failing ones.
+fn validate_health(raw: Option<&RawHealth>) -> Result<HealthConfig, Invalid> {
+    let default = RawHealth::default();
+    let section = raw.unwrap_or(&default);
+    let probes = match raw {
+        Some(raw) => validate_probes(raw)?,
+        None => None,
+    };
+    Ok(HealthConfig {
+        probes,
+        max_fails: section.max_fails.unwrap_or(3),
+        fail_window: duration(&section.fail_window, Duration::from_secs(10))?,
+        ejection: duration(&section.ejection, Duration::from_secs(10))?,
+        fail_open: section.fail_open.unwrap_or(false),
+    })
+}
+
+fn validate_probes(raw: &RawHealth) -> Result<Option<ProbeConfig>, Invalid> {
+    let Some(interval) = optional_duration(&raw.interval, Duration::from_secs(5))? else {
+        return Ok(None);
+    };
+    let timeout = duration(&raw.timeout, Duration::from_secs(2))?;
+    if let (Some(text), true) = (&raw.timeout, timeout.is_zero()) {
+        return Err(invalid(text, "health.timeout must be above 0".into()));
+    }
+    let path = match &raw.path {
+        None => http::uri::PathAndQuery::from_static("/healthz"),
+        Some(text) => text
+            .get_ref()
+            .parse()
+            .ok()
+            .filter(|_| text.get_ref().starts_with('/'))
+            .ok_or_else(|| {
+                invalid(
+                    text,
+                    format!("`{}` is not a path like /healthz", text.get_ref()),
+                )
+            })?,
+    };
+    let threshold = |value: &Option<Spanned<u32>>, name: &str, default: u32| match value {
+        None => Ok(default),
+        Some(v) if (1..=100).contains(v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) => Err(invalid(v, format!("health.{name} must be 1..=100"))),
+    };
+    let expect_status = match &raw.expect_status {
+        None => (200, 399),
+        Some(text) => parse_status_range(text.get_ref()).map_err(|m| invalid(text, m))?,
+    };
+    Ok(Some(ProbeConfig {
+        path,
+        interval,
+        timeout,
+        jitter: duration(&raw.jitter, interval / 10)?,
+        rise: threshold(&raw.rise, "rise", 2)?,
+        fall: threshold(&raw.fall, "fall", 3)?,
+        expect_status,
+    }))
+}
+
+/// `"200"` or `"200-399"`: the statuses a probe accepts.
+fn parse_status_range(text: &str) -> Result<(u16, u16), String> {
+    let (low, high) = text.split_once('-').unwrap_or((text, text));
+    let status = |s: &str| s.trim().parse::<u16>().ok().filter(|s| (100..=599).contains(s));
+    match (status(low), status(high)) {
+        (Some(low), Some(high)) if low <= high => Ok((low, high)),
+        _ => Err(format!(
+            "`{text}` is not a status or range of statuses like \"200-399\""
+        )),
     }
 }
 
@@ -612,6 +733,40 @@ active = "blue"
             assert!(err.contains(why), "{bad}: {err}");
             assert!(err.starts_with("t.toml:9:"), "{err}");
         }
+    }
+
+    #[test]
+    fn health_defaults_probes_only_with_a_health_table() {
+        let config = parse(MINIMAL).unwrap();
+        assert!(config.health.probes.is_none());
+        assert_eq!(config.health.max_fails, 3);
+        assert!(!config.health.fail_open);
+        let config = parse(&format!("{MINIMAL}\n[health]\n")).unwrap();
+        let probes = config.health.probes.unwrap();
+        assert_eq!(probes.path, "/healthz");
+        assert_eq!(probes.interval, Duration::from_secs(5));
+        assert_eq!(probes.jitter, Duration::from_millis(500));
+        assert_eq!((probes.rise, probes.fall), (2, 3));
+        assert_eq!(probes.expect_status, (200, 399));
+        let off = parse(&format!("{MINIMAL}\n[health]\ninterval = \"0s\"\n")).unwrap();
+        assert!(off.health.probes.is_none());
+    }
+
+    #[test]
+    fn bad_health_settings_are_refused_at_their_place() {
+        for (bad, why) in [
+            ("expect_status = \"399-200\"", "range of statuses"),
+            ("expect_status = \"ok\"", "range of statuses"),
+            ("rise = 0", "rise must be"),
+            ("path = \"healthz\"", "not a path"),
+            ("timeout = \"0s\"", "above 0"),
+            ("fail_open = 1", "invalid type"),
+        ] {
+            let err = parse(&format!("{MINIMAL}\n[health]\n{bad}\n")).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(err.starts_with("t.toml:15:"), "{bad}: {err}");
+        }
+        assert_eq!(parse_status_range("204"), Ok((204, 204)));
     }
 
     #[test]

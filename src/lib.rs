@@ -11,6 +11,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod forward;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod reload;

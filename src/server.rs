@@ -78,6 +78,10 @@ impl Proxy {
             None => None,
         };
         tokio::spawn(maintain(Arc::clone(&state), background.clone()));
+        tokio::spawn(crate::health::supervise(
+            Arc::clone(&state),
+            background.clone(),
+        ));
         for address in &addresses {
             tracing::info!(%address, "listening");
         }
