@@ -348,12 +348,22 @@ impl UpstreamBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let backend_lost = self
+            .guard
+            .as_ref()
+            .is_some_and(|g| !g.backend().serves_its_sessions());
         if let Some(sse) = &mut self.sse {
             if !sse.closing && sse.close.as_mut().poll(cx).is_ready() {
                 sse.closing = true;
             }
             if sse.closing && sse.boundary.at_boundary() {
                 return Poll::Ready(Some(Ok(self.close_for_drain())));
+            }
+            if sse.closing && backend_lost {
+                // Mid-event on a backend that is down: the rest of the event will never come.
+                // A clean end makes the client drop the partial event and reconnect.
+                self.end("backend_unhealthy");
+                return Poll::Ready(None);
             }
             if let Some((sleep, every)) = &mut sse.keepalive
                 && sleep.as_mut().poll(cx).is_ready()

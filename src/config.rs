@@ -31,6 +31,7 @@ pub struct Config {
     pub limits: Limits,
     /// Poll the config file this often and reload when it changes; `None` = off.
     pub watch_interval: Option<Duration>,
+    pub health: HealthConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +107,35 @@ pub struct Limits {
     /// `None`: no limit.
     pub max_request_body: Option<u64>,
     pub http2_max_concurrent_streams: u32,
+}
+
+/// Upstream health: active probes (only when a `[health]` table is present), passive ejection
+/// (always on unless `max_fails = 0`), and what to do when a whole pool is unhealthy.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub probes: Option<ProbeConfig>,
+    /// Failures of real traffic (connect errors and timeouts) within `fail_window` that eject a
+    /// backend; 0 turns passive detection off.
+    pub max_fails: u32,
+    pub fail_window: Duration,
+    /// How long an ejected backend takes no traffic; with probes on, it then needs `rise` passes.
+    pub ejection: Duration,
+    /// When no backend of the active pools is healthy, send to all of them (Envoy's panic mode)
+    /// instead of answering `503`.
+    pub fail_open: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub path: http::uri::PathAndQuery,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Extra random delay, up to this, added to every interval.
+    pub jitter: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Inclusive range of statuses that count as a pass.
+    pub expect_status: (u16, u16),
 }
 
 /// A CIDR block such as `10.0.0.0/8` or `::1/128`.
@@ -302,6 +332,7 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     reload: RawReload,
+    health: Option<RawHealth>,
 }
 
 #[derive(Deserialize, Default)]
@@ -424,6 +455,22 @@ struct RawLimits {
     http2_max_concurrent_streams: Option<Spanned<u32>>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Option<Spanned<String>>,
+    interval: RawDuration,
+    timeout: RawDuration,
+    jitter: RawDuration,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
+    expect_status: Option<Spanned<String>>,
+    max_fails: Option<u32>,
+    fail_window: RawDuration,
+    ejection: RawDuration,
+    fail_open: Option<bool>,
+}
+
 fn duration(raw: &RawDuration, default: Duration) -> Result<Duration, Invalid> {
     match raw {
         None => Ok(default),
@@ -477,6 +524,7 @@ impl RawConfig {
             .ok_or_else(|| whole_file("no [routing]: set routing.active to a pool name"))?;
         let active = validate_active(&routing.active, &pools)?;
         let upstream_tls = upstream_tls(self.upstream.ca.as_ref(), &pools, source)?;
+        let health = validate_health(self.health.as_ref())?;
         let trusted_proxies = routing
             .trusted_proxies
             .iter()
@@ -515,6 +563,7 @@ impl RawConfig {
             },
             limits: validate_limits(&self.limits)?,
             watch_interval: optional_duration(&self.reload.watch_interval, Duration::ZERO)?,
+            health,
         })
     }
 }
@@ -557,12 +606,17 @@ fn redirect_base(url: &Spanned<String>) -> Result<String, Invalid> {
     let text = url.get_ref().trim_end_matches('/');
     let parsed: Option<http::Uri> = text.parse().ok();
     let usable = parsed.is_some_and(|uri| {
-        uri.scheme_str().is_some_and(|s| s == "https" || s == "http") && uri.authority().is_some()
+        uri.scheme_str()
+            .is_some_and(|s| s == "https" || s == "http")
+            && uri.authority().is_some()
     });
     if !usable {
         return Err(invalid(
             url,
-            format!("redirect `{}` is not a URL like https://example.com", url.get_ref()),
+            format!(
+                "redirect `{}` is not a URL like https://example.com",
+                url.get_ref()
+            ),
         ));
     }
     Ok(text.to_string())
@@ -611,7 +665,10 @@ fn listener_tls(
     let client_ca = tls.client_ca.as_ref().map(|ca| config_path(ca, source));
     let pairs: Vec<_> = pairs.into_iter().map(|(pair, _)| pair).collect();
     crate::tls::server_config(&pairs, client_ca.as_deref()).map_err(|e| {
-        let span = tls.client_ca.as_ref().map_or_else(|| raw.span(), Spanned::span);
+        let span = tls
+            .client_ca
+            .as_ref()
+            .map_or_else(|| raw.span(), Spanned::span);
         Invalid {
             span: Some(span),
             message: e.to_string(),
@@ -642,23 +699,31 @@ fn upstream_tls(
 
 fn validate_limits(raw: &RawLimits) -> Result<Limits, Invalid> {
     // hyper refuses a read buffer below 8 KiB.
-    let max_header_size = raw.max_header_size.as_ref().map_or(Ok(65_536), |size| {
-        match *size.get_ref() {
-            s @ 8192..=16_777_216 => Ok(s),
-            _ => Err(invalid(size, "max_header_size must be 8192..=16777216 bytes".into())),
-        }
-    })?;
-    let max_headers = raw.max_headers.as_ref().map_or(Ok(100), |count| {
-        match *count.get_ref() {
+    let max_header_size =
+        raw.max_header_size
+            .as_ref()
+            .map_or(Ok(65_536), |size| match *size.get_ref() {
+                s @ 8192..=16_777_216 => Ok(s),
+                _ => Err(invalid(
+                    size,
+                    "max_header_size must be 8192..=16777216 bytes".into(),
+                )),
+            })?;
+    let max_headers = raw
+        .max_headers
+        .as_ref()
+        .map_or(Ok(100), |count| match *count.get_ref() {
             c @ 1..=10_000 => Ok(c),
             _ => Err(invalid(count, "max_headers must be 1..=10000".into())),
-        }
-    })?;
+        })?;
     let http2_max_concurrent_streams =
         raw.http2_max_concurrent_streams
             .as_ref()
             .map_or(Ok(100), |count| match *count.get_ref() {
-                0 => Err(invalid(count, "http2_max_concurrent_streams must be at least 1".into())),
+                0 => Err(invalid(
+                    count,
+                    "http2_max_concurrent_streams must be at least 1".into(),
+                )),
                 c => Ok(c),
             })?;
     Ok(Limits {
@@ -671,6 +736,83 @@ fn validate_limits(raw: &RawLimits) -> Result<Limits, Invalid> {
             .filter(|limit| *limit > 0),
         http2_max_concurrent_streams,
     })
+}
+
+/// Without a `[health]` table, backends are never probed (a fleet without `/healthz` must not be
+/// marked down by surprise), but real traffic still ejects failing ones.
+fn validate_health(raw: Option<&RawHealth>) -> Result<HealthConfig, Invalid> {
+    let default = RawHealth::default();
+    let section = raw.unwrap_or(&default);
+    let probes = match raw {
+        Some(raw) => validate_probes(raw)?,
+        None => None,
+    };
+    Ok(HealthConfig {
+        probes,
+        max_fails: section.max_fails.unwrap_or(3),
+        fail_window: duration(&section.fail_window, Duration::from_secs(10))?,
+        ejection: duration(&section.ejection, Duration::from_secs(10))?,
+        fail_open: section.fail_open.unwrap_or(false),
+    })
+}
+
+fn validate_probes(raw: &RawHealth) -> Result<Option<ProbeConfig>, Invalid> {
+    let Some(interval) = optional_duration(&raw.interval, Duration::from_secs(5))? else {
+        return Ok(None);
+    };
+    let timeout = duration(&raw.timeout, Duration::from_secs(2))?;
+    if let (Some(text), true) = (&raw.timeout, timeout.is_zero()) {
+        return Err(invalid(text, "health.timeout must be above 0".into()));
+    }
+    let path = match &raw.path {
+        None => http::uri::PathAndQuery::from_static("/healthz"),
+        Some(text) => text
+            .get_ref()
+            .parse()
+            .ok()
+            .filter(|_| text.get_ref().starts_with('/'))
+            .ok_or_else(|| {
+                invalid(
+                    text,
+                    format!("`{}` is not a path like /healthz", text.get_ref()),
+                )
+            })?,
+    };
+    let threshold = |value: &Option<Spanned<u32>>, name: &str, default: u32| match value {
+        None => Ok(default),
+        Some(v) if (1..=100).contains(v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) => Err(invalid(v, format!("health.{name} must be 1..=100"))),
+    };
+    let expect_status = match &raw.expect_status {
+        None => (200, 399),
+        Some(text) => parse_status_range(text.get_ref()).map_err(|m| invalid(text, m))?,
+    };
+    Ok(Some(ProbeConfig {
+        path,
+        interval,
+        timeout,
+        jitter: duration(&raw.jitter, interval / 10)?,
+        rise: threshold(&raw.rise, "rise", 2)?,
+        fall: threshold(&raw.fall, "fall", 3)?,
+        expect_status,
+    }))
+}
+
+/// `"200"` or `"200-399"`: the statuses a probe accepts.
+fn parse_status_range(text: &str) -> Result<(u16, u16), String> {
+    let (low, high) = text.split_once('-').unwrap_or((text, text));
+    let status = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|s| (100..=599).contains(s))
+    };
+    match (status(low), status(high)) {
+        (Some(low), Some(high)) if low <= high => Ok((low, high)),
+        _ => Err(format!(
+            "`{text}` is not a status or range of statuses like \"200-399\""
+        )),
+    }
 }
 
 fn validate_pool(name: &str, pool: &RawPool) -> Result<PoolConfig, Invalid> {
@@ -849,6 +991,40 @@ active = "blue"
             assert!(err.contains(why), "{bad}: {err}");
             assert!(err.starts_with("t.toml:9:"), "{err}");
         }
+    }
+
+    #[test]
+    fn health_defaults_probes_only_with_a_health_table() {
+        let config = parse(MINIMAL).unwrap();
+        assert!(config.health.probes.is_none());
+        assert_eq!(config.health.max_fails, 3);
+        assert!(!config.health.fail_open);
+        let config = parse(&format!("{MINIMAL}\n[health]\n")).unwrap();
+        let probes = config.health.probes.unwrap();
+        assert_eq!(probes.path, "/healthz");
+        assert_eq!(probes.interval, Duration::from_secs(5));
+        assert_eq!(probes.jitter, Duration::from_millis(500));
+        assert_eq!((probes.rise, probes.fall), (2, 3));
+        assert_eq!(probes.expect_status, (200, 399));
+        let off = parse(&format!("{MINIMAL}\n[health]\ninterval = \"0s\"\n")).unwrap();
+        assert!(off.health.probes.is_none());
+    }
+
+    #[test]
+    fn bad_health_settings_are_refused_at_their_place() {
+        for (bad, why) in [
+            ("expect_status = \"399-200\"", "range of statuses"),
+            ("expect_status = \"ok\"", "range of statuses"),
+            ("rise = 0", "rise must be"),
+            ("path = \"healthz\"", "not a path"),
+            ("timeout = \"0s\"", "above 0"),
+            ("fail_open = 1", "invalid type"),
+        ] {
+            let err = parse(&format!("{MINIMAL}\n[health]\n{bad}\n")).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(err.starts_with("t.toml:15:"), "{bad}: {err}");
+        }
+        assert_eq!(parse_status_range("204"), Ok((204, 204)));
     }
 
     #[test]

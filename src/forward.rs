@@ -123,7 +123,10 @@ async fn proxy(
     let (guard, exchange) = loop {
         let backend = match &owner {
             Some(owner) => Arc::clone(owner),
-            None => match snapshot.pick_new(hash_client, &tried) {
+            None => match snapshot
+                .pick_new(hash_client, &tried)
+                .or_else(|| crate::health::fail_open_pick(snapshot, hash_client, &tried))
+            {
                 Some(backend) => backend,
                 // Every candidate failed: report the last failure, not an empty pool.
                 None => return Err(last_error.map_or(ProxyError::NoBackend, ProxyError::from)),
@@ -164,6 +167,7 @@ async fn proxy(
                 if let Some(limit) = body_limit_hit(&error) {
                     return Err(ProxyError::BodyTooLarge { limit });
                 }
+                crate::health::note_request_failure(state, snapshot, &backend, &error);
                 match unsent {
                     Some(request)
                         if owner.is_none()
@@ -219,7 +223,12 @@ fn session_owner(state: &State, snapshot: &Snapshot, id: &str) -> Result<Arc<Bac
         .owner(id)
         .and_then(|address| snapshot.backends.get(&address).cloned());
     match owner {
-        Some(backend) if backend.serves_its_sessions() => Ok(backend),
+        Some(backend)
+            if backend.serves_its_sessions()
+                || crate::health::fail_open_serves(snapshot, &backend) =>
+        {
+            Ok(backend)
+        }
         found => {
             if found.is_some() && state.sessions.forget(id) {
                 state.metrics.sessions_forgotten.inc();

@@ -36,6 +36,18 @@ pub struct ClassLabels {
     pub class: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub backend: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub backend: String,
+    pub to: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -61,6 +73,9 @@ pub struct Metrics {
     pub tls_handshakes: Family<OutcomeLabels, Counter>,
     pub reloads: Family<OutcomeLabels, Counter>,
     pub config_generation: Gauge,
+    pub health_probes: Family<ProbeLabels, Counter>,
+    pub health_transitions: Family<TransitionLabels, Counter>,
+    pub ejections: Family<BackendLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -109,6 +124,9 @@ impl Metrics {
             tls_handshakes: Family::default(),
             reloads: Family::default(),
             config_generation: Gauge::default(),
+            health_probes: Family::default(),
+            health_transitions: Family::default(),
+            ejections: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -221,6 +239,21 @@ impl Metrics {
             "config_generation",
             "Generation of the configuration in force",
             m.config_generation.clone(),
+        );
+        r.register(
+            "health_probes",
+            "Active health probes, by backend and outcome (pass, bad_status, timeout, error)",
+            m.health_probes.clone(),
+        );
+        r.register(
+            "health_transitions",
+            "Backends turning healthy or unhealthy, by the state they turned to",
+            m.health_transitions.clone(),
+        );
+        r.register(
+            "backend_ejections",
+            "Backends ejected because real traffic failed past health.max_fails",
+            m.ejections.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -86,6 +86,10 @@ impl Proxy {
                 background.clone(),
             ));
         }
+        tokio::spawn(crate::health::supervise(
+            Arc::clone(&state),
+            background.clone(),
+        ));
         for address in &addresses {
             tracing::info!(%address, "listening");
         }

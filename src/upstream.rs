@@ -33,6 +33,8 @@ pub struct Backend {
     open_streams: AtomicUsize,
     requests: AtomicU64,
     healthy: AtomicBool,
+    /// Probe streaks, passive failure window and ejection deadline (see `health.rs`).
+    pub health: crate::health::Health,
     drained_by_admin: AtomicBool,
     /// Set when the backend left the config and its drain ended: its sessions are lost.
     gone: AtomicBool,
@@ -101,6 +103,7 @@ impl Backend {
             open_streams: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            health: crate::health::Health::default(),
             drained_by_admin: AtomicBool::new(false),
             gone: AtomicBool::new(false),
             stream_root: stream_root.clone(),
@@ -122,12 +125,18 @@ impl Backend {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Passing its probes (or not probed) and not ejected by failures of real traffic.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.healthy.load(Ordering::Relaxed) && !self.health.is_ejected()
     }
 
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Sets the probe verdict, returning the previous one, so exactly one caller sees a flip.
+    pub fn swap_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed)
     }
 
     pub fn is_drained_by_admin(&self) -> bool {
@@ -315,12 +324,13 @@ impl Backend {
         };
         // IPv6 literals come bracketed in the authority; the server name wants them bare.
         let name = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).map_err(
-            |error| UpstreamError::Connect {
-                address: address(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, error),
-            },
-        )?;
+        let server_name =
+            rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|error| {
+                UpstreamError::Connect {
+                    address: address(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, error),
+                }
+            })?;
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
         let stream = tokio::time::timeout_at(deadline, connector.connect(server_name, stream))
             .await

@@ -49,6 +49,10 @@ pub struct Seen {
     pub sessions: Mutex<Vec<String>>,
     /// Legacy sessions: id → sender feeding that session's GET stream.
     pub legacy: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Bytes>>>,
+    /// `GET /healthz` requests (not counted in `requests`).
+    pub probes: AtomicUsize,
+    /// Statuses `/healthz` answers in turn, cycling; empty means 200.
+    pub health_script: Mutex<Vec<u16>>,
 }
 
 /// A small HTTP backend that speaks just enough MCP-over-HTTP to tell where each request landed.
@@ -67,7 +71,16 @@ impl Drop for TestBackend {
 
 impl TestBackend {
     pub async fn start(name: &str) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TestBackend::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts on a given address, e.g. the one of a killed backend coming back.
+    pub async fn start_on(name: &str, address: SocketAddr) -> TestBackend {
+        // A killed backend's listener closes when its accept task notices.
+        let listener = eventually("address free", Duration::from_secs(5), async || {
+            TcpListener::bind(address).await.ok()
+        })
+        .await;
         let address = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let stop = CancellationToken::new();
@@ -115,6 +128,60 @@ impl TestBackend {
     pub fn requests(&self) -> usize {
         self.seen.requests.load(Ordering::SeqCst)
     }
+
+    /// The statuses `/healthz` answers from now on, in turn (e.g. `&[200, 500]` alternates).
+    pub fn set_health(&self, statuses: &[u16]) {
+        *self.seen.health_script.lock().unwrap() = statuses.to_vec();
+    }
+
+    pub fn probes(&self) -> usize {
+        self.seen.probes.load(Ordering::SeqCst)
+    }
+}
+
+/// A backend that accepts connections and never answers: only timeouts can tell it is dead.
+pub struct SilentBackend {
+    pub address: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl SilentBackend {
+    pub async fn start() -> SilentBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    accepted = listener.accept() => {
+                        if let Ok((stream, _)) = accepted {
+                            held.push(stream);
+                        }
+                    }
+                }
+            }
+        });
+        SilentBackend { address, stop }
+    }
+}
+
+impl Drop for SilentBackend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn health_answer(seen: &Seen) -> Response<BoxBody> {
+    let turn = seen.probes.fetch_add(1, Ordering::SeqCst);
+    let script = seen.health_script.lock().unwrap();
+    let status = match script.len() {
+        0 => 200,
+        n => script[turn % n],
+    };
+    text(StatusCode::from_u16(status).unwrap(), "health\n")
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<BoxBody> {
@@ -161,6 +228,9 @@ fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
 static SESSION_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 async fn route(name: &str, seen: &Arc<Seen>, req: Request<Incoming>) -> Response<BoxBody> {
+    if req.uri().path() == "/healthz" {
+        return health_answer(seen);
+    }
     seen.requests.fetch_add(1, Ordering::SeqCst);
     seen.headers.lock().unwrap().push(req.headers().clone());
     let path = req.uri().path().to_string();

@@ -1,0 +1,456 @@
+//! Upstream health: active probes, passive ejection, and the fail-open choice.
+//!
+//! - **Active probes** (only with a `[health]` table): one task per backend address `GET`s the
+//!   probe path through [`Backend::send`], the same connect path as real traffic, so whatever
+//!   scheme the backend speaks the probe speaks too. A verdict flips only after `rise` passes or
+//!   `fall` failures in a row (HAProxy's `rise`/`fall`).
+//! - **Passive ejection** (always, unless `max_fails = 0`): connect failures and timeouts of real
+//!   traffic count against a backend; `max_fails` of them within `fail_window` eject it for
+//!   `ejection` (nginx's `max_fails`/`fail_timeout`, Envoy's outlier detection). With probes on it
+//!   then needs `rise` passes before it takes work again; without, it returns when the ejection
+//!   ends, as in nginx.
+//! - A backend that turns unhealthy has its streams and tunnels closed and its idle connections
+//!   dropped: its sessions are answered `404` from then on, so clients re-initialise elsewhere.
+//!
+//! New backends start healthy: marking a fresh fleet down until its first probes pass would turn
+//! every cold start and every reload that adds backends into an outage (HAProxy also starts
+//! servers up; nginx Plus needs the explicit `mandatory` flag to start them down). A dead new
+//! backend is found by its first `fall` probes, or sooner by passive detection, and its failed
+//! connects are retried on another backend meanwhile.
+//!
+//! Health lives in atomics on the `Backend`, which the snapshot reuses by address, so it survives
+//! reloads. The supervisor keeps one probe task per backend object in the current snapshot.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use http::header;
+use http_body_util::BodyExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::balance;
+use crate::body::RequestBody;
+use crate::config::ProbeConfig;
+use crate::state::{Snapshot, State};
+use crate::upstream::{Backend, Exchange, PoolLimits, UpstreamError};
+
+/// How often the supervisor looks for backends that came or went with a reload.
+const SUPERVISOR_TICK: Duration = Duration::from_millis(250);
+
+/// Health bookkeeping of one backend: lock-free, touched by probes and failed requests only.
+#[derive(Debug, Default)]
+pub struct Health {
+    passes: AtomicU32,
+    failures: AtomicU32,
+    window_start_ms: AtomicU64,
+    window_fails: AtomicU32,
+    /// Milliseconds on [`now_ms`]'s clock; 0 when never ejected.
+    ejected_until_ms: AtomicU64,
+}
+
+impl Health {
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && until > now_ms()
+    }
+
+    /// Counts one failure of real traffic; true when it crosses `max_fails` within `window`, in
+    /// which case the caller ejects the backend (exactly one caller sees true per crossing).
+    fn note_failure(&self, now: u64, window: Duration, max_fails: u32) -> bool {
+        let start = self.window_start_ms.load(Ordering::Relaxed);
+        if start == 0 || now.saturating_sub(start) > millis(window) {
+            if self
+                .window_start_ms
+                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.window_fails.store(0, Ordering::Relaxed);
+            }
+        }
+        let fails = self.window_fails.fetch_add(1, Ordering::Relaxed) + 1;
+        fails >= max_fails
+            && self
+                .window_fails
+                .compare_exchange(fails, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    fn eject_until(&self, until: u64) {
+        self.ejected_until_ms.store(until, Ordering::Relaxed);
+        self.passes.store(0, Ordering::Relaxed);
+    }
+
+    /// Adds a probe result to the streaks; returns the verdict once a streak reaches its threshold.
+    fn note_probe(&self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
+        let (streak, other, threshold) = if passed {
+            (&self.passes, &self.failures, rise)
+        } else {
+            (&self.failures, &self.passes, fall)
+        };
+        other.store(0, Ordering::Relaxed);
+        let run = streak.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        (run >= threshold).then_some(passed)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds since the first call, never 0, so 0 can mean "not set".
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    millis(EPOCH.get_or_init(Instant::now).elapsed()) + 1
+}
+
+/// What one probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    Pass,
+    BadStatus(u16),
+    Timeout,
+    Error,
+}
+
+impl ProbeOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeOutcome::Pass => "pass",
+            ProbeOutcome::BadStatus(_) => "bad_status",
+            ProbeOutcome::Timeout => "timeout",
+            ProbeOutcome::Error => "error",
+        }
+    }
+}
+
+/// One `GET` of the probe path, bounded by the probe timeout from connect to the last body byte.
+pub async fn probe(
+    backend: &Arc<Backend>,
+    probes: &ProbeConfig,
+    limits: PoolLimits,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> ProbeOutcome {
+    let Ok(request) = http::Request::get(probes.path.clone())
+        .header(header::HOST, backend.authority.as_str())
+        .header(header::USER_AGENT, "switchyard-health")
+        .body(RequestBody::empty())
+    else {
+        return ProbeOutcome::Error;
+    };
+    let exchange = async {
+        let Exchange { response, sender } = backend
+            .send(request, probes.timeout, probes.timeout, limits, tls)
+            .await
+            .map_err(|(error, _)| error)?;
+        let status = response.status().as_u16();
+        if response.into_body().collect().await.is_ok() {
+            backend.checkin(sender, limits);
+        }
+        Ok::<u16, UpstreamError>(status)
+    };
+    match tokio::time::timeout(probes.timeout, exchange).await {
+        Err(_)
+        | Ok(Err(UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseTimeout { .. })) => {
+            ProbeOutcome::Timeout
+        }
+        Ok(Err(_)) => ProbeOutcome::Error,
+        Ok(Ok(status)) if (probes.expect_status.0..=probes.expect_status.1).contains(&status) => {
+            ProbeOutcome::Pass
+        }
+        Ok(Ok(status)) => ProbeOutcome::BadStatus(status),
+    }
+}
+
+/// Counts a probe result and flips the backend once a streak reaches `rise` or `fall`.
+pub fn record_probe(
+    state: &State,
+    backend: &Arc<Backend>,
+    probes: &ProbeConfig,
+    outcome: ProbeOutcome,
+) {
+    state
+        .metrics
+        .health_probes
+        .get_or_create(&crate::metrics::ProbeLabels {
+            backend: backend.address.to_string(),
+            outcome: outcome.as_str(),
+        })
+        .inc();
+    let passed = outcome == ProbeOutcome::Pass;
+    match backend.health.note_probe(passed, probes.rise, probes.fall) {
+        Some(true) => turn_healthy(state, backend),
+        Some(false) => turn_unhealthy(state, backend, outcome.as_str()),
+        None => {}
+    }
+}
+
+fn turn_healthy(state: &State, backend: &Arc<Backend>) {
+    if !backend.swap_healthy(true) {
+        tracing::info!(backend = %backend.address, "backend healthy");
+        count_transition(state, backend, "healthy");
+    }
+}
+
+fn turn_unhealthy(state: &State, backend: &Arc<Backend>, why: &str) {
+    if backend.swap_healthy(false) {
+        tracing::warn!(backend = %backend.address, why, "backend unhealthy");
+        count_transition(state, backend, "unhealthy");
+        cut_off(backend);
+    }
+}
+
+/// Its sessions are lost from now on: streams and tunnels end instead of hanging, SSE streams
+/// at an event boundary with a `retry:` hint, and no request reuses a connection to it.
+fn cut_off(backend: &Backend) {
+    backend.close_streams();
+    backend.close_idle();
+}
+
+fn count_transition(state: &State, backend: &Backend, to: &'static str) {
+    state
+        .metrics
+        .health_transitions
+        .get_or_create(&crate::metrics::TransitionLabels {
+            backend: backend.address.to_string(),
+            to,
+        })
+        .inc();
+}
+
+/// Passive detection: a request to `backend` got no response because of `error`.
+pub fn note_request_failure(
+    state: &State,
+    snapshot: &Snapshot,
+    backend: &Arc<Backend>,
+    error: &UpstreamError,
+) {
+    let health = &snapshot.config.health;
+    if health.max_fails == 0 || backend.health.is_ejected() {
+        return;
+    }
+    let now = now_ms();
+    if !backend
+        .health
+        .note_failure(now, health.fail_window, health.max_fails)
+    {
+        return;
+    }
+    backend
+        .health
+        .eject_until(now.saturating_add(millis(health.ejection)).max(now + 1));
+    tracing::warn!(
+        backend = %backend.address,
+        %error,
+        max_fails = health.max_fails,
+        ejection = ?health.ejection,
+        "backend ejected after repeated failures",
+    );
+    state
+        .metrics
+        .ejections
+        .get_or_create(&crate::metrics::BackendLabels {
+            pool: snapshot.pool_of(backend).to_string(),
+            backend: backend.address.to_string(),
+        })
+        .inc();
+    if health.probes.is_some() {
+        // Back only after `rise` passing probes once the ejection ends.
+        turn_unhealthy(state, backend, "ejected");
+    } else {
+        cut_off(backend);
+    }
+}
+
+/// True when no backend of the active pools takes new work.
+pub fn whole_pool_unhealthy(snapshot: &Snapshot) -> bool {
+    !snapshot.active.iter().any(|(i, _)| {
+        snapshot
+            .pool(*i)
+            .members
+            .iter()
+            .any(|m| m.backend.takes_new_work())
+    })
+}
+
+/// Fail-open (Envoy's panic mode): may this unhealthy owner still serve its sessions?
+pub fn fail_open_serves(snapshot: &Snapshot, owner: &Backend) -> bool {
+    snapshot.config.health.fail_open && !owner.is_gone() && whole_pool_unhealthy(snapshot)
+}
+
+/// Fail-open pick for new work when the whole active pool is unhealthy: health is ignored,
+/// admin drains and removals are not.
+pub fn fail_open_pick(
+    snapshot: &Snapshot,
+    client_ip: Option<IpAddr>,
+    exclude: &[Arc<str>],
+) -> Option<Arc<Backend>> {
+    if !snapshot.config.health.fail_open || !whole_pool_unhealthy(snapshot) {
+        return None;
+    }
+    let usable = |b: &Backend| {
+        !b.is_gone() && !b.is_drained_by_admin() && !exclude.iter().any(|e| **e == *b.address)
+    };
+    let client = client_ip.map(balance::client_hash);
+    let first = snapshot.choose_active_pool(client)?;
+    let order = std::iter::once(first).chain(
+        snapshot
+            .active
+            .iter()
+            .map(|(i, _)| *i)
+            .filter(|i| *i != first),
+    );
+    for index in order {
+        let members = &snapshot.pool(index).members;
+        let picked = match client {
+            Some(hash) => balance::pick_by_hash(members, hash, usable),
+            None => balance::pick_least_loaded(members, usable),
+        };
+        if let Some(member) = picked {
+            return Some(Arc::clone(&member.backend));
+        }
+    }
+    None
+}
+
+/// Keeps one probe task per backend of the current snapshot: new backends get one, backends
+/// that left (or were replaced by a new object for the same address) lose theirs.
+pub async fn supervise(state: Arc<State>, stop: CancellationToken) {
+    let mut running: HashMap<Arc<str>, (Arc<Backend>, CancellationToken)> = HashMap::new();
+    let mut tick = tokio::time::interval(SUPERVISOR_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let snapshot = state.snapshot();
+        if snapshot.config.health.probes.is_none() {
+            if !running.is_empty() {
+                // Probing was switched off by a reload: no verdict of it may linger.
+                for (_, (backend, task)) in running.drain() {
+                    task.cancel();
+                    turn_healthy(&state, &backend);
+                }
+            }
+            continue;
+        }
+        running.retain(|address, (backend, task)| {
+            let current = snapshot
+                .backends
+                .get(address)
+                .is_some_and(|b| Arc::ptr_eq(b, backend));
+            if !current {
+                task.cancel();
+            }
+            current
+        });
+        for (address, backend) in &snapshot.backends {
+            if running.contains_key(address) {
+                continue;
+            }
+            let task = stop.child_token();
+            tokio::spawn(probe_loop(
+                Arc::clone(&state),
+                Arc::clone(backend),
+                task.clone(),
+            ));
+            running.insert(Arc::clone(address), (Arc::clone(backend), task));
+        }
+    }
+    for (_, (_, task)) in running {
+        task.cancel();
+    }
+}
+
+/// Up to `max`, at random, so the probes of many proxies (and of many backends) spread out.
+fn jitter(max: Duration) -> Duration {
+    Duration::from_millis(fastrand::u64(0..=millis(max)))
+}
+
+async fn probe_loop(state: Arc<State>, backend: Arc<Backend>, stop: CancellationToken) {
+    let Some(first) = state
+        .snapshot()
+        .config
+        .health
+        .probes
+        .as_ref()
+        .map(|p| p.interval)
+    else {
+        return;
+    };
+    // Start at a random point of the first interval, and never probe a backend
+    // more often than the interval.
+    let mut next = tokio::time::Instant::now() + jitter(first);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep_until(next) => {}
+        }
+        let snapshot = state.snapshot();
+        let Some(probes) = snapshot.config.health.probes.clone() else {
+            return;
+        };
+        let limits = snapshot.pool_limits;
+        let tls = snapshot.config.upstream.tls.clone();
+        drop(snapshot);
+        let started = tokio::time::Instant::now();
+        // An ejected backend sits out its ejection; probes count again after it.
+        if !backend.health.is_ejected() {
+            let outcome = tokio::select! {
+                () = stop.cancelled() => return,
+                outcome = probe(&backend, &probes, limits, tls.as_ref()) => outcome,
+            };
+            tracing::debug!(backend = %backend.address, outcome = outcome.as_str(), "probe");
+            record_probe(&state, &backend, &probes, outcome);
+        }
+        next = started + probes.interval + jitter(probes.jitter);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn verdicts_need_full_streaks() {
+        let health = Health::default();
+        assert_eq!(health.note_probe(false, 2, 3), None);
+        assert_eq!(health.note_probe(false, 2, 3), None);
+        // A pass breaks the failure streak.
+        assert_eq!(health.note_probe(true, 2, 3), None);
+        assert_eq!(health.note_probe(false, 2, 3), None);
+        assert_eq!(health.note_probe(false, 2, 3), None);
+        assert_eq!(health.note_probe(false, 2, 3), Some(false));
+        assert_eq!(health.note_probe(true, 2, 3), None);
+        assert_eq!(health.note_probe(true, 2, 3), Some(true));
+        assert_eq!(health.note_probe(true, 2, 3), Some(true));
+    }
+
+    #[test]
+    fn failures_eject_only_within_the_window() {
+        let health = Health::default();
+        let window = Duration::from_millis(100);
+        assert!(!health.note_failure(1_000, window, 3));
+        assert!(!health.note_failure(1_050, window, 3));
+        // The window started at 1000 has passed: counting starts again.
+        assert!(!health.note_failure(1_200, window, 3));
+        assert!(!health.note_failure(1_210, window, 3));
+        assert!(health.note_failure(1_220, window, 3));
+        // The crossing resets the count.
+        assert!(!health.note_failure(1_230, window, 3));
+    }
+
+    #[test]
+    fn ejection_ends_by_itself() {
+        let health = Health::default();
+        assert!(!health.is_ejected());
+        health.eject_until(now_ms() + 60_000);
+        assert!(health.is_ejected());
+        health.eject_until(now_ms().saturating_sub(1).max(1));
+        assert!(!health.is_ejected());
+    }
+}
