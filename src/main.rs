@@ -47,11 +47,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     let outcome = match cli.command {
-        Command::Check { config } => check(&config),
-        Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
+        Command::Check { config } => {
+            init_logging(cli.log_format, DEFAULT_LOG_LEVEL);
+            check(&config)
+        }
+        Command::Run { config } => {
+            runtime().and_then(|rt| rt.block_on(run(&config, cli.log_format)))
+        }
         Command::Backend(args) => runtime().and_then(|rt| {
+            init_logging(cli.log_format, DEFAULT_LOG_LEVEL);
             rt.block_on(switchyard::backend::run_cli(args))
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
@@ -73,9 +78,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn init_logging(format: LogFormat) {
+const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// `RUST_LOG`, when set, overrides the level from the config (`[log] level`).
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -100,7 +108,8 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn run(path: &std::path::Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    // The config names the log level, so logging starts once it is read.
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(error) => {
@@ -108,6 +117,7 @@ async fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    init_logging(log_format, &config.log.level);
     let shutdown = CancellationToken::new();
     let proxy = Proxy::start(config, shutdown.clone()).await?;
     spawn_signal_handlers(Arc::clone(proxy.state()), shutdown)?;
