@@ -516,8 +516,12 @@ fn read_token(file: &Spanned<String>, source: &Path) -> Result<AdminToken, Inval
         .parent()
         .unwrap_or_else(|| Path::new(""))
         .join(file.get_ref());
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| invalid(file, format!("cannot read admin token file `{}`: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        invalid(
+            file,
+            format!("cannot read admin token file `{}`: {e}", path.display()),
+        )
+    })?;
     let token = text.trim();
     if token.len() < 16 {
         return Err(invalid(
@@ -760,7 +764,10 @@ active = "blue"
         assert!(err.contains("at least 16"), "{err}");
         let missing = with_admin("bind = \"127.0.0.1:9901\"\ntoken_file = \"nope\"");
         let err = Config::parse(&missing, &source).unwrap_err().to_string();
-        assert!(err.contains(":16:14: cannot read admin token file"), "{err}");
+        assert!(
+            err.contains(":16:14: cannot read admin token file"),
+            "{err}"
+        );
     }
 
     #[test]
