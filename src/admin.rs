@@ -1,5 +1,10 @@
-//! The admin listener: liveness, readiness, metrics, status, reload.
+//! The admin listener: liveness, readiness, metrics, status, sessions, reload, drain.
+//!
+//! Every answer is JSON except `/metrics`. Off loopback the listener requires a bearer token
+//! (config validation refuses otherwise); `/healthz` and `/readyz` stay open so that orchestrator
+//! probes need no secret.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -13,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::ResponseBody;
 use crate::state::State;
+
+/// Session tags listed per backend by `GET /sessions`; the counts are always complete.
+const SESSIONS_LISTED_PER_BACKEND: usize = 1000;
 
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
@@ -29,7 +37,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(route(&state, request)) }
+                async move { Ok::<_, Infallible>(handle(&state, &request)) }
             });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -38,37 +46,164 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
     }
 }
 
-fn route(state: &State, request: Request<Incoming>) -> Response<ResponseBody> {
-    match (request.method(), request.uri().path()) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => match not_ready_reason(state) {
-            None => text(StatusCode::OK, "ready\n"),
-            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
-        },
-        (&Method::GET, "/metrics") => {
-            let body = state
-                .metrics
-                .render(&state.snapshot(), state.sessions.len());
-            let mut response = text(StatusCode::OK, body);
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            response
-        }
-        (&Method::GET, "/status") => json(StatusCode::OK, status(state)),
-        (&Method::POST, "/reload") => match crate::reload::reload_from_file(state) {
-            Ok(generation) => json(
-                StatusCode::OK,
-                serde_json::json!({ "reloaded": true, "generation": generation }),
-            ),
-            Err(error) => json(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                serde_json::json!({ "reloaded": false, "error": error.to_string() }),
-            ),
-        },
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+/// What an admin request asks for, decided from the path alone.
+#[derive(Debug, PartialEq, Eq)]
+enum Endpoint<'a> {
+    Healthz,
+    Readyz,
+    Metrics,
+    Status,
+    Sessions,
+    Reload,
+    Drain(&'a str),
+    Undrain(&'a str),
+}
+
+impl Endpoint<'_> {
+    fn parse(path: &str) -> Option<Endpoint<'_>> {
+        let endpoint = match path {
+            "/healthz" => Endpoint::Healthz,
+            "/readyz" => Endpoint::Readyz,
+            "/metrics" => Endpoint::Metrics,
+            "/status" => Endpoint::Status,
+            "/sessions" => Endpoint::Sessions,
+            "/reload" => Endpoint::Reload,
+            _ => {
+                let rest = path.strip_prefix("/backends/")?;
+                let (address, action) = rest.rsplit_once('/')?;
+                match action {
+                    "drain" if !address.is_empty() => Endpoint::Drain(address),
+                    "undrain" if !address.is_empty() => Endpoint::Undrain(address),
+                    _ => return None,
+                }
+            }
+        };
+        Some(endpoint)
     }
+
+    fn method(&self) -> Method {
+        match self {
+            Endpoint::Reload | Endpoint::Drain(_) | Endpoint::Undrain(_) => Method::POST,
+            _ => Method::GET,
+        }
+    }
+
+    /// Probes must work without the secret; everything else reveals or changes state.
+    fn needs_token(&self) -> bool {
+        !matches!(self, Endpoint::Healthz | Endpoint::Readyz)
+    }
+}
+
+fn handle(state: &State, request: &Request<Incoming>) -> Response<ResponseBody> {
+    let Some(endpoint) = Endpoint::parse(request.uri().path()) else {
+        return error(StatusCode::NOT_FOUND, "no such admin endpoint");
+    };
+    if endpoint.needs_token() && !authorized(state, request) {
+        state.metrics.admin_unauthorized.inc();
+        let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    }
+    let allowed = endpoint.method();
+    let method = request.method();
+    if *method != allowed && !(allowed == Method::GET && *method == Method::HEAD) {
+        let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        if let Ok(value) = header::HeaderValue::from_str(allowed.as_str()) {
+            response.headers_mut().insert(header::ALLOW, value);
+        }
+        return response;
+    }
+    match endpoint {
+        Endpoint::Healthz => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
+        Endpoint::Readyz => match not_ready_reason(state) {
+            None => json(StatusCode::OK, serde_json::json!({ "ready": true })),
+            Some(why) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "ready": false, "reason": why.trim_end() }),
+            ),
+        },
+        Endpoint::Metrics => metrics(state),
+        Endpoint::Status => json(StatusCode::OK, status(state)),
+        Endpoint::Sessions => json(StatusCode::OK, sessions(state)),
+        Endpoint::Reload => reload(state),
+        Endpoint::Drain(address) => set_drained(state, address, true),
+        Endpoint::Undrain(address) => set_drained(state, address, false),
+    }
+}
+
+/// With no token configured (loopback only), every request is allowed.
+fn authorized(state: &State, request: &Request<Incoming>) -> bool {
+    let snapshot = state.snapshot();
+    let Some(token) = snapshot
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_ref())
+    else {
+        return true;
+    };
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|presented| token.matches(presented.trim_ascii()))
+}
+
+fn metrics(state: &State) -> Response<ResponseBody> {
+    let body = state.metrics.render(&state.snapshot(), &state.sessions);
+    let mut response = text(StatusCode::OK, body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    response
+}
+
+fn reload(state: &State) -> Response<ResponseBody> {
+    match crate::reload::reload_from_file(state) {
+        Ok(generation) => json(
+            StatusCode::OK,
+            serde_json::json!({ "reloaded": true, "generation": generation }),
+        ),
+        Err(error) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({ "reloaded": false, "error": error.to_string() }),
+        ),
+    }
+}
+
+/// Drained backends take no new work but keep serving the sessions and streams they own. The
+/// flag lives on the backend, so it survives reloads for as long as the address stays.
+fn set_drained(state: &State, address: &str, drained: bool) -> Response<ResponseBody> {
+    let snapshot = state.snapshot();
+    let Some(backend) = snapshot.backends.get(address) else {
+        let known: Vec<&str> = snapshot.backends.keys().map(|a| &**a).collect();
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": format!("no backend `{address}`"), "backends": known }),
+        );
+    };
+    let was = backend.is_drained_by_admin();
+    backend.set_drained_by_admin(drained);
+    if was != drained {
+        tracing::info!(backend = %backend.address, drained, "admin changed backend drain");
+    }
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "address": &*backend.address,
+            "pool": snapshot.pool_of(backend),
+            "drained_by_admin": drained,
+            "changed": was != drained,
+            "in_flight": backend.load(),
+            "open_streams": backend.open_streams(),
+        }),
+    )
 }
 
 /// Ready means: not draining, and the active pools have a backend that takes new work.
@@ -85,6 +220,37 @@ pub fn not_ready_reason(state: &State) -> Option<&'static str> {
             .any(|m| m.backend.takes_new_work())
     });
     (!any_usable).then_some("no healthy backend in the active pool\n")
+}
+
+/// Sessions per owner as short tags (never the ids: they are bearer credentials for the session).
+fn sessions(state: &State) -> serde_json::Value {
+    let snapshot = state.snapshot();
+    let mut by_owner: BTreeMap<Arc<str>, (usize, Vec<String>)> = BTreeMap::new();
+    state.sessions.for_each(|id, owner| {
+        let (count, tags) = by_owner.entry(Arc::clone(owner)).or_default();
+        *count += 1;
+        if tags.len() < SESSIONS_LISTED_PER_BACKEND {
+            tags.push(crate::forward::session_tag(id));
+        }
+    });
+    let backends: Vec<serde_json::Value> = by_owner
+        .into_iter()
+        .map(|(address, (count, mut tags))| {
+            tags.sort_unstable();
+            let pool = snapshot
+                .backends
+                .get(&address)
+                .map_or("(gone)", |b| snapshot.pool_of(b));
+            serde_json::json!({
+                "address": &*address,
+                "pool": pool,
+                "count": count,
+                "truncated": count > tags.len(),
+                "sessions": tags,
+            })
+        })
+        .collect();
+    serde_json::json!({ "total": state.sessions.len(), "backends": backends })
 }
 
 fn status(state: &State) -> serde_json::Value {
@@ -153,4 +319,33 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<ResponseBody> 
         header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+fn error(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    json(status, serde_json::json!({ "error": message }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn paths_map_to_endpoints() {
+        assert_eq!(Endpoint::parse("/healthz"), Some(Endpoint::Healthz));
+        assert_eq!(
+            Endpoint::parse("/backends/10.0.0.1:3001/drain"),
+            Some(Endpoint::Drain("10.0.0.1:3001"))
+        );
+        assert_eq!(
+            Endpoint::parse("/backends/mcp-blue-0.mcp-blue:3001/undrain"),
+            Some(Endpoint::Undrain("mcp-blue-0.mcp-blue:3001"))
+        );
+        assert_eq!(Endpoint::parse("/backends//drain"), None);
+        assert_eq!(Endpoint::parse("/backends/a:1/explode"), None);
+        assert_eq!(Endpoint::parse("/nope"), None);
+        assert!(!Endpoint::Readyz.needs_token());
+        assert!(Endpoint::Sessions.needs_token());
+        assert_eq!(Endpoint::Drain("a:1").method(), Method::POST);
+    }
 }

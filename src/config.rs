@@ -32,6 +32,7 @@ pub struct Config {
     /// Poll the config file this often and reload when it changes; `None` = off.
     pub watch_interval: Option<Duration>,
     pub health: HealthConfig,
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +59,44 @@ pub enum Redirect {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
+    /// Required by every admin request but `/healthz` and `/readyz` when set.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin API's bearer token, read from `token_file`. Never printed, not even by `Debug`.
+#[derive(Clone)]
+pub struct AdminToken(std::sync::Arc<[u8]>);
+
+impl AdminToken {
+    /// Compares in time that depends only on the lengths, so the token cannot be guessed byte by
+    /// byte from response times.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let expected = &*self.0;
+        let differences = expected
+            .iter()
+            .zip(presented)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        differences == 0 && expected.len() == presented.len()
+    }
+}
+
+impl AdminToken {
+    /// The token itself, for `switchyard reload` to present to the admin API.
+    pub fn reveal(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `info,switchyard=debug`; `RUST_LOG` overrides it.
+    pub level: String,
 }
 
 #[derive(Debug, Clone)]
@@ -250,7 +289,12 @@ impl Config {
             out.push_str(&format!("listener  {} ({kind}{proxy})\n", listener.bind));
         }
         if let Some(admin) = &self.admin {
-            out.push_str(&format!("admin     {}\n", admin.bind));
+            let auth = if admin.token.is_some() {
+                " (bearer token required)"
+            } else {
+                ""
+            };
+            out.push_str(&format!("admin     {}{auth}\n", admin.bind));
         }
         for (name, pool) in &self.pools {
             let backends: Vec<String> = pool
@@ -333,6 +377,7 @@ struct RawConfig {
     #[serde(default)]
     reload: RawReload,
     health: Option<RawHealth>,
+    log: RawLog,
 }
 
 #[derive(Deserialize, Default)]
@@ -377,6 +422,13 @@ struct RawCertPair {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     bind: Spanned<String>,
+    token_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -508,11 +560,16 @@ impl RawConfig {
             .iter()
             .map(|l| validate_listener(l, source))
             .collect::<Result<_, _>>()?;
-        let admin = match &self.admin {
-            Some(a) => Some(AdminConfig {
-                bind: socket_addr(&a.bind)?,
-            }),
-            None => None,
+        let admin = self
+            .admin
+            .as_ref()
+            .map(|a| validate_admin(a, source))
+            .transpose()?;
+        let log = LogConfig {
+            level: match &self.log.level {
+                Some(level) => validate_log_level(level)?,
+                None => "info".to_string(),
+            },
         };
         let pools = self
             .pools
@@ -564,6 +621,7 @@ impl RawConfig {
             limits: validate_limits(&self.limits)?,
             watch_interval: optional_duration(&self.reload.watch_interval, Duration::ZERO)?,
             health,
+            log,
         })
     }
 }
@@ -815,6 +873,63 @@ fn parse_status_range(text: &str) -> Result<(u16, u16), String> {
     }
 }
 
+/// The admin API can reload, drain and list sessions: off loopback it must ask for a token.
+fn validate_admin(raw: &RawAdmin, source: &Path) -> Result<AdminConfig, Invalid> {
+    let bind = socket_addr(&raw.bind)?;
+    let token = raw
+        .token_file
+        .as_ref()
+        .map(|file| read_token(file, source))
+        .transpose()?;
+    if token.is_none() && !bind.ip().to_canonical().is_loopback() {
+        return Err(invalid(
+            &raw.bind,
+            format!(
+                "admin bind `{bind}` is not a loopback address: set [admin] token_file = \"…\" \
+                 (a file holding a bearer token) before exposing the admin API"
+            ),
+        ));
+    }
+    Ok(AdminConfig { bind, token })
+}
+
+/// Reads the token file, relative to the config file's directory unless absolute.
+fn read_token(file: &Spanned<String>, source: &Path) -> Result<AdminToken, Invalid> {
+    let path = config_path(file, source);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        invalid(
+            file,
+            format!("cannot read admin token file `{}`: {e}", path.display()),
+        )
+    })?;
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(invalid(
+            file,
+            format!(
+                "admin token file `{}` must hold a token of at least 16 characters",
+                path.display()
+            ),
+        ));
+    }
+    Ok(AdminToken(std::sync::Arc::from(token.as_bytes())))
+}
+
+fn validate_log_level(level: &Spanned<String>) -> Result<String, Invalid> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level.get_ref())
+        .map(|_| level.get_ref().clone())
+        .map_err(|e| {
+            invalid(
+                level,
+                format!(
+                    "`{}` is not a log level or filter like \"info\" or \"info,switchyard=debug\": {e}",
+                    level.get_ref()
+                ),
+            )
+        })
+}
+
 fn validate_pool(name: &str, pool: &RawPool) -> Result<PoolConfig, Invalid> {
     if pool.backends.get_ref().is_empty() {
         return Err(invalid(
@@ -1031,5 +1146,52 @@ active = "blue"
     fn syntax_error_and_missing_sections() {
         assert!(parse("[[listener]\n").unwrap_err().starts_with("t.toml:1:"));
         assert!(parse("").unwrap_err().contains("no [[listener]]"));
+    }
+
+    fn with_admin(admin: &str) -> String {
+        format!("{MINIMAL}\n[admin]\n{admin}\n")
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token_file() {
+        assert!(parse(&with_admin("bind = \"127.0.0.1:9901\"")).is_ok());
+        assert!(parse(&with_admin("bind = \"[::1]:9901\"")).is_ok());
+        let err = parse(&with_admin("bind = \"0.0.0.0:9901\"")).unwrap_err();
+        assert!(err.starts_with("t.toml:15:8: "), "{err}");
+        assert!(err.contains("token_file"), "{err}");
+    }
+
+    #[test]
+    fn admin_token_is_read_relative_to_the_config_and_never_printed() {
+        let dir = std::env::temp_dir().join(format!("switchyard-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("token"), "  s3cret-token-0123456789\n").unwrap();
+        std::fs::write(dir.join("short"), "abc\n").unwrap();
+        let source = dir.join("switchyard.toml");
+        let text = with_admin("bind = \"0.0.0.0:9901\"\ntoken_file = \"token\"");
+        let config = Config::parse(&text, &source).unwrap();
+        let token = config.admin.as_ref().unwrap().token.as_ref().unwrap();
+        assert!(token.matches(b"s3cret-token-0123456789"));
+        assert!(!token.matches(b"s3cret-token-012345678"));
+        assert!(!token.matches(b"s3cret-token-0123456780"));
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let short = with_admin("bind = \"0.0.0.0:9901\"\ntoken_file = \"short\"");
+        let err = Config::parse(&short, &source).unwrap_err().to_string();
+        assert!(err.contains("at least 16"), "{err}");
+        let missing = with_admin("bind = \"127.0.0.1:9901\"\ntoken_file = \"nope\"");
+        let err = Config::parse(&missing, &source).unwrap_err().to_string();
+        assert!(
+            err.contains(":16:14: cannot read admin token file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn log_level_is_validated() {
+        assert_eq!(parse(MINIMAL).unwrap().log.level, "info");
+        let text = format!("{MINIMAL}\n[log]\nlevel = \"warn,switchyard=debug\"\n");
+        assert_eq!(parse(&text).unwrap().log.level, "warn,switchyard=debug");
+        let err = parse(&format!("{MINIMAL}\n[log]\nlevel = \"loud=\"\n")).unwrap_err();
+        assert!(err.starts_with("t.toml:15:9: "), "{err}");
     }
 }

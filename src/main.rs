@@ -56,14 +56,20 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     let outcome = match cli.command {
-        Command::Check { config } => check(&config),
-        Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
+        Command::Check { config } => {
+            init_logging(cli.log_format, DEFAULT_LOG_LEVEL);
+            check(&config)
+        }
+        Command::Run { config } => {
+            runtime().and_then(|rt| rt.block_on(run(&config, cli.log_format)))
+        }
         Command::Reload { config, admin } => {
+            init_logging(cli.log_format, DEFAULT_LOG_LEVEL);
             runtime().and_then(|rt| rt.block_on(reload(config.as_deref(), admin)))
         }
         Command::Backend(args) => runtime().and_then(|rt| {
+            init_logging(cli.log_format, DEFAULT_LOG_LEVEL);
             rt.block_on(switchyard::backend::run_cli(args))
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
@@ -85,9 +91,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn init_logging(format: LogFormat) {
+const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// `RUST_LOG`, when set, overrides the level from the config (`[log] level`).
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -117,8 +126,8 @@ async fn reload(
     config: Option<&std::path::Path>,
     admin: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
-    let address = match (admin, config) {
-        (Some(address), _) => address,
+    let (address, token) = match (admin, config) {
+        (Some(address), _) => (address, None),
         (None, Some(path)) => {
             let config = match Config::load(path) {
                 Ok(config) => config,
@@ -127,14 +136,14 @@ async fn reload(
                     return Ok(ExitCode::from(2));
                 }
             };
-            config
+            let admin = config
                 .admin
-                .map(|a| a.bind)
-                .with_context(|| format!("{} has no [admin] listener to call", path.display()))?
+                .with_context(|| format!("{} has no [admin] listener to call", path.display()))?;
+            (admin.bind, admin.token.map(|t| t.reveal()))
         }
         (None, None) => anyhow::bail!("give --config FILE or --admin ADDRESS"),
     };
-    let (status, body) = switchyard::reload::request_reload(address, None).await?;
+    let (status, body) = switchyard::reload::request_reload(address, token.as_deref()).await?;
     println!("{body}");
     Ok(if status.is_success() {
         ExitCode::SUCCESS
@@ -143,7 +152,8 @@ async fn reload(
     })
 }
 
-async fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn run(path: &std::path::Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    // The config names the log level, so logging starts once it is read.
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(error) => {
@@ -151,6 +161,7 @@ async fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    init_logging(log_format, &config.log.level);
     let shutdown = CancellationToken::new();
     let proxy = Proxy::start(config, shutdown.clone()).await?;
     spawn_signal_handlers(Arc::clone(proxy.state()), shutdown)?;

@@ -10,6 +10,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use std::sync::PoisonError;
+
+use crate::session::SessionTable;
 use crate::state::Snapshot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,6 +62,12 @@ pub struct Metrics {
     pub open_streams: Family<BackendLabels, Gauge>,
     pub backend_healthy: Family<BackendLabels, Gauge>,
     pub backend_draining: Family<BackendLabels, Gauge>,
+    pub backend_drained_by_admin: Family<BackendLabels, Gauge>,
+    pub backend_idle_connections: Family<BackendLabels, Gauge>,
+    pub backend_sessions: Family<BackendLabels, Gauge>,
+    pub admin_unauthorized: Counter,
+    /// Serialises scrapes: the per-backend gauges are rebuilt from scratch on each one.
+    scrape: std::sync::Mutex<()>,
     pub sessions_tracked: Gauge,
     pub sessions_learned: Counter,
     pub sessions_expired: Counter,
@@ -110,6 +119,11 @@ impl Metrics {
             open_streams: Family::default(),
             backend_healthy: Family::default(),
             backend_draining: Family::default(),
+            backend_drained_by_admin: Family::default(),
+            backend_idle_connections: Family::default(),
+            backend_sessions: Family::default(),
+            admin_unauthorized: Counter::default(),
+            scrape: std::sync::Mutex::new(()),
             sessions_tracked: Gauge::default(),
             sessions_learned: Counter::default(),
             sessions_expired: Counter::default(),
@@ -169,6 +183,26 @@ impl Metrics {
             "backend_draining",
             "1 when the backend takes no new work (inactive pool, removed, or drained by admin)",
             m.backend_draining.clone(),
+        );
+        r.register(
+            "backend_drained_by_admin",
+            "1 when an operator drained the backend through the admin API",
+            m.backend_drained_by_admin.clone(),
+        );
+        r.register(
+            "backend_idle_connections",
+            "Keep-alive connections to the backend parked for reuse (in use ones: backend_in_flight)",
+            m.backend_idle_connections.clone(),
+        );
+        r.register(
+            "backend_sessions",
+            "MCP sessions owned by the backend",
+            m.backend_sessions.clone(),
+        );
+        r.register(
+            "admin_unauthorized",
+            "Admin API requests refused for a missing or wrong bearer token",
+            m.admin_unauthorized.clone(),
         );
         r.register(
             "sessions_tracked",
@@ -259,26 +293,53 @@ impl Metrics {
     }
 
     /// Copies live per-backend values into gauges and renders the Prometheus text format.
-    pub fn render(&self, snapshot: &Snapshot, sessions: usize) -> String {
-        for (pool, member) in snapshot.all_members() {
+    pub fn render(&self, snapshot: &Snapshot, sessions: &SessionTable) -> String {
+        let _scrape = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        // Rebuilt from scratch so that backends gone from the config leave no stale series.
+        for family in [
+            &self.in_flight,
+            &self.open_streams,
+            &self.backend_healthy,
+            &self.backend_draining,
+            &self.backend_drained_by_admin,
+            &self.backend_idle_connections,
+            &self.backend_sessions,
+        ] {
+            family.clear();
+        }
+        let owned = sessions.count_by_owner();
+        let removed = snapshot
+            .draining
+            .iter()
+            .filter(|d| d.removed)
+            .map(|d| ("(removed)", &d.backend, true));
+        let configured = snapshot.all_members().map(|(pool, member)| {
+            let draining = !snapshot.is_active_member(pool, &member.backend);
+            (pool, &member.backend, draining)
+        });
+        for (pool, b, draining) in configured.chain(removed) {
             let labels = BackendLabels {
                 pool: pool.to_string(),
-                backend: member.backend.address.to_string(),
+                backend: b.address.to_string(),
             };
-            let b = &member.backend;
-            self.in_flight.get_or_create(&labels).set(b.load() as i64);
-            self.open_streams
-                .get_or_create(&labels)
-                .set(b.open_streams() as i64);
-            self.backend_healthy
-                .get_or_create(&labels)
-                .set(i64::from(b.is_healthy()));
-            let draining = !snapshot.is_active_member(pool, b);
-            self.backend_draining
-                .get_or_create(&labels)
-                .set(i64::from(draining));
+            let set = |family: &Family<BackendLabels, Gauge>, value: usize| {
+                family.get_or_create(&labels).set(value as i64);
+            };
+            set(&self.in_flight, b.load());
+            set(&self.open_streams, b.open_streams());
+            set(&self.backend_healthy, usize::from(b.is_healthy()));
+            set(&self.backend_draining, usize::from(draining));
+            set(
+                &self.backend_drained_by_admin,
+                usize::from(b.is_drained_by_admin()),
+            );
+            set(&self.backend_idle_connections, b.idle_connections());
+            set(
+                &self.backend_sessions,
+                owned.get(&b.address).copied().unwrap_or(0),
+            );
         }
-        self.sessions_tracked.set(sessions as i64);
+        self.sessions_tracked.set(sessions.len() as i64);
         self.config_generation.set(snapshot.generation as i64);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

@@ -136,6 +136,16 @@ impl SessionTable {
         }
         counts
     }
+
+    /// Calls `visit(id, owner)` for every session, one shard lock at a time (admin listing).
+    pub fn for_each(&self, mut visit: impl FnMut(&str, &Arc<str>)) {
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            for (id, entry) in shard.iter() {
+                visit(id, &entry.owner);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -283,6 +283,14 @@ impl Backend {
         }
     }
 
+    /// Keep-alive connections parked for reuse (those in use are counted by `load`).
+    pub fn idle_connections(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// Drops idle connections, e.g. when the backend left the config.
     pub fn close_idle(&self) {
         self.idle

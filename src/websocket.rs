@@ -42,6 +42,8 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, record: &mut AccessRecor
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((to_backend, to_client)) => {
             record.bytes = to_backend + to_client;
+            record.state.metrics.bytes_in.inc_by(to_backend);
+            record.state.metrics.bytes_out.inc_by(to_client);
             "complete"
         }
         Err(_) => "closed",
