@@ -377,6 +377,7 @@ struct RawConfig {
     #[serde(default)]
     reload: RawReload,
     health: Option<RawHealth>,
+    #[serde(default)]
     log: RawLog,
 }
 
