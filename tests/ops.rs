@@ -580,7 +580,9 @@ async fn drain_and_undrain_through_the_api_change_routing() {
 
     // Flip: a drains, b takes the new work, a still serves the session it owns.
     admin_post(&proxy, &format!("/backends/{}/undrain", b.address)).await;
-    let (status, _) = admin_post(&proxy, &format!("/backends/{}/drain", a.address)).await;
+    // Percent-encoded addresses work too.
+    let encoded = a.address.to_string().replace(':', "%3A");
+    let (status, _) = admin_post(&proxy, &format!("/backends/{encoded}/drain")).await;
     assert_eq!(status, 200);
     assert_eq!(spread(&proxy, &a, &b, 20).await, (0, 20));
     let (status, body) = call(&proxy, &session).await;
