@@ -762,3 +762,49 @@ fn kubernetes_configmap_passes_check() {
     let (code, text) = check(&path);
     assert_eq!(code, 0, "{text}\n---\n{toml}");
 }
+
+#[tokio::test]
+async fn removed_backends_leave_no_stale_series() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let drain = "[timeouts]\ndrain = \"200ms\"\n";
+    let proxy = TestProxy::start(&config_for(&[("blue", &[&a, &b])], "\"blue\"", drain)).await;
+    let b_labels = [("backend", &*b.address.to_string())];
+    let samples = scrape(&proxy).await;
+    assert_eq!(
+        total(
+            &samples,
+            "switchyard_backend_draining",
+            &[("pool", "blue"), b_labels[0]]
+        ),
+        0.0
+    );
+    assert_eq!(
+        total(&samples, "switchyard_backend_healthy", &b_labels),
+        1.0
+    );
+
+    proxy
+        .reload(&config_for(&[("blue", &[&a])], "\"blue\"", drain))
+        .unwrap();
+    let samples = scrape(&proxy).await;
+    assert_eq!(total(&samples, "switchyard_config_generation", &[]), 2.0);
+    let removed = [("pool", "(removed)"), b_labels[0]];
+    assert_eq!(
+        total(&samples, "switchyard_backend_draining", &removed),
+        1.0
+    );
+    eventually(
+        "the removed backend's series go away",
+        Duration::from_secs(5),
+        async || {
+            let samples = scrape(&proxy).await;
+            let left = samples
+                .iter()
+                .filter(|s| s.name.starts_with("switchyard_backend_"))
+                .any(|s| s.labels.get("backend") == Some(&b.address.to_string()));
+            (!left).then_some(())
+        },
+    )
+    .await;
+}
