@@ -129,8 +129,8 @@ fn handle(state: &State, request: &Request<Incoming>) -> Response<ResponseBody> 
         Endpoint::Status => json(StatusCode::OK, status(state)),
         Endpoint::Sessions => json(StatusCode::OK, sessions(state)),
         Endpoint::Reload => reload(state),
-        Endpoint::Drain(address) => set_drained(state, address, true),
-        Endpoint::Undrain(address) => set_drained(state, address, false),
+        Endpoint::Drain(address) => set_drained(state, &decode(address), true),
+        Endpoint::Undrain(address) => set_drained(state, &decode(address), false),
     }
 }
 
@@ -175,6 +175,11 @@ fn reload(state: &State) -> Response<ResponseBody> {
             serde_json::json!({ "reloaded": false, "error": error.to_string() }),
         ),
     }
+}
+
+/// Clients may percent-encode the address's `:` or an IPv6 address's brackets.
+fn decode(address: &str) -> std::borrow::Cow<'_, str> {
+    percent_encoding::percent_decode_str(address).decode_utf8_lossy()
 }
 
 /// Drained backends take no new work but keep serving the sessions and streams they own. The
@@ -342,6 +347,8 @@ mod tests {
             Some(Endpoint::Undrain("mcp-blue-0.mcp-blue:3001"))
         );
         assert_eq!(Endpoint::parse("/backends//drain"), None);
+        assert_eq!(decode("%5B%3A%3A1%5D%3A3001"), "[::1]:3001");
+        assert_eq!(decode("10.0.0.1:3001"), "10.0.0.1:3001");
         assert_eq!(Endpoint::parse("/backends/a:1/explode"), None);
         assert_eq!(Endpoint::parse("/nope"), None);
         assert!(!Endpoint::Readyz.needs_token());

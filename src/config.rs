@@ -65,13 +65,13 @@ pub struct AdminConfig {
 
 /// The admin API's bearer token, read from `token_file`. Never printed, not even by `Debug`.
 #[derive(Clone)]
-pub struct AdminToken(std::sync::Arc<[u8]>);
+pub struct AdminToken(std::sync::Arc<str>);
 
 impl AdminToken {
     /// Compares in time that depends only on the lengths, so the token cannot be guessed byte by
     /// byte from response times.
     pub fn matches(&self, presented: &[u8]) -> bool {
-        let expected = &*self.0;
+        let expected = self.0.as_bytes();
         let differences = expected
             .iter()
             .zip(presented)
@@ -81,9 +81,9 @@ impl AdminToken {
 }
 
 impl AdminToken {
-    /// The token itself, for `switchyard reload` to present to the admin API.
-    pub fn reveal(&self) -> String {
-        String::from_utf8_lossy(&self.0).into_owned()
+    /// The `Authorization` header value a client of the admin API (e.g. `switchyard reload`) sends.
+    pub fn authorization(&self) -> String {
+        format!("Bearer {}", self.0)
     }
 }
 
@@ -913,22 +913,35 @@ fn read_token(file: &Spanned<String>, source: &Path) -> Result<AdminToken, Inval
             ),
         ));
     }
-    Ok(AdminToken(std::sync::Arc::from(token.as_bytes())))
+    Ok(AdminToken(std::sync::Arc::from(token)))
 }
 
 fn validate_log_level(level: &Spanned<String>) -> Result<String, Invalid> {
-    tracing_subscriber::EnvFilter::builder()
-        .parse(level.get_ref())
-        .map(|_| level.get_ref().clone())
-        .map_err(|e| {
-            invalid(
-                level,
-                format!(
-                    "`{}` is not a log level or filter like \"info\" or \"info,switchyard=debug\": {e}",
-                    level.get_ref()
-                ),
-            )
-        })
+    let text = level.get_ref();
+    // A bare word is read by tracing as a target name ("inof" = trace for target `inof`), which
+    // would silently log nothing: a bare word must be a level.
+    let bare_non_level = text.split(',').map(str::trim).find(|d| {
+        !d.is_empty()
+            && !d.contains(['=', '['])
+            && d.parse::<tracing::level_filters::LevelFilter>().is_err()
+    });
+    let parsed = match bare_non_level {
+        Some(word) => Err(format!(
+            "`{word}` is not a level (trace, debug, info, warn, error, off)"
+        )),
+        None => tracing_subscriber::EnvFilter::builder()
+            .parse(text)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    };
+    parsed.map(|()| text.clone()).map_err(|why| {
+        invalid(
+            level,
+            format!(
+                "`{text}` is not a log filter like \"info\" or \"info,switchyard=debug\": {why}"
+            ),
+        )
+    })
 }
 
 fn validate_pool(name: &str, pool: &RawPool) -> Result<PoolConfig, Invalid> {
@@ -1176,6 +1189,7 @@ active = "blue"
         assert!(!token.matches(b"s3cret-token-012345678"));
         assert!(!token.matches(b"s3cret-token-0123456780"));
         assert!(!format!("{config:?}").contains("s3cret"));
+        assert_eq!(token.authorization(), "Bearer s3cret-token-0123456789");
         let short = with_admin("bind = \"0.0.0.0:9901\"\ntoken_file = \"short\"");
         let err = Config::parse(&short, &source).unwrap_err().to_string();
         assert!(err.contains("at least 16"), "{err}");
@@ -1192,7 +1206,9 @@ active = "blue"
         assert_eq!(parse(MINIMAL).unwrap().log.level, "info");
         let text = format!("{MINIMAL}\n[log]\nlevel = \"warn,switchyard=debug\"\n");
         assert_eq!(parse(&text).unwrap().log.level, "warn,switchyard=debug");
-        let err = parse(&format!("{MINIMAL}\n[log]\nlevel = \"loud=\"\n")).unwrap_err();
-        assert!(err.starts_with("t.toml:15:9: "), "{err}");
+        for bad in ["inof", "info,switchyard=loud", "info,["] {
+            let err = parse(&format!("{MINIMAL}\n[log]\nlevel = \"{bad}\"\n")).unwrap_err();
+            assert!(err.starts_with("t.toml:15:9: "), "{bad}: {err}");
+        }
     }
 }

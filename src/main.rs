@@ -139,7 +139,7 @@ async fn reload(
             let admin = config
                 .admin
                 .with_context(|| format!("{} has no [admin] listener to call", path.display()))?;
-            (admin.bind, admin.token.map(|t| t.reveal()))
+            (admin.bind, admin.token.map(|t| t.authorization()))
         }
         (None, None) => anyhow::bail!("give --config FILE or --admin ADDRESS"),
     };

@@ -139,7 +139,7 @@ async fn post_reload(
     let mut request =
         http::Request::post("/reload").header(http::header::HOST, address.to_string());
     if let Some(token) = token {
-        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        request = request.header(http::header::AUTHORIZATION, token);
     }
     let request = request
         .body(Empty::<bytes::Bytes>::new())
