@@ -540,12 +540,17 @@ fn redirect_base(url: &Spanned<String>) -> Result<String, Invalid> {
     let text = url.get_ref().trim_end_matches('/');
     let parsed: Option<http::Uri> = text.parse().ok();
     let usable = parsed.is_some_and(|uri| {
-        uri.scheme_str().is_some_and(|s| s == "https" || s == "http") && uri.authority().is_some()
+        uri.scheme_str()
+            .is_some_and(|s| s == "https" || s == "http")
+            && uri.authority().is_some()
     });
     if !usable {
         return Err(invalid(
             url,
-            format!("redirect `{}` is not a URL like https://example.com", url.get_ref()),
+            format!(
+                "redirect `{}` is not a URL like https://example.com",
+                url.get_ref()
+            ),
         ));
     }
     Ok(text.to_string())
@@ -594,7 +599,10 @@ fn listener_tls(
     let client_ca = tls.client_ca.as_ref().map(|ca| config_path(ca, source));
     let pairs: Vec<_> = pairs.into_iter().map(|(pair, _)| pair).collect();
     crate::tls::server_config(&pairs, client_ca.as_deref()).map_err(|e| {
-        let span = tls.client_ca.as_ref().map_or_else(|| raw.span(), Spanned::span);
+        let span = tls
+            .client_ca
+            .as_ref()
+            .map_or_else(|| raw.span(), Spanned::span);
         Invalid {
             span: Some(span),
             message: e.to_string(),
@@ -625,23 +633,31 @@ fn upstream_tls(
 
 fn validate_limits(raw: &RawLimits) -> Result<Limits, Invalid> {
     // hyper refuses a read buffer below 8 KiB.
-    let max_header_size = raw.max_header_size.as_ref().map_or(Ok(65_536), |size| {
-        match *size.get_ref() {
-            s @ 8192..=16_777_216 => Ok(s),
-            _ => Err(invalid(size, "max_header_size must be 8192..=16777216 bytes".into())),
-        }
-    })?;
-    let max_headers = raw.max_headers.as_ref().map_or(Ok(100), |count| {
-        match *count.get_ref() {
+    let max_header_size =
+        raw.max_header_size
+            .as_ref()
+            .map_or(Ok(65_536), |size| match *size.get_ref() {
+                s @ 8192..=16_777_216 => Ok(s),
+                _ => Err(invalid(
+                    size,
+                    "max_header_size must be 8192..=16777216 bytes".into(),
+                )),
+            })?;
+    let max_headers = raw
+        .max_headers
+        .as_ref()
+        .map_or(Ok(100), |count| match *count.get_ref() {
             c @ 1..=10_000 => Ok(c),
             _ => Err(invalid(count, "max_headers must be 1..=10000".into())),
-        }
-    })?;
+        })?;
     let http2_max_concurrent_streams =
         raw.http2_max_concurrent_streams
             .as_ref()
             .map_or(Ok(100), |count| match *count.get_ref() {
-                0 => Err(invalid(count, "http2_max_concurrent_streams must be at least 1".into())),
+                0 => Err(invalid(
+                    count,
+                    "http2_max_concurrent_streams must be at least 1".into(),
+                )),
                 c => Ok(c),
             })?;
     Ok(Limits {

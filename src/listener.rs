@@ -177,9 +177,11 @@ async fn handshake_and_serve(
         serve(stream, conn, redirect, state, builder, shutdown, permit).await;
         return;
     };
-    let accepted =
-        tokio::time::timeout_at(deadline, tokio_rustls::TlsAcceptor::from(tls).accept(stream))
-            .await;
+    let accepted = tokio::time::timeout_at(
+        deadline,
+        tokio_rustls::TlsAcceptor::from(tls).accept(stream),
+    )
+    .await;
     let outcome = match &accepted {
         Ok(Ok(_)) => "success",
         Ok(Err(_)) => "failure",
@@ -258,10 +260,7 @@ pub async fn serve<IO>(
 
 /// The `301` of a redirect listener (nginx: `return 301 https://$host$request_uri`).
 pub fn redirect_response<B>(redirect: &Redirect, request: &Request<B>) -> Response<ResponseBody> {
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str());
+    let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let location = match redirect {
         Redirect::To(base) => Some(format!("{base}{path}")),
         Redirect::SameHost => request

@@ -74,8 +74,12 @@ fn client_address(header: &[u8]) -> Result<Option<SocketAddr>, ProxyHeaderError>
         }),
         HeaderResult::V2(Ok(header)) => Ok(match (header.command, header.addresses) {
             (v2::Command::Local, _) => None,
-            (_, v2::Addresses::IPv4(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
-            (_, v2::Addresses::IPv6(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
+            (_, v2::Addresses::IPv4(a)) => {
+                Some(SocketAddr::from((a.source_address, a.source_port)))
+            }
+            (_, v2::Addresses::IPv6(a)) => {
+                Some(SocketAddr::from((a.source_address, a.source_port)))
+            }
             (_, v2::Addresses::Unspecified | v2::Addresses::Unix(_)) => None,
         }),
         HeaderResult::V1(Err(e)) => Err(malformed(&e)),
@@ -118,7 +122,10 @@ mod tests {
         let mut bytes = header.clone();
         bytes.extend_from_slice(b"\x16\x03\x01");
         let (result, rest) = read(&bytes).await;
-        assert_eq!(result.unwrap(), Some("[2001:db8::7]:40000".parse().unwrap()));
+        assert_eq!(
+            result.unwrap(),
+            Some("[2001:db8::7]:40000".parse().unwrap())
+        );
         assert_eq!(rest, b"\x16\x03\x01");
     }
 

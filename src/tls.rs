@@ -198,6 +198,9 @@ mod tests {
             key: PathBuf::from("/nonexistent/key.pem"),
         };
         let err = server_config(&[pair], None).unwrap_err().to_string();
-        assert!(err.starts_with("`/nonexistent/cert.pem`: cannot read"), "{err}");
+        assert!(
+            err.starts_with("`/nonexistent/cert.pem`: cannot read"),
+            "{err}"
+        );
     }
 }

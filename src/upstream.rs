@@ -315,12 +315,13 @@ impl Backend {
         };
         // IPv6 literals come bracketed in the authority; the server name wants them bare.
         let name = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).map_err(
-            |error| UpstreamError::Connect {
-                address: address(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, error),
-            },
-        )?;
+        let server_name =
+            rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|error| {
+                UpstreamError::Connect {
+                    address: address(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, error),
+                }
+            })?;
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
         let stream = tokio::time::timeout_at(deadline, connector.connect(server_name, stream))
             .await

@@ -190,12 +190,19 @@ async fn handshake_with_a_client_that_trusts_the_test_ca() {
     );
     let proxy = TestProxy::start(&config).await;
 
-    let stream = tls_connect(proxy.address, "localhost", pki.client_config(&[b"http/1.1"]))
-        .await
-        .unwrap();
+    let stream = tls_connect(
+        proxy.address,
+        "localhost",
+        pki.client_config(&[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let mut sender = http1(stream).await;
-    assert_eq!(get(&mut sender, "/name").await, (StatusCode::OK, "b1".into()));
+    assert_eq!(
+        get(&mut sender, "/name").await,
+        (StatusCode::OK, "b1".into())
+    );
     let (_, headers) = get(&mut sender, "/headers").await;
     let headers: serde_json::Value = serde_json::from_str(&headers).unwrap();
     assert_eq!(headers["x-forwarded-proto"], "https");
@@ -378,11 +385,10 @@ async fn client_certificates_are_required_with_client_ca() {
     let refused = match anonymous {
         Err(_) => true,
         Ok(stream) => {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
-                TokioIo::new(stream),
-            )
-            .await
-            .unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                    .await
+                    .unwrap();
             tokio::spawn(conn);
             let request = Request::get("/name")
                 .header("host", "localhost")
@@ -415,7 +421,10 @@ async fn client_certificates_are_required_with_client_ca() {
         .await
         .unwrap();
     let mut sender = http1(stream).await;
-    assert_eq!(get(&mut sender, "/name").await, (StatusCode::OK, "b1".into()));
+    assert_eq!(
+        get(&mut sender, "/name").await,
+        (StatusCode::OK, "b1".into())
+    );
 }
 
 #[tokio::test]
@@ -460,12 +469,14 @@ async fn redirect_listener_answers_301_to_https() {
 
 /// A TLS backend answering with its name, for `https://` pool members.
 async fn start_tls_backend(leaf: &Leaf, name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
-    let config =
-        switchyard::tls::server_config(&[switchyard::tls::CertPair {
+    let config = switchyard::tls::server_config(
+        &[switchyard::tls::CertPair {
             cert: leaf.cert.clone(),
             key: leaf.key.clone(),
-        }], None)
-        .unwrap();
+        }],
+        None,
+    )
+    .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -481,9 +492,9 @@ async fn start_tls_backend(leaf: &Leaf, name: &'static str) -> (SocketAddr, Arc<
                     return;
                 };
                 let service = hyper::service::service_fn(|_req| async move {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                        Bytes::from(name),
-                    )))
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                        name,
+                    ))))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -572,10 +583,7 @@ fn missing_unreadable_and_mismatched_tls_files_are_config_errors() {
             "no PEM certificate",
         ),
         (
-            format!(
-                "tls = {{ cert = {:?} }}",
-                one.cert.display().to_string()
-            ),
+            format!("tls = {{ cert = {:?} }}", one.cert.display().to_string()),
             "",
             "both cert and key",
         ),
@@ -612,9 +620,6 @@ fn switchyard_check_names_the_bad_certificate_file() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     // Relative paths resolve against the config file's directory.
     let expected = dir.0.join("certs/missing.pem");
-    assert!(
-        stderr.contains(&expected.display().to_string()),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&expected.display().to_string()), "{stderr}");
     assert!(stderr.contains("switchyard.toml:3:"), "{stderr}");
 }
