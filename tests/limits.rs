@@ -337,6 +337,42 @@ async fn h2_get(sender: h2::client::SendRequest<Bytes>, address: SocketAddr) -> 
     response.await.unwrap().status()
 }
 
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = (payload.len() as u32).to_be_bytes();
+    let mut out = vec![length[1], length[2], length[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An HPACK integer with an `n`-bit prefix (RFC 7541 section 5.1).
+fn hpack_int(first: u8, n: u32, mut value: usize, out: &mut Vec<u8>) {
+    let max = (1usize << n) - 1;
+    if value < max {
+        out.push(first | value as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128 + 128) as u8);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+/// A literal header field without indexing, new name (RFC 7541 section 6.2.2).
+fn hpack_literal(name: &str, value: &str) -> Vec<u8> {
+    let mut out = vec![0];
+    hpack_int(0, 7, name.len(), &mut out);
+    out.extend_from_slice(name.as_bytes());
+    hpack_int(0, 7, value.len(), &mut out);
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
 /// The error code of the first GOAWAY frame in a server's byte stream.
 fn goaway_code(mut bytes: &[u8]) -> Option<u32> {
     while bytes.len() >= 9 {
@@ -368,8 +404,7 @@ async fn http2_rapid_reset_client_is_cut_off_and_others_keep_working() {
     // The attack as it runs on the wire (CVE-2023-44487): HEADERS then RST_STREAM, stream after
     // stream, without waiting for anything. Written as raw frames because a well-behaved client
     // library holds back what it never sent.
-    let mut attack = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    attack.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
+    let mut attack = H2_PREFACE.to_vec();
     for n in 0..1000u32 {
         let id = (2 * n + 1).to_be_bytes();
         // HEADERS, END_STREAM | END_HEADERS: :method GET, :scheme http, :path / (static table)
@@ -396,6 +431,57 @@ async fn http2_rapid_reset_client_is_cut_off_and_others_keep_working() {
     );
 
     assert_eq!(h2_get(bystander, proxy.address).await, StatusCode::OK);
+    assert_eq!(
+        h2_get(h2c(proxy.address).await, proxy.address).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn http2_oversized_headers_get_431_and_continuation_floods_are_cut_off() {
+    let backend = TestBackend::start("b1").await;
+    let config = config_for(
+        &[("blue", &[&backend])],
+        "\"blue\"",
+        "[limits]\nmax_header_size = 16384\n",
+    );
+    let proxy = TestProxy::start(&config).await;
+    let get = [0x82u8, 0x86, 0x84]; // :method GET, :scheme http, :path /
+
+    // An oversized header list from a well-behaved client library: 431 on that stream only.
+    let sender = h2c(proxy.address).await;
+    let mut ready = sender.clone().ready().await.unwrap();
+    let request = http::Request::get(format!("http://{}/name", proxy.address))
+        .header("x-big", "a".repeat(20_000))
+        .body(())
+        .unwrap();
+    let (response, _) = ready.send_request(request, true).unwrap();
+    let status = response.await.map(|r| r.status());
+    assert_eq!(status.unwrap(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(h2_get(sender, proxy.address).await, StatusCode::OK);
+    assert_eq!(backend.requests(), 1);
+
+    // CONTINUATION flood: a header block that never ends. The server must give up, not buffer.
+    let mut flood = H2_PREFACE.to_vec();
+    flood.extend(frame(1, 0x01, 1, &get)); // END_STREAM, no END_HEADERS
+    let chunk = hpack_literal("x-flood", &"c".repeat(1000));
+    for _ in 0..5000 {
+        flood.extend(frame(9, 0, 1, &chunk));
+    }
+    let mut attacker = TcpStream::connect(proxy.address).await.unwrap();
+    let _ = attacker.write_all(&flood).await;
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), attacker.read_to_end(&mut received))
+        .await
+        .expect("the flooding connection is closed")
+        .ok();
+    assert!(
+        goaway_code(&received).is_some(),
+        "GOAWAY sent before closing"
+    );
+    assert_eq!(backend.requests(), 1);
+
+    // Everyone else is fine.
     assert_eq!(
         h2_get(h2c(proxy.address).await, proxy.address).await,
         StatusCode::OK
