@@ -356,9 +356,15 @@ async fn reload_with_a_broken_certificate_changes_nothing() {
         der: Vec::new(),
     };
     let err = proxy
-        .reload(&with_listener(base, &tls_line(&missing)))
+        .reload(&with_listener(base.clone(), &tls_line(&missing)))
         .unwrap_err();
     assert!(err.contains("missing.pem"), "{err}");
+    // Certificates may change on reload; the set of bound sockets may not.
+    let two_listeners = format!("[[listener]]\nbind = \"127.0.0.1:0\"\n\n{base}");
+    let err = proxy
+        .reload(&with_listener(two_listeners, &tls_line(&good)))
+        .unwrap_err();
+    assert!(err.contains("bind addresses cannot change"), "{err}");
     let stream = tls_connect(proxy.address, "localhost", pki.client_config(&[]))
         .await
         .unwrap();
