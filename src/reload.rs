@@ -11,7 +11,9 @@ use crate::state::State;
 pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("listeners cannot change on reload (restart the proxy to change them): {0}")]
+    #[error(
+        "listener bind addresses cannot change on reload (restart the proxy to change them; TLS certificates, PROXY protocol and redirects can): {0}"
+    )]
     ListenersChanged(String),
 }
 
@@ -44,7 +46,9 @@ pub fn reload_from(state: &State, path: &Path) -> Result<u64, ReloadError> {
     outcome
 }
 
-/// Applies an already validated config, refusing changes a running process cannot make.
+/// Applies an already validated config, refusing changes a running process cannot make: the
+/// bound sockets stay, everything else about a listener (certificates included) comes from the
+/// new snapshot for each connection accepted after the swap.
 pub fn apply(state: &State, config: Config) -> Result<u64, ReloadError> {
     let current = state.snapshot();
     let old: Vec<_> = current.config.listeners.iter().map(|l| l.bind).collect();

@@ -356,9 +356,15 @@ async fn reload_with_a_broken_certificate_changes_nothing() {
         der: Vec::new(),
     };
     let err = proxy
-        .reload(&with_listener(base, &tls_line(&missing)))
+        .reload(&with_listener(base.clone(), &tls_line(&missing)))
         .unwrap_err();
     assert!(err.contains("missing.pem"), "{err}");
+    // Certificates may change on reload; the set of bound sockets may not.
+    let two_listeners = format!("[[listener]]\nbind = \"127.0.0.1:0\"\n\n{base}");
+    let err = proxy
+        .reload(&with_listener(two_listeners, &tls_line(&good)))
+        .unwrap_err();
+    assert!(err.contains("bind addresses cannot change"), "{err}");
     let stream = tls_connect(proxy.address, "localhost", pki.client_config(&[]))
         .await
         .unwrap();
@@ -622,4 +628,33 @@ fn switchyard_check_names_the_bad_certificate_file() {
     let expected = dir.0.join("certs/missing.pem");
     assert!(stderr.contains(&expected.display().to_string()), "{stderr}");
     assert!(stderr.contains("switchyard.toml:3:"), "{stderr}");
+}
+
+#[test]
+fn redirect_and_backend_address_settings_are_validated() {
+    let config = |listener: &str, backend: &str| {
+        format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n{listener}\n\n[pools.blue]\nbackends = [\"{backend}\"]\n\n[routing]\nactive = \"blue\"\n"
+        )
+    };
+    for (listener, backend, why) in [
+        (
+            "redirect_https = true\nredirect = \"https://a.example\"",
+            "127.0.0.1:1",
+            "not both",
+        ),
+        ("redirect = \"a.example\"", "127.0.0.1:1", "not a URL"),
+        ("", "https://localhost", "needs a port"),
+        ("", "http://localhost:80", "not a backend address"),
+        ("tls = { }", "127.0.0.1:1", "needs a certificate"),
+    ] {
+        let err = parse(&config(listener, backend)).unwrap_err();
+        assert!(err.contains(why), "{listener} {backend}: {err}");
+        assert!(err.starts_with("test.toml:"), "{err}");
+    }
+    let ok = parse(&config("redirect = \"https://a.example/\"", "127.0.0.1:1")).unwrap();
+    assert_eq!(
+        ok.listeners[0].redirect,
+        Some(switchyard::config::Redirect::To("https://a.example".into()))
+    );
 }
