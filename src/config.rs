@@ -26,6 +26,7 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub upstream: UpstreamConfig,
     pub limits: Limits,
+    pub discovery: DiscoveryConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -50,10 +51,34 @@ pub struct BackendConfig {
     pub weight: u32,
 }
 
+impl BackendConfig {
+    /// `(host, port)` when the entry names a host rather than an IP address: the entry that
+    /// discovery resolves.
+    pub fn hostname(&self) -> Option<(&str, u16)> {
+        let (host, port) = self.address.rsplit_once(':')?;
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if literal.parse::<IpAddr>().is_ok() {
+            return None;
+        }
+        Some((host, port.parse().ok()?))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub idle_timeout: Duration,
     pub max_sessions: usize,
+    /// Whether session ids are sealed into tokens any replica can route (see `seal.rs`).
+    pub seal: crate::seal::SealSetting,
+}
+
+/// Re-resolving pool entries written as hostnames (`fleet.internal:3000`).
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// `None` turns discovery off: hostnames are then resolved per connection.
+    pub interval: Option<Duration>,
+    /// A nameserver to ask instead of the system resolver.
+    pub resolver: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +282,15 @@ struct RawConfig {
     upstream: RawUpstream,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    discovery: RawDiscovery,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    interval: RawDuration,
+    resolver: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -314,6 +348,9 @@ type RawDuration = Option<Spanned<String>>;
 struct RawSessions {
     idle_timeout: RawDuration,
     max_sessions: Option<usize>,
+    seal: Option<Spanned<bool>>,
+    seal_keys_file: Option<Spanned<String>>,
+    seal_keys_env: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -408,6 +445,7 @@ impl RawConfig {
             sessions: SessionConfig {
                 idle_timeout: duration(&self.sessions.idle_timeout, Duration::from_secs(3600))?,
                 max_sessions: self.sessions.max_sessions.unwrap_or(1_000_000),
+                seal: seal_setting(&self.sessions, source)?,
             },
             timeouts: Timeouts {
                 connect: duration(&self.timeouts.connect, Duration::from_secs(3))?,
@@ -434,8 +472,99 @@ impl RawConfig {
                     Duration::from_secs(10),
                 )?,
             },
+            discovery: DiscoveryConfig {
+                interval: optional_duration(&self.discovery.interval, Duration::from_secs(10))?,
+                resolver: self
+                    .discovery
+                    .resolver
+                    .as_ref()
+                    .map(nameserver_addr)
+                    .transpose()?,
+            },
         })
     }
+}
+
+/// A nameserver: `ip:port`, or a bare IP meaning port 53.
+fn nameserver_addr(text: &Spanned<String>) -> Result<SocketAddr, Invalid> {
+    let written = text.get_ref();
+    written
+        .parse::<SocketAddr>()
+        .or_else(|_| written.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| {
+            invalid(
+                text,
+                format!("`{written}` is not a nameserver address like 127.0.0.1:53"),
+            )
+        })
+}
+
+/// Sealing is on when a key source is configured, unless `seal = false`; `seal = true` without
+/// keys seals with a random per-process key.
+fn seal_setting(raw: &RawSessions, source: &Path) -> Result<crate::seal::SealSetting, Invalid> {
+    use crate::seal::SealSetting;
+    let keys = match (&raw.seal_keys_file, &raw.seal_keys_env) {
+        (Some(_), Some(env)) => {
+            return Err(invalid(
+                env,
+                "set either sessions.seal_keys_file or sessions.seal_keys_env, not both".into(),
+            ));
+        }
+        (Some(file), None) => Some(keys_from_file(file, source)?),
+        (None, Some(env)) => Some(keys_from_env(env)?),
+        (None, None) => None,
+    };
+    Ok(match (raw.seal.as_ref().map(|s| *s.get_ref()), keys) {
+        (Some(false), _) => SealSetting::Off,
+        (_, Some(keys)) => SealSetting::Keys(keys),
+        (Some(true), None) => SealSetting::Ephemeral,
+        (None, None) => SealSetting::Off,
+    })
+}
+
+/// One base64 key per line; blank lines and `#` comments skipped; the first key seals.
+fn parse_keys(text: &str) -> Result<Vec<crate::seal::SealKey>, String> {
+    let mut keys = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = crate::seal::SealKey::parse(line)
+            .map_err(|why| format!("line {}: {why}", number + 1))?;
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return Err("holds no key".into());
+    }
+    Ok(keys)
+}
+
+fn keys_from_file(
+    file: &Spanned<String>,
+    source: &Path,
+) -> Result<Vec<crate::seal::SealKey>, Invalid> {
+    // Relative to the config file, so a config and its key file move together.
+    let path = source
+        .parent()
+        .unwrap_or_else(|| Path::new(""))
+        .join(file.get_ref());
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        invalid(
+            file,
+            format!("cannot read key file {}: {e}", path.display()),
+        )
+    })?;
+    parse_keys(&text).map_err(|why| invalid(file, format!("key file {}: {why}", path.display())))
+}
+
+fn keys_from_env(env: &Spanned<String>) -> Result<Vec<crate::seal::SealKey>, Invalid> {
+    let name = env.get_ref();
+    let text = std::env::var(name)
+        .map_err(|_| invalid(env, format!("environment variable `{name}` is not set")))?;
+    // Several keys in one variable: separated by newlines, commas or spaces.
+    let lines = text.replace([',', ' '], "\n");
+    parse_keys(&lines).map_err(|why| invalid(env, format!("`{name}`: {why}")))
 }
 
 fn validate_pool(name: &str, pool: &RawPool) -> Result<PoolConfig, Invalid> {

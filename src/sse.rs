@@ -87,6 +87,21 @@ impl EndpointScanner {
     }
 }
 
+/// `haystack` with the first occurrence of `from` replaced by `to`; `None` if absent. Used to
+/// rewrite the endpoint URL inside the held head of a stream (a one-line `data:` value appears
+/// verbatim in the bytes).
+pub fn replace_first(haystack: &[u8], from: &[u8], to: &[u8]) -> Option<Vec<u8>> {
+    if from.is_empty() {
+        return None;
+    }
+    let at = haystack.windows(from.len()).position(|w| w == from)?;
+    let mut out = Vec::with_capacity(haystack.len() - from.len() + to.len());
+    out.extend_from_slice(&haystack[..at]);
+    out.extend_from_slice(to);
+    out.extend_from_slice(&haystack[at + from.len()..]);
+    Some(out)
+}
+
 /// `(event name, data)` of one event block, or `None` for a block with no data.
 fn parse_event(block: &str) -> Option<(&str, String)> {
     let mut name = "message";
@@ -143,6 +158,15 @@ mod tests {
         );
         assert!(s.is_done());
         assert_eq!(s.feed(b"event: endpoint\ndata: /x\n\n"), None);
+    }
+
+    #[test]
+    fn replaces_only_the_first_occurrence() {
+        assert_eq!(
+            replace_first(b"a /m?s=1 /m?s=1", b"/m?s=1", b"/m?s=TOKEN").unwrap(),
+            b"a /m?s=TOKEN /m?s=1"
+        );
+        assert_eq!(replace_first(b"abc", b"x", b"y"), None);
     }
 
     #[test]
