@@ -67,7 +67,12 @@ impl Drop for TestBackend {
 
 impl TestBackend {
     pub async fn start(name: &str) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TestBackend::start_on(name, "127.0.0.1:0").await
+    }
+
+    /// Like [`TestBackend::start`], on a given address (another loopback IP, a shared port).
+    pub async fn start_on(name: &str, bind: &str) -> TestBackend {
+        let listener = TcpListener::bind(bind).await.unwrap();
         let address = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let stop = CancellationToken::new();
