@@ -744,6 +744,65 @@ active = "blue"
     }
 
     #[test]
+    fn sealing_defaults_off_and_reads_keys() {
+        use crate::seal::{SealKey, SealSetting};
+        assert_eq!(parse(MINIMAL).unwrap().sessions.seal, SealSetting::Off);
+        let with = |extra: &str| parse(&format!("{MINIMAL}\n[sessions]\n{extra}\n"));
+        assert_eq!(
+            with("seal = true").unwrap().sessions.seal,
+            SealSetting::Ephemeral
+        );
+        let dir = std::env::temp_dir().join(format!("switchyard-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("seal.keys");
+        let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        std::fs::write(&file, format!("# new first\n{key}\n\n{key}\n")).unwrap();
+        let config = with(&format!("seal_keys_file = \"{}\"", file.display())).unwrap();
+        assert_eq!(
+            config.sessions.seal,
+            SealSetting::Keys(vec![SealKey([1; 32]), SealKey([1; 32])])
+        );
+        let off = with(&format!("seal = false\nseal_keys_file = \"{}\"", file.display()));
+        assert_eq!(off.unwrap().sessions.seal, SealSetting::Off);
+
+        std::fs::write(&file, format!("{key}\nshort\n")).unwrap();
+        let err = with(&format!("seal_keys_file = \"{}\"", file.display())).unwrap_err();
+        assert!(err.starts_with("t.toml:15:18: "), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let err = with("seal_keys_file = \"/nonexistent/seal.keys\"").unwrap_err();
+        assert!(err.contains("cannot read key file"), "{err}");
+        let err = with("seal_keys_env = \"SWITCHYARD_TEST_SURELY_UNSET\"").unwrap_err();
+        assert!(err.contains("is not set"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn discovery_settings_and_hostname_entries() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.discovery.interval, Some(Duration::from_secs(10)));
+        assert_eq!(config.discovery.resolver, None);
+        let text = format!("{MINIMAL}\n[discovery]\ninterval = \"0s\"\nresolver = \"10.0.0.53\"\n");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.discovery.interval, None);
+        assert_eq!(
+            config.discovery.resolver,
+            Some("10.0.0.53:53".parse().unwrap())
+        );
+        let err = parse(&format!("{MINIMAL}\n[discovery]\nresolver = \"dns\"\n")).unwrap_err();
+        assert!(err.starts_with("t.toml:15:12: "), "{err}");
+        let entry = |address: &str| BackendConfig {
+            address: address.into(),
+            weight: 1,
+        };
+        assert_eq!(
+            entry("fleet.internal:3000").hostname(),
+            Some(("fleet.internal", 3000))
+        );
+        assert_eq!(entry("10.0.0.1:3000").hostname(), None);
+        assert_eq!(entry("[::1]:3000").hostname(), None);
+    }
+
+    #[test]
     fn syntax_error_and_missing_sections() {
         assert!(parse("[[listener]\n").unwrap_err().starts_with("t.toml:1:"));
         assert!(parse("").unwrap_err().contains("no [[listener]]"));
