@@ -762,7 +762,10 @@ active = "blue"
             config.sessions.seal,
             SealSetting::Keys(vec![SealKey([1; 32]), SealKey([1; 32])])
         );
-        let off = with(&format!("seal = false\nseal_keys_file = \"{}\"", file.display()));
+        let off = with(&format!(
+            "seal = false\nseal_keys_file = \"{}\"",
+            file.display()
+        ));
         assert_eq!(off.unwrap().sessions.seal, SealSetting::Off);
 
         std::fs::write(&file, format!("{key}\nshort\n")).unwrap();
