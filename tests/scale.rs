@@ -595,3 +595,75 @@ async fn dns_discovery_follows_address_changes() {
     assert!(["first", "second"].contains(&name_via(&proxy).await.as_str()));
     assert!(second.requests() > 0 && first.requests() > 0);
 }
+
+/// A raw HTTP/1.1 backend whose one SSE response is written in the given chunks, each flushed
+/// on its own, so the proxy sees the endpoint event split across reads.
+async fn chunked_sse_backend(chunks: &'static [&'static str]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                  transfer-encoding: chunked\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        for chunk in chunks {
+            let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+            stream.write_all(framed.as_bytes()).await.unwrap();
+            stream.flush().await.unwrap();
+            // Pacing only (not synchronisation): makes each chunk a separate read upstream.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        // Hold the stream open until the proxy goes away.
+        let _ = stream.read(&mut [0u8; 1]).await;
+    });
+    address
+}
+
+#[tokio::test]
+async fn split_endpoint_event_is_sealed_and_the_rest_passes_untouched() {
+    let backend = chunked_sse_backend(&[
+        ": hello\n\n",
+        "event: endp",
+        "oint\ndata: /messages/?session_id=py-",
+        "raw-1\n",
+        "\ndata: after\n\n",
+    ])
+    .await;
+    let keys = KeyFile::new(&[KEY_1]);
+    let config = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[pools.blue]\nbackends = [\"{backend}\"]\n\n\
+         [routing]\nactive = \"blue\"\n\n{}",
+        keys.sessions()
+    );
+    let proxy = TestProxy::start(&config).await;
+    let response = client()
+        .get(proxy.url("/sse"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut events = Events::new(response);
+    assert_eq!(events.next().await, ": hello\n\n");
+    let endpoint = events.next().await;
+    let token = endpoint
+        .strip_prefix("event: endpoint\ndata: /messages/?session_id=")
+        .and_then(|rest| rest.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("{endpoint:?}"));
+    let sealer =
+        switchyard::seal::Sealer::new(&[switchyard::seal::SealKey::parse(KEY_1).unwrap()]).unwrap();
+    let opened = sealer.open(token).unwrap();
+    assert_eq!(opened.id, "py-raw-1");
+    assert_eq!(opened.owner, backend.to_string());
+    assert_eq!(events.next().await, "data: after\n\n");
+}
