@@ -206,7 +206,16 @@ pub fn unseal_request<B>(sealer: Option<&Sealer>, request: &mut Request<B>) -> U
     let Some(token) =
         router::session_id(request.headers(), request.uri().query()).map(str::to_owned)
     else {
-        return Unsealed::Plain;
+        // A header that is not even text cannot be a token: refuse rather than route it.
+        let unreadable = request
+            .headers()
+            .get(SESSION_HEADER)
+            .is_some_and(|v| v.to_str().is_err());
+        return if unreadable {
+            Unsealed::Invalid
+        } else {
+            Unsealed::Plain
+        };
     };
     let Some(opened) = sealer.open(&token) else {
         return Unsealed::Invalid;
@@ -385,6 +394,23 @@ mod tests {
             Unsealed::Invalid
         ));
         assert!(matches!(unseal_request(None, &mut forged), Unsealed::Plain));
+        let mut binary = Request::builder()
+            .uri("/mcp")
+            .header(
+                SESSION_HEADER,
+                HeaderValue::from_bytes(b"\xff\xfe").unwrap(),
+            )
+            .body(())
+            .unwrap();
+        assert!(matches!(
+            unseal_request(Some(&sealer), &mut binary),
+            Unsealed::Invalid
+        ));
+        let mut none = Request::builder().uri("/mcp").body(()).unwrap();
+        assert!(matches!(
+            unseal_request(Some(&sealer), &mut none),
+            Unsealed::Plain
+        ));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Two facts are needed: whether the bytes so far end at an event boundary (a keepalive comment or
 //! a closing `retry:` may only go there), and, at the start of a legacy `/sse` stream, the
-//! `endpoint` event that carries the session id.
+//! `endpoint` event that carries the session id. (With sealed session ids, `body.rs` holds back
+//! the head of a legacy stream, at most the scan limit, until that event can be rewritten.)
 
 /// Comment injected into silent streams so idle timers along the path do not fire.
 pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
