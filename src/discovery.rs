@@ -121,7 +121,18 @@ async fn resolve_round(state: &State, lookup: &Lookup) -> bool {
             continue;
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        match tokio::time::timeout(LOOKUP_TIMEOUT, lookup.resolve(host, port)).await {
+        let answer = tokio::time::timeout(LOOKUP_TIMEOUT, lookup.resolve(host, port)).await;
+        let outcome = if matches!(answer, Ok(Ok(_))) {
+            "success"
+        } else {
+            "failure"
+        };
+        state
+            .metrics
+            .discovery_lookups
+            .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+            .inc();
+        match answer {
             Ok(Ok(addresses)) => {
                 if previous.get(&name) != Some(&addresses) {
                     tracing::info!(name = %name, addresses = ?addresses, "discovery: addresses changed");

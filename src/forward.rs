@@ -106,7 +106,7 @@ async fn proxy(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &snapshot.config;
     if meta.forged {
-        state.metrics.sessions_lost.inc();
+        state.metrics.session_tokens_rejected.inc();
         return Err(ProxyError::SessionNotFound);
     }
     let sealed_owner = meta.sealed.as_ref().map(|(_, o)| o.owner.as_str());
