@@ -218,6 +218,33 @@ impl Config {
             .map(|(pool, weight)| format!("{pool} ({weight})"))
             .collect();
         out.push_str(&format!("active    {}\n", active.join(", ")));
+        let sessions = match &self.sessions.seal {
+            crate::seal::SealSetting::Keys(keys) => {
+                format!("sealed ({} key(s), the first seals)", keys.len())
+            }
+            crate::seal::SealSetting::Ephemeral => {
+                "sealed with a random per-process key (single replica only)".to_string()
+            }
+            crate::seal::SealSetting::Off => "in-memory table (sealing off)".to_string(),
+        };
+        out.push_str(&format!("sessions  {sessions}\n"));
+        if let Some(interval) = self.discovery.interval {
+            let names = self
+                .pools
+                .values()
+                .flat_map(|p| &p.backends)
+                .filter(|b| b.hostname().is_some())
+                .count();
+            if names > 0 {
+                let via = self
+                    .discovery
+                    .resolver
+                    .map_or_else(|| "the system resolver".to_string(), |r| r.to_string());
+                out.push_str(&format!(
+                    "discovery {names} hostname entr(ies) every {interval:?} via {via}\n"
+                ));
+            }
+        }
         out
     }
 }
