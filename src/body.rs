@@ -351,7 +351,10 @@ impl UpstreamBody {
         sse.held.extend_from_slice(data);
         let url = scanner.feed(data);
         if url.is_none() && !scanner.is_done() {
-            return None;
+            // Only comments so far (any real event ends the scan): they pass now, so only the
+            // endpoint event's own bytes wait.
+            let at_boundary = sse.held.ends_with(b"\n\n") || sse.held.ends_with(b"\n\r\n");
+            return at_boundary.then(|| Frame::data(Bytes::from(std::mem::take(&mut sse.held))));
         }
         sse.endpoint = None;
         let held = std::mem::take(&mut sse.held);
