@@ -150,6 +150,10 @@ pub struct SseWatch {
     keepalive: Option<(Pin<Box<Sleep>>, Duration)>,
     close: Pin<Box<WaitForCancellationFutureOwned>>,
     closing: bool,
+    /// Set when the endpoint event's session id must be sealed: the stream's head is held back
+    /// in `held` (bounded by the scan limit) until that event is complete, then rewritten.
+    seal: Option<Arc<crate::seal::Sealer>>,
+    held: Vec<u8>,
 }
 
 impl SseWatch {
@@ -164,7 +168,15 @@ impl SseWatch {
             keepalive: keepalive.map(|every| (Box::pin(tokio::time::sleep(every)), every)),
             close: Box::pin(close.cancelled_owned()),
             closing: false,
+            seal: None,
+            held: Vec::new(),
         }
+    }
+
+    /// Seals the session id of the legacy `endpoint` event as it passes.
+    pub fn sealing(mut self, sealer: Arc<crate::seal::Sealer>) -> SseWatch {
+        self.seal = Some(sealer);
+        self
     }
 }
 
@@ -270,6 +282,11 @@ impl UpstreamBody {
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                let Some(frame) = self.hold_endpoint(frame) else {
+                    // Held back: the endpoint event is still incomplete; read on.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                };
                 let frame = self.pass(frame);
                 // Servers stop polling once a sized body is written: finish now, or the
                 // connection would never return to the pool.
@@ -283,8 +300,10 @@ impl UpstreamBody {
                 Poll::Ready(Some(Err(error)))
             }
             Poll::Ready(None) => {
+                let held = self.release_held();
+                let frame = held.map(|bytes| self.pass(Frame::data(bytes)));
                 self.complete();
-                Poll::Ready(None)
+                Poll::Ready(frame.map(Ok))
             }
             Poll::Pending => self.poll_timers(cx),
         }
@@ -318,6 +337,58 @@ impl UpstreamBody {
         frame
     }
 
+    /// On a sealed legacy stream, keeps the head back until the `endpoint` event is complete,
+    /// then gives it out with the session id sealed. `None` while still holding.
+    fn hold_endpoint(&mut self, frame: Frame<Bytes>) -> Option<Frame<Bytes>> {
+        let Some(sse) = self.sse.as_mut() else {
+            return Some(frame);
+        };
+        let (Some(sealer), Some(scanner), Some(data)) =
+            (sse.seal.clone(), sse.endpoint.as_mut(), frame.data_ref())
+        else {
+            return Some(frame);
+        };
+        sse.held.extend_from_slice(data);
+        let url = scanner.feed(data);
+        if url.is_none() && !scanner.is_done() {
+            // Only comments so far (any real event ends the scan): they pass now, so only the
+            // endpoint event's own bytes wait.
+            let at_boundary = sse.held.ends_with(b"\n\n") || sse.held.ends_with(b"\n\r\n");
+            return at_boundary.then(|| Frame::data(Bytes::from(std::mem::take(&mut sse.held))));
+        }
+        sse.endpoint = None;
+        let held = std::mem::take(&mut sse.held);
+        let Some(url) = url else {
+            return Some(Frame::data(Bytes::from(held)));
+        };
+        self.learn_endpoint(&url);
+        let owner = self
+            .guard
+            .as_ref()
+            .map(|g| Arc::clone(&g.backend().address));
+        let rewritten = owner.and_then(|owner| {
+            let id = crate::router::legacy_session_id(url.split_once('?')?.1)?;
+            let token = sealer.seal(&owner, id)?;
+            let sealed_url = crate::seal::with_session_id(&url, &token)?;
+            crate::sse::replace_first(&held, url.as_bytes(), sealed_url.as_bytes())
+        });
+        match rewritten {
+            Some(bytes) => Some(Frame::data(Bytes::from(bytes))),
+            None => {
+                tracing::warn!("cannot seal the endpoint event's session id; passing it as is");
+                Some(Frame::data(Bytes::from(held)))
+            }
+        }
+    }
+
+    /// Bytes still held when the stream ends before its endpoint event completed.
+    fn release_held(&mut self) -> Option<Bytes> {
+        let sse = self.sse.as_mut()?;
+        sse.endpoint.take_if(|_| sse.seal.is_some());
+        let held = std::mem::take(&mut sse.held);
+        (!held.is_empty()).then(|| Bytes::from(held))
+    }
+
     /// Learns the legacy session from the `endpoint` event before the client can see it, so the
     /// client's first POST already finds its owner.
     fn scan_endpoint(&mut self, data: &Bytes) {
@@ -332,6 +403,10 @@ impl UpstreamBody {
             return;
         };
         sse.endpoint = None;
+        self.learn_endpoint(&url);
+    }
+
+    fn learn_endpoint(&mut self, url: &str) {
         let query = url.split_once('?').map(|(_, q)| q);
         let (Some(id), Some(guard), Some(record)) = (
             query.and_then(crate::router::legacy_session_id),

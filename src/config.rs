@@ -33,6 +33,7 @@ pub struct Config {
     pub watch_interval: Option<Duration>,
     pub health: HealthConfig,
     pub log: LogConfig,
+    pub discovery: DiscoveryConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -111,10 +112,34 @@ pub struct BackendConfig {
     pub weight: u32,
 }
 
+impl BackendConfig {
+    /// `(host, port)` when the entry names a host rather than an IP address: the entry that
+    /// discovery resolves.
+    pub fn hostname(&self) -> Option<(&str, u16)> {
+        let (host, port) = self.address.rsplit_once(':')?;
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if literal.parse::<IpAddr>().is_ok() {
+            return None;
+        }
+        Some((host, port.parse().ok()?))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub idle_timeout: Duration,
     pub max_sessions: usize,
+    /// Whether session ids are sealed into tokens any replica can route (see `seal.rs`).
+    pub seal: crate::seal::SealSetting,
+}
+
+/// Re-resolving pool entries written as hostnames (`fleet.internal:3000`).
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// `None` turns discovery off: hostnames are then resolved per connection.
+    pub interval: Option<Duration>,
+    /// A nameserver to ask instead of the system resolver.
+    pub resolver: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +335,33 @@ impl Config {
             .map(|(pool, weight)| format!("{pool} ({weight})"))
             .collect();
         out.push_str(&format!("active    {}\n", active.join(", ")));
+        let sessions = match &self.sessions.seal {
+            crate::seal::SealSetting::Keys(keys) => {
+                format!("sealed ({} key(s), the first seals)", keys.len())
+            }
+            crate::seal::SealSetting::Ephemeral => {
+                "sealed with a random per-process key (single replica only)".to_string()
+            }
+            crate::seal::SealSetting::Off => "in-memory table (sealing off)".to_string(),
+        };
+        out.push_str(&format!("sessions  {sessions}\n"));
+        if let Some(interval) = self.discovery.interval {
+            let names = self
+                .pools
+                .values()
+                .flat_map(|p| &p.backends)
+                .filter(|b| b.hostname().is_some())
+                .count();
+            if names > 0 {
+                let via = self
+                    .discovery
+                    .resolver
+                    .map_or_else(|| "the system resolver".to_string(), |r| r.to_string());
+                out.push_str(&format!(
+                    "discovery {names} hostname entr(ies) every {interval:?} via {via}\n"
+                ));
+            }
+        }
         out
     }
 }
@@ -379,12 +431,21 @@ struct RawConfig {
     health: Option<RawHealth>,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    discovery: RawDiscovery,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawReload {
     watch_interval: RawDuration,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    interval: RawDuration,
+    resolver: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -475,6 +536,9 @@ type RawDuration = Option<Spanned<String>>;
 struct RawSessions {
     idle_timeout: RawDuration,
     max_sessions: Option<usize>,
+    seal: Option<Spanned<bool>>,
+    seal_keys_file: Option<Spanned<String>>,
+    seal_keys_env: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -599,6 +663,7 @@ impl RawConfig {
             sessions: SessionConfig {
                 idle_timeout: duration(&self.sessions.idle_timeout, Duration::from_secs(3600))?,
                 max_sessions: self.sessions.max_sessions.unwrap_or(1_000_000),
+                seal: seal_setting(&self.sessions, source)?,
             },
             timeouts: Timeouts {
                 connect: duration(&self.timeouts.connect, Duration::from_secs(3))?,
@@ -623,6 +688,15 @@ impl RawConfig {
             watch_interval: optional_duration(&self.reload.watch_interval, Duration::ZERO)?,
             health,
             log,
+            discovery: DiscoveryConfig {
+                interval: optional_duration(&self.discovery.interval, Duration::from_secs(10))?,
+                resolver: self
+                    .discovery
+                    .resolver
+                    .as_ref()
+                    .map(nameserver_addr)
+                    .transpose()?,
+            },
         })
     }
 }
@@ -944,6 +1018,88 @@ fn validate_log_level(level: &Spanned<String>) -> Result<String, Invalid> {
     })
 }
 
+/// A nameserver: `ip:port`, or a bare IP meaning port 53.
+fn nameserver_addr(text: &Spanned<String>) -> Result<SocketAddr, Invalid> {
+    let written = text.get_ref();
+    written
+        .parse::<SocketAddr>()
+        .or_else(|_| written.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| {
+            invalid(
+                text,
+                format!("`{written}` is not a nameserver address like 127.0.0.1:53"),
+            )
+        })
+}
+
+/// Sealing is on when a key source is configured, unless `seal = false`; `seal = true` without
+/// keys seals with a random per-process key.
+fn seal_setting(raw: &RawSessions, source: &Path) -> Result<crate::seal::SealSetting, Invalid> {
+    use crate::seal::SealSetting;
+    let keys = match (&raw.seal_keys_file, &raw.seal_keys_env) {
+        (Some(_), Some(env)) => {
+            return Err(invalid(
+                env,
+                "set either sessions.seal_keys_file or sessions.seal_keys_env, not both".into(),
+            ));
+        }
+        (Some(file), None) => Some(keys_from_file(file, source)?),
+        (None, Some(env)) => Some(keys_from_env(env)?),
+        (None, None) => None,
+    };
+    Ok(match (raw.seal.as_ref().map(|s| *s.get_ref()), keys) {
+        (Some(false), _) => SealSetting::Off,
+        (_, Some(keys)) => SealSetting::Keys(keys),
+        (Some(true), None) => SealSetting::Ephemeral,
+        (None, None) => SealSetting::Off,
+    })
+}
+
+/// One base64 key per line; blank lines and `#` comments skipped; the first key seals.
+fn parse_keys(text: &str) -> Result<Vec<crate::seal::SealKey>, String> {
+    let mut keys = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = crate::seal::SealKey::parse(line)
+            .map_err(|why| format!("line {}: {why}", number + 1))?;
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return Err("holds no key".into());
+    }
+    Ok(keys)
+}
+
+fn keys_from_file(
+    file: &Spanned<String>,
+    source: &Path,
+) -> Result<Vec<crate::seal::SealKey>, Invalid> {
+    // Relative to the config file, so a config and its key file move together.
+    let path = source
+        .parent()
+        .unwrap_or_else(|| Path::new(""))
+        .join(file.get_ref());
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        invalid(
+            file,
+            format!("cannot read key file {}: {e}", path.display()),
+        )
+    })?;
+    parse_keys(&text).map_err(|why| invalid(file, format!("key file {}: {why}", path.display())))
+}
+
+fn keys_from_env(env: &Spanned<String>) -> Result<Vec<crate::seal::SealKey>, Invalid> {
+    let name = env.get_ref();
+    let text = std::env::var(name)
+        .map_err(|_| invalid(env, format!("environment variable `{name}` is not set")))?;
+    // Several keys in one variable: separated by newlines, commas or spaces.
+    let lines = text.replace([',', ' '], "\n");
+    parse_keys(&lines).map_err(|why| invalid(env, format!("`{name}`: {why}")))
+}
+
 fn validate_pool(name: &str, pool: &RawPool) -> Result<PoolConfig, Invalid> {
     if pool.backends.get_ref().is_empty() {
         return Err(invalid(
@@ -1154,6 +1310,68 @@ active = "blue"
             assert!(err.starts_with("t.toml:15:"), "{bad}: {err}");
         }
         assert_eq!(parse_status_range("204"), Ok((204, 204)));
+    }
+
+    #[test]
+    fn sealing_defaults_off_and_reads_keys() {
+        use crate::seal::{SealKey, SealSetting};
+        assert_eq!(parse(MINIMAL).unwrap().sessions.seal, SealSetting::Off);
+        let with = |extra: &str| parse(&format!("{MINIMAL}\n[sessions]\n{extra}\n"));
+        assert_eq!(
+            with("seal = true").unwrap().sessions.seal,
+            SealSetting::Ephemeral
+        );
+        let dir = std::env::temp_dir().join(format!("switchyard-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("seal.keys");
+        let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        std::fs::write(&file, format!("# new first\n{key}\n\n{key}\n")).unwrap();
+        let config = with(&format!("seal_keys_file = \"{}\"", file.display())).unwrap();
+        assert_eq!(
+            config.sessions.seal,
+            SealSetting::Keys(vec![SealKey([1; 32]), SealKey([1; 32])])
+        );
+        let off = with(&format!(
+            "seal = false\nseal_keys_file = \"{}\"",
+            file.display()
+        ));
+        assert_eq!(off.unwrap().sessions.seal, SealSetting::Off);
+
+        std::fs::write(&file, format!("{key}\nshort\n")).unwrap();
+        let err = with(&format!("seal_keys_file = \"{}\"", file.display())).unwrap_err();
+        assert!(err.starts_with("t.toml:15:18: "), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let err = with("seal_keys_file = \"/nonexistent/seal.keys\"").unwrap_err();
+        assert!(err.contains("cannot read key file"), "{err}");
+        let err = with("seal_keys_env = \"SWITCHYARD_TEST_SURELY_UNSET\"").unwrap_err();
+        assert!(err.contains("is not set"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn discovery_settings_and_hostname_entries() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.discovery.interval, Some(Duration::from_secs(10)));
+        assert_eq!(config.discovery.resolver, None);
+        let text = format!("{MINIMAL}\n[discovery]\ninterval = \"0s\"\nresolver = \"10.0.0.53\"\n");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.discovery.interval, None);
+        assert_eq!(
+            config.discovery.resolver,
+            Some("10.0.0.53:53".parse().unwrap())
+        );
+        let err = parse(&format!("{MINIMAL}\n[discovery]\nresolver = \"dns\"\n")).unwrap_err();
+        assert!(err.starts_with("t.toml:15:12: "), "{err}");
+        let entry = |address: &str| BackendConfig {
+            address: address.into(),
+            weight: 1,
+        };
+        assert_eq!(
+            entry("fleet.internal:3000").hostname(),
+            Some(("fleet.internal", 3000))
+        );
+        assert_eq!(entry("10.0.0.1:3000").hostname(), None);
+        assert_eq!(entry("[::1]:3000").hostname(), None);
     }
 
     #[test]

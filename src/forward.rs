@@ -31,21 +31,33 @@ struct RequestMeta {
     path: String,
     session: Option<String>,
     started: Instant,
+    /// The session as the client named it and what it opened to, when sealing is on.
+    sealed: Option<(String, crate::seal::Opened)>,
+    /// The client named a session whose token does not open: never routed.
+    forged: bool,
 }
 
 pub async fn handle(
     state: Arc<State>,
     conn: Arc<ConnInfo>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let snapshot = state.snapshot();
     let class = router::classify(request.method(), request.headers());
+    let unsealed = crate::seal::unseal_request(snapshot.sealer.as_deref(), &mut request);
+    let forged = matches!(unsealed, crate::seal::Unsealed::Invalid);
+    let sealed = match unsealed {
+        crate::seal::Unsealed::Opened { token, opened } => Some((token, opened)),
+        _ => None,
+    };
     let meta = RequestMeta {
         class,
         method: request.method().clone(),
         path: request.uri().path().to_string(),
         session: router::session_id(request.headers(), request.uri().query()).map(str::to_owned),
         started: Instant::now(),
+        sealed,
+        forged,
     };
     match proxy(&state, &snapshot, &conn, request, &meta).await {
         Ok(response) => response,
@@ -104,8 +116,13 @@ async fn proxy(
     {
         return Err(ProxyError::BodyTooLarge { limit });
     }
+    if meta.forged {
+        state.metrics.session_tokens_rejected.inc();
+        return Err(ProxyError::SessionNotFound);
+    }
+    let sealed_owner = meta.sealed.as_ref().map(|(_, o)| o.owner.as_str());
     let owner = match &meta.session {
-        Some(id) => Some(session_owner(state, snapshot, id)?),
+        Some(id) => Some(session_owner(state, snapshot, id, sealed_owner)?),
         None => None,
     };
     let client_ip = client_ip(conn.peer.ip(), request.headers(), &config.trusted_proxies);
@@ -220,11 +237,20 @@ fn body_limit_hit(error: &crate::upstream::UpstreamError) -> Option<u64> {
 }
 
 /// The backend that owns session `id`, or `404` if it is unknown or its owner is gone for good.
-fn session_owner(state: &State, snapshot: &Snapshot, id: &str) -> Result<Arc<Backend>, ProxyError> {
-    let owner = state
-        .sessions
-        .owner(id)
-        .and_then(|address| snapshot.backends.get(&address).cloned());
+/// A sealed token names its owner itself; otherwise the session table knows it.
+fn session_owner(
+    state: &State,
+    snapshot: &Snapshot,
+    id: &str,
+    sealed_owner: Option<&str>,
+) -> Result<Arc<Backend>, ProxyError> {
+    let owner = match sealed_owner {
+        Some(address) => snapshot.backends.get(address).cloned(),
+        None => state
+            .sessions
+            .owner(id)
+            .and_then(|address| snapshot.backends.get(&address).cloned()),
+    };
     match owner {
         Some(backend)
             if backend.serves_its_sessions()
@@ -274,6 +300,9 @@ fn respond(
     let status = response.status();
     let mut session = meta.session.as_deref().map(session_tag);
     track_session(state, meta, &mut session, &backend, &response);
+    if let Some(sealer) = &snapshot.sealer {
+        seal_session_header(sealer, meta, &backend, response.headers_mut());
+    }
 
     let pool: Arc<str> = Arc::from(snapshot.pool_of(&backend));
     count_request(state, meta.class, status, &pool, &backend.address);
@@ -307,11 +336,19 @@ fn respond(
     let timeouts = &snapshot.config.timeouts;
     let sse = is_sse.then(|| {
         let learn_endpoint = meta.class == RouteClass::SseStream && meta.session.is_none();
-        SseWatch::new(
+        let watch = SseWatch::new(
             learn_endpoint,
             timeouts.sse_keepalive,
             backend.stream_token(),
-        )
+        );
+        match &snapshot.sealer {
+            Some(sealer) if learn_endpoint => {
+                // The endpoint event grows when its session id is sealed.
+                parts.headers.remove(header::CONTENT_LENGTH);
+                watch.sealing(Arc::clone(sealer))
+            }
+            _ => watch,
+        }
     });
     let idle_timeout = if is_sse {
         timeouts.stream_idle
@@ -328,6 +365,33 @@ fn respond(
         record,
     });
     Response::from_parts(parts, body)
+}
+
+/// Puts a sealed token in place of the session id the backend sent: the client's own token
+/// when the backend repeats the id the client named, a fresh one when it minted a new id.
+fn seal_session_header(
+    sealer: &crate::seal::Sealer,
+    meta: &RequestMeta,
+    backend: &Backend,
+    headers: &mut HeaderMap,
+) {
+    let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let token = match &meta.sealed {
+        Some((token, opened)) if opened.id == id => Some(token.clone()),
+        _ => sealer.seal(&backend.address, id),
+    };
+    match token.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        Some(value) => {
+            headers.insert(SESSION_HEADER, value);
+        }
+        None => {
+            // Never leak an unsealed id that other replicas could not route.
+            tracing::warn!("cannot seal a session id; dropping the header");
+            headers.remove(SESSION_HEADER);
+        }
+    }
 }
 
 /// Learns a session the backend minted; forgets one the client ended or the owner disowned.

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub sessions_expired: Counter,
     pub sessions_forgotten: Counter,
     pub sessions_lost: Counter,
+    pub session_tokens_rejected: Counter,
+    pub discovery_lookups: Family<OutcomeLabels, Counter>,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub keepalives: Counter,
@@ -129,6 +131,8 @@ impl Metrics {
             sessions_expired: Counter::default(),
             sessions_forgotten: Counter::default(),
             sessions_lost: Counter::default(),
+            session_tokens_rejected: Counter::default(),
+            discovery_lookups: Family::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             keepalives: Counter::default(),
@@ -228,6 +232,17 @@ impl Metrics {
             "sessions_lost",
             "Requests answered 404 because their session's owner is gone or unknown",
             m.sessions_lost.clone(),
+        );
+        r.register(
+            "session_tokens_rejected",
+            "Requests answered 404 because their sealed session token does not open (forged, \
+             tampered, or sealed with a key no longer configured)",
+            m.session_tokens_rejected.clone(),
+        );
+        r.register(
+            "discovery_lookups",
+            "DNS lookups of hostname pool entries, by outcome (success, failure)",
+            m.discovery_lookups.clone(),
         );
         r.register(
             "bytes_in",

@@ -46,6 +46,8 @@ impl Proxy {
         let max_connections = config.limits.max_connections;
         let state = Arc::new(State::new(config));
         let background = CancellationToken::new();
+        // Before accepting: hostname pools must have their addresses when the first request comes.
+        crate::discovery::start(&state, background.clone()).await;
         let connections = Arc::new(Semaphore::new(max_connections));
 
         let mut addresses = Vec::new();

@@ -2,7 +2,8 @@
 //!
 //! Two facts are needed: whether the bytes so far end at an event boundary (a keepalive comment or
 //! a closing `retry:` may only go there), and, at the start of a legacy `/sse` stream, the
-//! `endpoint` event that carries the session id.
+//! `endpoint` event that carries the session id. (With sealed session ids, `body.rs` holds back
+//! the head of a legacy stream, at most the scan limit, until that event can be rewritten.)
 
 /// Comment injected into silent streams so idle timers along the path do not fire.
 pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
@@ -87,6 +88,21 @@ impl EndpointScanner {
     }
 }
 
+/// `haystack` with the first occurrence of `from` replaced by `to`; `None` if absent. Used to
+/// rewrite the endpoint URL inside the held head of a stream (a one-line `data:` value appears
+/// verbatim in the bytes).
+pub fn replace_first(haystack: &[u8], from: &[u8], to: &[u8]) -> Option<Vec<u8>> {
+    if from.is_empty() {
+        return None;
+    }
+    let at = haystack.windows(from.len()).position(|w| w == from)?;
+    let mut out = Vec::with_capacity(haystack.len() - from.len() + to.len());
+    out.extend_from_slice(&haystack[..at]);
+    out.extend_from_slice(to);
+    out.extend_from_slice(&haystack[at + from.len()..]);
+    Some(out)
+}
+
 /// `(event name, data)` of one event block, or `None` for a block with no data.
 fn parse_event(block: &str) -> Option<(&str, String)> {
     let mut name = "message";
@@ -143,6 +159,15 @@ mod tests {
         );
         assert!(s.is_done());
         assert_eq!(s.feed(b"event: endpoint\ndata: /x\n\n"), None);
+    }
+
+    #[test]
+    fn replaces_only_the_first_occurrence() {
+        assert_eq!(
+            replace_first(b"a /m?s=1 /m?s=1", b"/m?s=1", b"/m?s=TOKEN").unwrap(),
+            b"a /m?s=TOKEN /m?s=1"
+        );
+        assert_eq!(replace_first(b"abc", b"x", b"y"), None);
     }
 
     #[test]

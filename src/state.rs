@@ -49,12 +49,26 @@ pub struct Snapshot {
     pub backends: FxHashMap<Arc<str>, Arc<Backend>>,
     pub draining: Vec<Draining>,
     pub pool_limits: PoolLimits,
+    /// Seals and opens session tokens; `None` when sealing is off.
+    pub sealer: Option<Arc<crate::seal::Sealer>>,
 }
 
 impl Snapshot {
     /// Builds the snapshot for `config`, reusing `previous`'s backends where addresses match.
     pub fn build(
         config: Config,
+        previous: Option<&Snapshot>,
+        stream_root: &CancellationToken,
+        now: Instant,
+    ) -> Snapshot {
+        Snapshot::build_resolved(config, &Resolved::default(), previous, stream_root, now)
+    }
+
+    /// Like [`Snapshot::build`], with hostname pool entries expanded to the addresses `resolved`
+    /// holds for them (DNS discovery).
+    pub fn build_resolved(
+        config: Config,
+        resolved: &Resolved,
         previous: Option<&Snapshot>,
         stream_root: &CancellationToken,
         now: Instant,
@@ -68,16 +82,25 @@ impl Snapshot {
         let mut pools = Vec::with_capacity(config.pools.len());
         for (name, pool) in &config.pools {
             let mut members = Vec::with_capacity(pool.backends.len());
-            for b in &pool.backends {
+            let addresses = pool.backends.iter().flat_map(|b| {
+                crate::discovery::expand(b, &config.discovery, resolved)
+                    .into_iter()
+                    .map(move |address| (address, b.weight))
+            });
+            for (address, weight) in addresses {
                 // Validation guarantees the address parses.
-                let Some(backend) = reuse(&b.address) else {
+                let Some(backend) = reuse(&address) else {
                     continue;
                 };
+                // A name can resolve to an address also listed as such: one member each.
+                if members
+                    .iter()
+                    .any(|m: &Member| Arc::ptr_eq(&m.backend, &backend))
+                {
+                    continue;
+                }
                 backends.insert(Arc::clone(&backend.address), Arc::clone(&backend));
-                members.push(Member {
-                    backend,
-                    weight: b.weight,
-                });
+                members.push(Member { backend, weight });
             }
             pools.push(Pool {
                 name: Arc::from(name.as_str()),
@@ -95,6 +118,7 @@ impl Snapshot {
         let active_weight = active.iter().map(|(_, w)| *w).sum();
         let mut snapshot = Snapshot {
             generation: previous.map_or(1, |p| p.generation + 1),
+            sealer: crate::seal::Sealer::from_setting(&config.sessions.seal).map(Arc::new),
             pool_limits: PoolLimits {
                 max_idle: config.upstream.max_idle_per_backend,
                 idle_timeout: config.upstream.idle_timeout,
@@ -247,7 +271,14 @@ pub struct State {
     /// Client connections and WebSocket tunnels, awaited on shutdown.
     pub tasks: TaskTracker,
     draining: AtomicBool,
+    /// What DNS discovery last resolved each hostname entry to.
+    resolved: Mutex<Arc<Resolved>>,
+    /// Wakes the discovery task (a reload may have added a hostname).
+    pub rediscover: tokio::sync::Notify,
 }
+
+/// Hostname pool entry as written (`fleet.internal:3000`) → the addresses it resolved to.
+pub type Resolved = BTreeMap<String, Vec<std::net::SocketAddr>>;
 
 impl State {
     pub fn new(config: Config) -> State {
@@ -264,6 +295,8 @@ impl State {
             stream_root,
             tasks: TaskTracker::new(),
             draining: AtomicBool::new(false),
+            resolved: Mutex::new(Arc::default()),
+            rediscover: tokio::sync::Notify::new(),
         }
     }
 
@@ -275,11 +308,47 @@ impl State {
     pub fn apply(&self, config: Config) -> u64 {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let previous = self.snapshot.load_full();
-        let next = Snapshot::build(config, Some(&previous), &self.stream_root, Instant::now());
+        let resolved = self.resolved();
+        let next = Snapshot::build_resolved(
+            config,
+            &resolved,
+            Some(&previous),
+            &self.stream_root,
+            Instant::now(),
+        );
         let generation = next.generation;
         self.metrics.config_generation.set(generation as i64);
         self.snapshot.store(Arc::new(next));
+        self.rediscover.notify_one();
         generation
+    }
+
+    pub fn resolved(&self) -> Arc<Resolved> {
+        Arc::clone(&self.resolved.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Rebuilds the snapshot from the current config with new DNS answers: addresses that stay
+    /// keep their backends, new ones join, vanished ones drain. Returns false if nothing changed.
+    pub fn apply_resolved(&self, resolved: Resolved) -> bool {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        {
+            let mut current = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
+            if **current == resolved {
+                return false;
+            }
+            *current = Arc::new(resolved.clone());
+        }
+        let previous = self.snapshot.load_full();
+        let next = Snapshot::build_resolved(
+            (*previous.config).clone(),
+            &resolved,
+            Some(&previous),
+            &self.stream_root,
+            Instant::now(),
+        );
+        self.metrics.config_generation.set(next.generation as i64);
+        self.snapshot.store(Arc::new(next));
+        true
     }
 
     /// Closes the streams of backends whose drain deadline has passed and forgets removed ones.
@@ -320,6 +389,7 @@ impl State {
             backends,
             draining: keep,
             pool_limits: current.pool_limits,
+            sealer: current.sealer.clone(),
         };
         self.snapshot.store(Arc::new(next));
         due.len()

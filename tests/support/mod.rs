@@ -71,12 +71,15 @@ impl Drop for TestBackend {
 
 impl TestBackend {
     pub async fn start(name: &str) -> TestBackend {
-        TestBackend::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+        TestBackend::start_on(name, "127.0.0.1:0").await
     }
 
-    /// Starts on a given address, e.g. the one of a killed backend coming back.
-    pub async fn start_on(name: &str, address: SocketAddr) -> TestBackend {
-        // A killed backend's listener closes when its accept task notices.
+    /// Starts on a given address: another loopback IP, a shared port, or the address of a killed
+    /// backend coming back (its listener closes when its accept task notices, so bind is retried).
+    pub async fn start_on<A: tokio::net::ToSocketAddrs + Copy>(
+        name: &str,
+        address: A,
+    ) -> TestBackend {
         let listener = eventually("address free", Duration::from_secs(5), async || {
             TcpListener::bind(address).await.ok()
         })
