@@ -114,8 +114,12 @@ pub struct BackendConfig {
 
 impl BackendConfig {
     /// `(host, port)` when the entry names a host rather than an IP address: the entry that
-    /// discovery resolves.
+    /// discovery resolves. `https://` entries are left alone: their name is what TLS verifies
+    /// and sends as SNI, so they are resolved per connection instead.
     pub fn hostname(&self) -> Option<(&str, u16)> {
+        if self.address.contains("://") {
+            return None;
+        }
         let (host, port) = self.address.rsplit_once(':')?;
         let literal = host.trim_start_matches('[').trim_end_matches(']');
         if literal.parse::<IpAddr>().is_ok() {
@@ -1372,6 +1376,7 @@ active = "blue"
         );
         assert_eq!(entry("10.0.0.1:3000").hostname(), None);
         assert_eq!(entry("[::1]:3000").hostname(), None);
+        assert_eq!(entry("https://api.example.com:443").hostname(), None);
     }
 
     #[test]

@@ -73,23 +73,40 @@ impl Snapshot {
         stream_root: &CancellationToken,
         now: Instant,
     ) -> Snapshot {
-        let reuse = |address: &str| {
+        let probing = config.health.probes.is_some();
+        let reuse = |address: &str, discovered: bool| {
             previous
                 .and_then(|p| p.backends.get(address).cloned())
-                .or_else(|| Backend::new(address, stream_root))
+                .or_else(|| {
+                    let backend = Backend::new(address, stream_root)?;
+                    // An address DNS reveals to a pool already serving joins once its probes
+                    // pass, not on sight: a pod that resolves is not yet a pod that serves.
+                    // (At the first lookup there is nothing to protect, and waiting would be
+                    // an outage.)
+                    if discovered && probing {
+                        backend.set_healthy(false);
+                    }
+                    Some(backend)
+                })
         };
         let mut backends: FxHashMap<Arc<str>, Arc<Backend>> = FxHashMap::default();
         let mut pools = Vec::with_capacity(config.pools.len());
         for (name, pool) in &config.pools {
             let mut members = Vec::with_capacity(pool.backends.len());
+            let pool_was_serving = previous
+                .and_then(|p| p.pools.iter().find(|q| *q.name == *name.as_str()))
+                .is_some_and(|q| !q.members.is_empty());
             let addresses = pool.backends.iter().flat_map(|b| {
                 crate::discovery::expand(b, &config.discovery, resolved)
                     .into_iter()
-                    .map(move |address| (address, b.weight))
+                    .map(move |address| {
+                        let discovered = pool_was_serving && address != b.address;
+                        (address, b.weight, discovered)
+                    })
             });
-            for (address, weight) in addresses {
+            for (address, weight, discovered) in addresses {
                 // Validation guarantees the address parses.
-                let Some(backend) = reuse(&address) else {
+                let Some(backend) = reuse(&address, discovered) else {
                     continue;
                 };
                 // A name can resolve to an address also listed as such: one member each.

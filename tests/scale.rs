@@ -676,3 +676,41 @@ async fn split_endpoint_event_is_sealed_and_the_rest_passes_untouched() {
     assert_eq!(opened.owner, backend.to_string());
     assert_eq!(events.next().await, "data: after\n\n");
 }
+
+/// With health probes on, an address DNS newly reveals takes no traffic until its probes pass.
+#[tokio::test]
+async fn discovered_addresses_join_after_passing_health_checks() {
+    let first = TestBackend::start("first").await;
+    let port = first.address.port();
+    let second = TestBackend::start_on("second", &format!("127.0.0.2:{port}")).await;
+    second.set_health(&[503]);
+    let (one, two) = (Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2));
+    let dns = TestDns::start(&[one]).await;
+    let config = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[pools.fleet]\nbackends = [\"fleet.test:{port}\"]\n\n\
+         [routing]\nactive = \"fleet\"\n\n[discovery]\ninterval = \"50ms\"\nresolver = \"{}\"\n\n\
+         [health]\ninterval = \"50ms\"\nrise = 2\nfall = 2\n",
+        dns.address
+    );
+    let proxy = TestProxy::start(&config).await;
+    dns.set(&[one, two]);
+    eventually("the new address is known", WAIT, async || {
+        (proxy.state.snapshot().pools[0].members.len() == 2).then_some(())
+    })
+    .await;
+    // Before any probe has judged it, and after several have failed it.
+    for round in 0..2 {
+        for _ in 0..20 {
+            assert_eq!(name_via(&proxy).await, "first", "round {round}");
+        }
+        eventually("probes of the new address", WAIT, async || {
+            (second.probes() >= 3).then_some(())
+        })
+        .await;
+    }
+    second.set_health(&[200]);
+    eventually("the new address joins once healthy", WAIT, async || {
+        (name_via(&proxy).await == "second").then_some(())
+    })
+    .await;
+}
