@@ -805,3 +805,54 @@ async fn operational_and_bench_routes() {
     let missing = client().get(backend.url("/nope")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+// ---------------------------------------------------------------- the CLI
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_cli_prints_its_address_and_drains_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["backend", "--listen", "127.0.0.1:0", "--name", "cli-1"])
+        .args(["--drain-timeout", "3s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(Some(child));
+    let stdout = child.0.as_mut().unwrap().stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    // "listening on ADDRESS as NAME"
+    let address = line.split_whitespace().nth(2).unwrap().to_string();
+    assert!(line.trim_end().ends_with("as cli-1"), "{line}");
+    let health = client()
+        .get(format!("http://{address}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let session = raw_session(&format!("http://{address}/mcp")).await;
+    assert!(!session.is_empty());
+
+    let pid = child.0.as_ref().unwrap().id();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut process = child.0.take().unwrap();
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || process.wait().unwrap()),
+    )
+    .await
+    .expect("exits within the drain timeout")
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
