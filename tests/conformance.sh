@@ -47,17 +47,15 @@ wait_for_line() {
     return 1
 }
 
-# Starts a reference backend on a free port; prints its address.
-start_backend() {
-    local name=$1
-    "$BIN" backend --listen 127.0.0.1:0 --name "$name" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-    PIDS+=($!)
-    wait_for_line "$WORK/$name.out" '^listening on ' | awk '{print $3}'
-}
-
+# Reference backends on free ports; each prints "listening on ADDRESS as NAME" first.
+# (Started in this shell, not in a $(...) subshell, so that cleanup knows their pids.)
 BACKENDS=()
 for name in ref-1 ref-2 ref-3; do
-    BACKENDS+=("$(start_backend "$name")")
+    "$BIN" backend --listen 127.0.0.1:0 --name "$name" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    PIDS+=($!)
+done
+for name in ref-1 ref-2 ref-3; do
+    BACKENDS+=("$(wait_for_line "$WORK/$name.out" '^listening on ' | awk '{print $3}')")
 done
 
 cat >"$WORK/switchyard.toml" <<EOF
