@@ -856,3 +856,104 @@ async fn backend_cli_prints_its_address_and_drains_on_sigterm() {
     .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+// ---------------------------------------------------------------- resumption, stateless
+
+/// A POST stream cut mid-call resumes with `Last-Event-ID` on a GET, through the proxy to the
+/// session's owner, and the answer arrives there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_resumes_with_last_event_id_through_the_proxy() {
+    let (_backends, proxy) = fleet().await;
+    let url = proxy.url("/mcp");
+    let session = raw_session(&url).await;
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": "countdown", "arguments": {"count": 6, "interval_ms": 150},
+        "_meta": {"progressToken": "resume"}}});
+    let response = post_mcp(&url, Some(&session), &call).await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut reader = SseIdReader::new(response);
+    let mut last_id = None;
+    while last_id.is_none() {
+        let (id, data) = reader.next().await;
+        if data.contains("notifications/progress") {
+            last_id = id;
+        }
+    }
+    drop(reader); // the client's connection breaks mid-call
+
+    let resumed = client()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("last-event-id", last_id.unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    let mut reader = SseIdReader::new(resumed);
+    loop {
+        let (_, data) = reader.next().await;
+        if let Ok(message) = serde_json::from_str::<Value>(&data)
+            && message["id"] == 9
+        {
+            assert!(
+                message["result"]["content"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("liftoff")
+            );
+            break;
+        }
+    }
+}
+
+/// Like [`SseReader`], keeping each event's `id:`.
+struct SseIdReader(SseReader);
+
+impl SseIdReader {
+    fn new(response: reqwest::Response) -> SseIdReader {
+        SseIdReader(SseReader::new(response))
+    }
+
+    async fn next(&mut self) -> (Option<String>, String) {
+        loop {
+            if let Some(end) = self.0.buffer.find("\n\n") {
+                let raw: String = self.0.buffer.drain(..end + 2).collect();
+                let id = raw
+                    .lines()
+                    .find_map(|l| l.strip_prefix("id:"))
+                    .map(|v| v.trim().to_string());
+                let data: Vec<&str> = raw
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                return (id, data.join("\n"));
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.0.stream.next())
+                .await
+                .expect("an event in time")
+                .expect("stream still open")
+                .unwrap();
+            self.0.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_mode_serves_without_sessions() {
+    let mut args = BackendArgs::new("stateless");
+    args.stateless = true;
+    let backend = RefBackend::start_with(args).await;
+    let url = backend.url("/mcp");
+    let init = post_mcp(&url, None, &initialize_body(1)).await;
+    assert_eq!(init.status(), 200);
+    assert!(init.headers().get("mcp-session-id").is_none());
+    let echo = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "alone"}}});
+    let answer = post_mcp(&url, None, &echo).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["content-type"], "application/json");
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(answer["result"]["content"][0]["text"], "alone");
+}
