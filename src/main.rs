@@ -52,6 +52,8 @@ enum Command {
     },
     /// Run the bundled reference MCP server.
     Backend(switchyard::backend::BackendArgs),
+    /// Start 2 blue + 2 green reference backends and the proxy in front of them, on loopback.
+    Demo(switchyard::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo(args))),
     };
     match outcome {
         Ok(code) => code,
@@ -167,6 +170,30 @@ async fn run(path: &std::path::Path, log_format: LogFormat) -> anyhow::Result<Ex
     spawn_signal_handlers(Arc::clone(proxy.state()), shutdown)?;
     proxy.wait().await;
     tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(args: switchyard::demo::DemoArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            if stopping {
+                std::process::exit(1);
+            }
+            stopping = true;
+            tracing::info!("signal received: stopping the demo");
+            on_signal.cancel();
+        }
+    });
+    switchyard::demo::run(args, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

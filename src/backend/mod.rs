@@ -1,26 +1,235 @@
 //! The bundled reference MCP server (`switchyard backend`).
+//!
+//! One MCP server implementation ([`mcp::ReferenceServer`], built on `rmcp`) reachable over every
+//! transport a proxy in front of it must handle: Streamable HTTP at `/mcp` (the SDK's own
+//! transport), legacy HTTP+SSE at `/sse` + `/messages` and WebSocket at `/ws` (the two the SDK
+//! lacks, in [`legacy_sse`] and [`ws`]). [`http`] routes requests and serves the operational
+//! endpoints; [`bench`] holds plain-HTTP routes for the benchmark harness.
 
-use std::time::Duration;
+pub mod bench;
+mod http;
+mod legacy_sse;
+pub mod mcp;
+mod stats;
+mod transport;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use stats::Stats;
 
 /// Command-line options of `switchyard backend`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BackendArgs {
-    /// Address to listen on, e.g. 127.0.0.1:3001.
+    /// Address to listen on, e.g. 127.0.0.1:3001 (port 0 picks a free port; the bound address
+    /// is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:3001")]
-    pub listen: std::net::SocketAddr,
+    pub listen: SocketAddr,
     /// Name reported by the `server_status` tool and in logs.
     #[arg(long, default_value = "backend")]
     pub name: String,
+    /// Browser origins allowed besides localhost ones (repeatable), e.g. https://app.example.com.
+    /// Requests without an `Origin` header are always allowed; any other origin gets 403.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+    /// Host header values accepted on /mcp (repeatable; DNS-rebinding protection). Default:
+    /// localhost names when listening on loopback, any host otherwise. "*" accepts any host.
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    pub allowed_hosts: Vec<String>,
+    /// On SIGTERM, how long in-flight tool calls may take before the backend exits anyway.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Serve /mcp without sessions (every request stands alone; JSON responses where possible).
+    #[arg(long)]
+    pub stateless: bool,
 }
 
-/// Runs the reference backend until SIGTERM/SIGINT.
-pub async fn run_cli(_args: BackendArgs) -> Result<(), BackendError> {
-    let _ = Duration::ZERO;
-    Ok(())
+impl BackendArgs {
+    /// Defaults for a backend started in-process (tests, `switchyard demo`).
+    pub fn new(name: &str) -> BackendArgs {
+        BackendArgs {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            name: name.to_string(),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            drain_timeout: Duration::from_secs(10),
+            stateless: false,
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|at| text.split_at(at))
+        .ok_or_else(|| format!("`{text}` has no unit (write e.g. \"10s\" or \"500ms\")"))?;
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
+        _ => Err(format!("`{text}`: unit must be ms, s or m")),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Runs the reference backend until SIGTERM/SIGINT, then drains.
+pub async fn run_cli(args: BackendArgs) -> Result<(), BackendError> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| BackendError::Bind {
+            address: args.listen,
+            source,
+        })?;
+    let address = listener.local_addr()?;
+    // Scripts start backends on port 0 and read the bound address from this line.
+    println!("listening on {address} as {}", args.name);
+    let shutdown = CancellationToken::new();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("signal received: draining");
+        on_signal.cancel();
+    });
+    run(listener, args, shutdown).await
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then drains: `/readyz` answers 503 at
+/// once, new sessions are refused, in-flight tool calls finish (up to `drain_timeout`), and
+/// the open sessions and streams are closed.
+pub async fn run(
+    listener: TcpListener,
+    args: BackendArgs,
+    shutdown: CancellationToken,
+) -> Result<(), BackendError> {
+    let address = listener.local_addr()?;
+    let stats = Arc::new(Stats::new(&args.name));
+    let sessions_end = CancellationToken::new();
+    let app = Arc::new(http::App::new(
+        &args,
+        address,
+        Arc::clone(&stats),
+        sessions_end.clone(),
+    ));
+    tracing::info!(%address, name = %args.name, "reference backend listening");
+
+    let connections = TaskTracker::new();
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let accept_loop = accept(
+        listener,
+        Arc::clone(&app),
+        builder,
+        connections.clone(),
+        sessions_end.clone(),
+    );
+    let accepting = tokio::spawn(accept_loop);
+
+    shutdown.cancelled().await;
+    let deadline = Instant::now() + args.drain_timeout;
+    stats.start_draining();
+    tracing::info!(name = %args.name, "draining: waiting for in-flight tool calls");
+    while stats.calls_in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Tool calls are done (or out of time): end every session and stream, then the connections.
+    sessions_end.cancel();
+    let _ = accepting.await;
+    connections.close();
+    let grace = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(500));
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout: closing the remaining connections");
+    }
+    tracing::info!(name = %args.name, "stopped");
+    Ok(())
+}
+
+async fn accept(
+    listener: TcpListener,
+    app: Arc<http::App>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    connections: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&app);
+        let builder = Arc::clone(&builder);
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |request| {
+                let app = Arc::clone(&app);
+                async move { Ok::<_, std::convert::Infallible>(app.handle(request).await) }
+            });
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("s").is_err());
+    }
 }

@@ -535,3 +535,18 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// Like [`config_for`], for backends given by address (e.g. reference backends).
+pub fn config_for_addresses(pools: &[(&str, &[SocketAddr])], active: &str, extra: &str) -> String {
+    let mut text =
+        String::from("[[listener]]\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n");
+    for (name, addresses) in pools {
+        let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+        text.push_str(&format!(
+            "[pools.{name}]\nbackends = [{}]\n\n",
+            list.join(", ")
+        ));
+    }
+    text.push_str(&format!("[routing]\nactive = {active}\n\n{extra}\n"));
+    text
+}
