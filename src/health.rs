@@ -61,14 +61,14 @@ impl Health {
     /// which case the caller ejects the backend (exactly one caller sees true per crossing).
     fn note_failure(&self, now: u64, window: Duration, max_fails: u32) -> bool {
         let start = self.window_start_ms.load(Ordering::Relaxed);
-        if start == 0 || now.saturating_sub(start) > millis(window) {
-            if self
+        let window_over = start == 0 || now.saturating_sub(start) > millis(window);
+        if window_over
+            && self
                 .window_start_ms
                 .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
-            {
-                self.window_fails.store(0, Ordering::Relaxed);
-            }
+        {
+            self.window_fails.store(0, Ordering::Relaxed);
         }
         let fails = self.window_fails.fetch_add(1, Ordering::Relaxed) + 1;
         fails >= max_fails

@@ -60,6 +60,9 @@ async fn metrics(proxy: &TestProxy) -> String {
         .unwrap()
 }
 
+/// When an initialize was answered, its status, and the session it opened.
+type Initialize = (Instant, u16, Option<String>);
+
 /// Kill one of three backends under load: probes find it within `fall × interval` plus one
 /// interval, no new session goes there after that, its sessions get `404` and re-initialise
 /// elsewhere, the other backends' sessions lose nothing; restarted, it gets new sessions again.
@@ -93,7 +96,7 @@ async fn killed_backend_is_routed_around_and_comes_back() {
     let stop = Arc::new(AtomicBool::new(false));
     let session_failures = Arc::new(AtomicUsize::new(0));
     let session_requests = Arc::new(AtomicUsize::new(0));
-    let inits: Arc<Mutex<Vec<(Instant, u16, Option<String>)>>> = Arc::default();
+    let inits: Arc<Mutex<Vec<Initialize>>> = Arc::default();
     let mut load = Vec::new();
     for worker in 0..2 {
         let (client, stop, url) = (client.clone(), Arc::clone(&stop), proxy.url("/mcp"));
