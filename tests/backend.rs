@@ -269,10 +269,7 @@ async fn post_mcp(url: &str, session: Option<&str>, body: &Value) -> reqwest::Re
 async fn raw_session(url: &str) -> String {
     let response = post_mcp(url, None, &initialize_body(1)).await;
     assert_eq!(response.status(), 200);
-    let session = response.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let session = session_of(&response);
     drop(response);
     let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
     assert_eq!(

@@ -50,14 +50,7 @@ async fn initialize(client: &reqwest::Client, proxy: &TestProxy) -> (u16, Option
 }
 
 async fn metrics(proxy: &TestProxy) -> String {
-    client()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_text(&proxy.admin_url("/metrics")).await
 }
 
 /// When an initialize was answered, its status, and the session it opened.

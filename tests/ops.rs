@@ -166,10 +166,7 @@ async fn initialize(proxy: &TestProxy) -> String {
         .await
         .unwrap();
     assert_eq!(reply.status(), 200);
-    reply.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string()
+    session_of(&reply)
 }
 
 async fn call(proxy: &TestProxy, session: &str) -> (u16, String) {
@@ -350,17 +347,7 @@ fn logging_config(backend: &TestBackend) -> String {
 /// Exercises the proxy: a session, a call in it, an SSE stream. Returns the raw session id.
 async fn traffic(proxy: &LoggingProxy) -> String {
     let client = client();
-    let first = client
-        .post(proxy.url("/mcp"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    let session = first.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    first.bytes().await.unwrap();
+    let session = new_session(&client, &proxy.url("/mcp")).await;
     let call = client
         .post(proxy.url("/mcp"))
         .header("mcp-session-id", &session)

@@ -36,10 +36,7 @@ async fn streamable_http_sessions_stick_to_their_owner() {
         tasks.push(tokio::spawn(async move {
             let init = client.post(&url).body("{}").send().await.unwrap();
             assert_eq!(init.status(), 200);
-            let session = init.headers()["mcp-session-id"]
-                .to_str()
-                .unwrap()
-                .to_string();
+            let session = session_of(&init);
             for _ in 0..10 {
                 let reply = client
                     .post(&url)
@@ -74,16 +71,7 @@ async fn streamable_http_get_stream_and_delete() {
     let (a, b, c) = three_backends().await;
     let proxy = TestProxy::start(&config_for(&[("blue", &[&a, &b, &c])], "\"blue\"", "")).await;
     let client = client();
-    let init = client
-        .post(proxy.url("/mcp"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    let session = init.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let session = new_session(&client, &proxy.url("/mcp")).await;
     let owner = [&a, &b, &c]
         .into_iter()
         .find(|t| t.name == owner_of(&session))
@@ -238,16 +226,7 @@ async fn least_connections_avoids_backend_with_open_streams() {
         .find(|t| t.requests() == 5)
         .expect("one backend holds all streams");
     for _ in 0..20 {
-        let reply = client
-            .post(proxy.url("/mcp"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
-        let session = reply.headers()["mcp-session-id"]
-            .to_str()
-            .unwrap()
-            .to_string();
+        let session = new_session(&client, &proxy.url("/mcp")).await;
         assert_ne!(owner_of(&session), holder.name);
     }
     assert_eq!(holder.requests(), 5);
@@ -575,10 +554,7 @@ async fn h2c_clients_are_served() {
     let init = h2.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
     assert_eq!(init.version(), reqwest::Version::HTTP_2);
     assert_eq!(init.status(), 200);
-    let session = init.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let session = session_of(&init);
     let again = h2
         .post(proxy.url("/mcp"))
         .header("mcp-session-id", &session)

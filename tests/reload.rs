@@ -41,10 +41,7 @@ async fn streamable_session(
 ) {
     let init = client.post(&url).body("{}").send().await.unwrap();
     assert_eq!(init.status(), 200);
-    let session = init.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let session = session_of(&init);
     while !stop.load(Ordering::Relaxed) {
         match client
             .post(&url)
@@ -189,16 +186,7 @@ async fn blue_green_flips_under_load_lose_nothing() {
         proxy.reload(&pools(active)).unwrap();
         // New work goes to the new pool at once.
         for _ in 0..4 {
-            let init = client
-                .post(proxy.url("/mcp"))
-                .body("{}")
-                .send()
-                .await
-                .unwrap();
-            let session = init.headers()["mcp-session-id"]
-                .to_str()
-                .unwrap()
-                .to_string();
+            let session = new_session(&client, &proxy.url("/mcp")).await;
             assert_eq!(
                 pool_of(owner_of(&session)),
                 active,
@@ -241,16 +229,7 @@ async fn invalid_reload_changes_nothing() {
     let good = config_for(&[("blue", &[&a])], "\"blue\"", "");
     let proxy = TestProxy::start(&good).await;
     let client = client();
-    let init = client
-        .post(proxy.url("/mcp"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    let session = init.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let session = new_session(&client, &proxy.url("/mcp")).await;
     for (bad, why) in [
         (good.replace("[routing]", "[routing"), "syntax"),
         (
@@ -413,16 +392,7 @@ async fn removed_backend_serves_sessions_until_its_drain_ends() {
     let extra = "[timeouts]\ndrain = \"500ms\"\n";
     let proxy = TestProxy::start(&config_for(&[("blue", &[&a])], "\"blue\"", extra)).await;
     let client = client();
-    let init = client
-        .post(proxy.url("/mcp"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    let session = init.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let session = new_session(&client, &proxy.url("/mcp")).await;
     proxy
         .reload(&config_for(&[("blue", &[&b])], "\"blue\"", extra))
         .unwrap();

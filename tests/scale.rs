@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
-use support::{TestBackend, TestProxy, client, config_for, eventually};
+use support::{TestBackend, TestProxy, client, config_for, eventually, get_text, session_of};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
@@ -65,10 +65,7 @@ async fn initialize(proxy: &TestProxy) -> (String, String) {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let token = response.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let token = session_of(&response);
     let body: serde_json::Value = response.json().await.unwrap();
     (token, body["backend"].as_str().unwrap().to_string())
 }
@@ -524,14 +521,7 @@ impl TestDns {
 }
 
 async fn name_via(proxy: &TestProxy) -> String {
-    client()
-        .get(proxy.url("/name"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_text(&proxy.url("/name")).await
 }
 
 #[tokio::test]

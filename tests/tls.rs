@@ -169,14 +169,7 @@ async fn next_events(body: &mut hyper::body::Incoming, count: usize) -> Vec<Stri
 }
 
 async fn metrics_text(proxy: &TestProxy) -> String {
-    client()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_text(&proxy.admin_url("/metrics")).await
 }
 
 #[tokio::test]

@@ -550,3 +550,31 @@ pub fn config_for_addresses(pools: &[(&str, &[SocketAddr])], active: &str, extra
     text.push_str(&format!("[routing]\nactive = {active}\n\n{extra}\n"));
     text
 }
+
+/// Opens a Streamable HTTP session through `url` (a POST without a session) and returns the
+/// `Mcp-Session-Id` the client was given.
+pub async fn new_session(client: &reqwest::Client, url: &str) -> String {
+    let init = client.post(url).body("{}").send().await.unwrap();
+    assert_eq!(init.status(), 200, "initialize through {url}");
+    session_of(&init)
+}
+
+/// The `Mcp-Session-Id` of a response.
+pub fn session_of(response: &reqwest::Response) -> String {
+    response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The body of a GET, as text.
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
