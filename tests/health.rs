@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use support::*;
 use switchyard::upstream::Backend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -367,21 +367,8 @@ async fn streams_close_when_backend_turns_unhealthy() {
         .unwrap();
     assert_eq!(response.status(), 200);
 
-    let mut socket = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
-    socket
-        .write_all(
-            b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        socket.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let (mut socket, head) = websocket_upgrade(proxy.address, "/ws").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
     let sick = backend(&proxy, a.address);
     eventually("both streams counted", WAIT, async || {
         (sick.open_streams() == 2).then_some(())

@@ -339,21 +339,7 @@ async fn client_disconnect_reaches_the_backend() {
 async fn websocket_upgrade_tunnels_bytes() {
     let a = TestBackend::start("b1").await;
     let proxy = TestProxy::start(&config_for(&[("blue", &[&a])], "\"blue\"", "")).await;
-    let mut socket = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
-    socket
-        .write_all(
-            b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        socket.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap().to_lowercase();
+    let (mut socket, head) = websocket_upgrade(proxy.address, "/ws").await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     let snapshot = proxy.state.snapshot();
@@ -606,28 +592,19 @@ async fn upstream_connections_are_pooled() {
 async fn websocket_refused_by_the_backend_is_relayed_not_tunnelled() {
     let a = TestBackend::start("b1").await;
     let proxy = TestProxy::start(&config_for(&[("blue", &[&a])], "\"blue\"", "")).await;
-    let mut socket = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
-    socket
-        .write_all(
-            b"GET /no-websocket-here HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
-              Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut answer = vec![0u8; 4096];
-    let mut read = 0;
-    while !String::from_utf8_lossy(&answer[..read]).contains("no such path") {
-        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut answer[read..]))
+    let (mut socket, head) = websocket_upgrade(proxy.address, "/no-websocket-here").await;
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+    assert!(!head.contains("upgrade: websocket"), "{head}");
+    let mut body = Vec::new();
+    while !String::from_utf8_lossy(&body).contains("no such path") {
+        let mut chunk = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut chunk))
             .await
             .unwrap()
             .unwrap();
-        assert!(n > 0, "closed before the answer");
-        read += n;
+        assert!(n > 0, "closed before the body");
+        body.extend_from_slice(&chunk[..n]);
     }
-    let answer = String::from_utf8_lossy(&answer[..read]).to_lowercase();
-    assert!(answer.starts_with("http/1.1 404"), "{answer}");
-    assert!(!answer.contains("upgrade: websocket"), "{answer}");
     let snapshot = proxy.state.snapshot();
     assert_eq!(snapshot.pools[0].members[0].backend.open_streams(), 0);
 }

@@ -578,3 +578,25 @@ pub async fn get_text(url: &str) -> String {
         .await
         .unwrap()
 }
+
+/// Sends a raw WebSocket upgrade for `path` to `address` and returns the socket and the
+/// lower-cased response head, read byte by byte so no tunnelled byte is consumed.
+pub async fn websocket_upgrade(address: SocketAddr, path: &str) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+    }
+    (socket, String::from_utf8(head).unwrap().to_lowercase())
+}
