@@ -185,13 +185,7 @@ async fn killed_backend_is_routed_around_and_comes_back() {
 
     // The dead backend's sessions: 404 with a JSON-RPC error, then a fresh session elsewhere.
     for session in &doomed {
-        let reply = client
-            .post(proxy.url("/mcp"))
-            .header("mcp-session-id", session)
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let reply = post_in_session(&client, &proxy.url("/mcp"), session).await;
         assert_eq!(reply.status(), 404);
         let body: serde_json::Value = reply.json().await.unwrap();
         assert_eq!(body["jsonrpc"], "2.0");
@@ -430,13 +424,7 @@ async fn readiness_and_whole_pool_unhealthy() {
     // Fail-open: new work and existing sessions still reach the (only) backend.
     let (status, _) = initialize(&client, &open).await;
     assert_eq!(status, 200);
-    let reply = client
-        .post(open.url("/mcp"))
-        .header("mcp-session-id", &kept)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let reply = post_in_session(&client, &open.url("/mcp"), &kept).await;
     assert_eq!(reply.status(), 200);
 
     a.set_health(&[200]);
@@ -477,13 +465,7 @@ async fn passive_failures_eject_until_probes_pass() {
     assert!(!slow.is_healthy());
     assert!(slow.health.is_ejected());
     b.set_health(&[500]);
-    let reply = client
-        .post(proxy.url("/mcp"))
-        .header("mcp-session-id", &on_b)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let reply = post_in_session(&client, &proxy.url("/mcp"), &on_b).await;
     assert_eq!(reply.status(), 404);
     for _ in 0..5 {
         let (status, session) = initialize(&client, &proxy).await;

@@ -159,24 +159,11 @@ async fn scrape(proxy: &TestProxy) -> Vec<Sample> {
 }
 
 async fn initialize(proxy: &TestProxy) -> String {
-    let reply = client()
-        .post(proxy.url("/mcp"))
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reply.status(), 200);
-    session_of(&reply)
+    new_session(&client(), &proxy.url("/mcp")).await
 }
 
 async fn call(proxy: &TestProxy, session: &str) -> (u16, String) {
-    let reply = client()
-        .post(proxy.url("/mcp"))
-        .header("mcp-session-id", session)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let reply = post_in_session(&client(), &proxy.url("/mcp"), session).await;
     (reply.status().as_u16(), reply.text().await.unwrap())
 }
 
@@ -348,13 +335,7 @@ fn logging_config(backend: &TestBackend) -> String {
 async fn traffic(proxy: &LoggingProxy) -> String {
     let client = client();
     let session = new_session(&client, &proxy.url("/mcp")).await;
-    let call = client
-        .post(proxy.url("/mcp"))
-        .header("mcp-session-id", &session)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let call = post_in_session(&client, &proxy.url("/mcp"), &session).await;
     assert_eq!(call.status(), 200);
     call.bytes().await.unwrap();
     let stream = client

@@ -38,13 +38,7 @@ async fn streamable_http_sessions_stick_to_their_owner() {
             assert_eq!(init.status(), 200);
             let session = session_of(&init);
             for _ in 0..10 {
-                let reply = client
-                    .post(&url)
-                    .header("mcp-session-id", &session)
-                    .body("{}")
-                    .send()
-                    .await
-                    .unwrap();
+                let reply = post_in_session(&client, &url, &session).await;
                 assert_eq!(reply.status(), 200);
                 let body = reply.text().await.unwrap();
                 assert_eq!(
@@ -95,13 +89,7 @@ async fn streamable_http_get_stream_and_delete() {
     assert_eq!(delete.status(), 200);
     assert_eq!(owner.requests(), before + 2, "DELETE went to the owner");
     assert_eq!(proxy.state.sessions.len(), 0, "DELETE forgets the session");
-    let after = client
-        .post(proxy.url("/mcp"))
-        .header("mcp-session-id", &session)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let after = post_in_session(&client, &proxy.url("/mcp"), &session).await;
     assert_eq!(after.status(), 404);
     let body: serde_json::Value = after.json().await.unwrap();
     assert_eq!(body["error"]["code"], -32001);
@@ -541,13 +529,7 @@ async fn h2c_clients_are_served() {
     assert_eq!(init.version(), reqwest::Version::HTTP_2);
     assert_eq!(init.status(), 200);
     let session = session_of(&init);
-    let again = h2
-        .post(proxy.url("/mcp"))
-        .header("mcp-session-id", &session)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let again = post_in_session(&h2, &proxy.url("/mcp"), &session).await;
     assert_eq!(again.status(), 200);
     let stream = h2
         .get(proxy.url("/ticks?every_ms=20&count=3"))

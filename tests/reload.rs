@@ -245,13 +245,7 @@ async fn invalid_reload_changes_nothing() {
         assert!(error.contains(why) || why == "syntax", "{error}");
         assert!(error.starts_with("test.toml:"), "{error}");
         assert_eq!(proxy.state.snapshot().generation, 1, "nothing changed");
-        let reply = client
-            .post(proxy.url("/mcp"))
-            .header("mcp-session-id", &session)
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let reply = post_in_session(&client, &proxy.url("/mcp"), &session).await;
         assert_eq!(reply.status(), 200);
     }
 }
@@ -396,26 +390,14 @@ async fn removed_backend_serves_sessions_until_its_drain_ends() {
     proxy
         .reload(&config_for(&[("blue", &[&b])], "\"blue\"", extra))
         .unwrap();
-    let during = client
-        .post(proxy.url("/mcp"))
-        .header("mcp-session-id", &session)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let during = post_in_session(&client, &proxy.url("/mcp"), &session).await;
     assert_eq!(during.status(), 200);
     assert_eq!(during.text().await.unwrap(), r#"{"backend":"b1"}"#);
     eventually(
         "session lost after the drain",
         Duration::from_secs(5),
         async || {
-            let reply = client
-                .post(proxy.url("/mcp"))
-                .header("mcp-session-id", &session)
-                .body("{}")
-                .send()
-                .await
-                .unwrap();
+            let reply = post_in_session(&client, &proxy.url("/mcp"), &session).await;
             (reply.status() == 404).then_some(())
         },
     )

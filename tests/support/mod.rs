@@ -600,3 +600,18 @@ pub async fn websocket_upgrade(address: SocketAddr, path: &str) -> (tokio::net::
     }
     (socket, String::from_utf8(head).unwrap().to_lowercase())
 }
+
+/// A message POST in session `session` through `url`.
+pub async fn post_in_session(
+    client: &reqwest::Client,
+    url: &str,
+    session: &str,
+) -> reqwest::Response {
+    client
+        .post(url)
+        .header("mcp-session-id", session)
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+}
