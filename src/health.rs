@@ -31,7 +31,6 @@ use http::header;
 use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::balance;
 use crate::body::RequestBody;
 use crate::config::ProbeConfig;
 use crate::state::{Snapshot, State};
@@ -293,26 +292,7 @@ pub fn fail_open_pick(
     let usable = |b: &Backend| {
         !b.is_gone() && !b.is_drained_by_admin() && !exclude.iter().any(|e| **e == *b.address)
     };
-    let client = client_ip.map(balance::client_hash);
-    let first = snapshot.choose_active_pool(client)?;
-    let order = std::iter::once(first).chain(
-        snapshot
-            .active
-            .iter()
-            .map(|(i, _)| *i)
-            .filter(|i| *i != first),
-    );
-    for index in order {
-        let members = &snapshot.pool(index).members;
-        let picked = match client {
-            Some(hash) => balance::pick_by_hash(members, hash, usable),
-            None => balance::pick_least_loaded(members, usable),
-        };
-        if let Some(member) = picked {
-            return Some(Arc::clone(&member.backend));
-        }
-    }
-    None
+    snapshot.pick_among(client_ip, usable)
 }
 
 /// Keeps one probe task per backend of the current snapshot: new backends get one, backends

@@ -167,7 +167,7 @@ async fn run(path: &std::path::Path, log_format: LogFormat) -> anyhow::Result<Ex
     init_logging(log_format, &config.log.level);
     let shutdown = CancellationToken::new();
     let proxy = Proxy::start(config, shutdown.clone()).await?;
-    spawn_signal_handlers(Arc::clone(proxy.state()), shutdown)?;
+    spawn_signal_handlers(Some(Arc::clone(proxy.state())), shutdown)?;
     proxy.wait().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -175,31 +175,15 @@ async fn run(path: &std::path::Path, log_format: LogFormat) -> anyhow::Result<Ex
 
 async fn demo(args: switchyard::demo::DemoArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        let mut stopping = false;
-        loop {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
-            }
-            if stopping {
-                std::process::exit(1);
-            }
-            stopping = true;
-            tracing::info!("signal received: stopping the demo");
-            on_signal.cancel();
-        }
-    });
+    spawn_signal_handlers(None, shutdown.clone())?;
     switchyard::demo::run(args, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGTERM/SIGINT start a graceful drain, a second one exits at once; SIGHUP reloads the config.
+/// SIGTERM/SIGINT start a graceful drain, a second one exits at once; SIGHUP reloads the config
+/// of `reloadable` (the demo has none: it writes its config for the admin API to reload).
 fn spawn_signal_handlers(
-    state: Arc<switchyard::state::State>,
+    reloadable: Option<Arc<switchyard::state::State>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -212,7 +196,9 @@ fn spawn_signal_handlers(
                 _ = terminate.recv() => {}
                 _ = interrupt.recv() => {}
                 _ = hangup.recv() => {
-                    let _ = switchyard::reload::reload_from_file(&state);
+                    if let Some(state) = &reloadable {
+                        let _ = switchyard::reload::reload_from_file(state);
+                    }
                     continue;
                 }
             }

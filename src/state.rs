@@ -255,8 +255,19 @@ impl Snapshot {
         client_ip: Option<IpAddr>,
         exclude: &[Arc<str>],
     ) -> Option<Arc<Backend>> {
+        self.pick_among(client_ip, |b: &Backend| {
+            b.takes_new_work() && !exclude.iter().any(|e| **e == *b.address)
+        })
+    }
+
+    /// Picks among the active pools' backends that `usable` accepts: by client hash when a
+    /// client address is given (streams), least-connections otherwise.
+    pub fn pick_among(
+        &self,
+        client_ip: Option<IpAddr>,
+        usable: impl Fn(&Backend) -> bool,
+    ) -> Option<Arc<Backend>> {
         let client = client_ip.map(balance::client_hash);
-        let usable = |b: &Backend| b.takes_new_work() && !exclude.iter().any(|e| **e == *b.address);
         let first = self.choose_active_pool(client)?;
         // The chosen pool first; other active pools only if it has no usable backend.
         let order = std::iter::once(first)
@@ -264,8 +275,8 @@ impl Snapshot {
         for index in order {
             let members = &self.pools[index].members;
             let picked = match client {
-                Some(hash) => balance::pick_by_hash(members, hash, usable),
-                None => balance::pick_least_loaded(members, usable),
+                Some(hash) => balance::pick_by_hash(members, hash, &usable),
+                None => balance::pick_least_loaded(members, &usable),
             };
             if let Some(member) = picked {
                 return Some(Arc::clone(&member.backend));

@@ -313,13 +313,8 @@ impl Backend {
             .port_u16()
             .unwrap_or(if self.tls { 443 } else { 80 });
         let deadline = tokio::time::Instant::now() + timeout;
-        let stream = tokio::time::timeout_at(deadline, TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout { address: address() })?
-            .map_err(|source| UpstreamError::Connect {
-                address: address(),
-                source,
-            })?;
+        let stream =
+            connect_step(deadline, &self.address, TcpStream::connect((host, port))).await?;
         let _ = stream.set_nodelay(true);
         if !self.tls {
             return self.handshake(stream).await;
@@ -340,13 +335,12 @@ impl Backend {
                 }
             })?;
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
-        let stream = tokio::time::timeout_at(deadline, connector.connect(server_name, stream))
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout { address: address() })?
-            .map_err(|source| UpstreamError::Connect {
-                address: address(),
-                source,
-            })?;
+        let stream = connect_step(
+            deadline,
+            &self.address,
+            connector.connect(server_name, stream),
+        )
+        .await?;
         self.handshake(stream).await
     }
 
@@ -368,6 +362,22 @@ impl Backend {
         });
         Ok(sender)
     }
+}
+
+/// One step of connecting (TCP, then TLS), bounded by the connect deadline shared by all steps.
+async fn connect_step<T>(
+    deadline: tokio::time::Instant,
+    address: &Arc<str>,
+    step: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, UpstreamError> {
+    let address = || Arc::clone(address);
+    tokio::time::timeout_at(deadline, step)
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout { address: address() })?
+        .map_err(|source| UpstreamError::Connect {
+            address: address(),
+            source,
+        })
 }
 
 /// A response head plus the connection it came on, to be returned at end of body.
