@@ -683,3 +683,30 @@ async fn a_new_proxy_binds_the_same_port_before_the_old_one_leaves() {
         assert_eq!(reply.status(), 200);
     }
 }
+
+/// A canary is one line: `active = { blue = 90, green = 10 }` sends about a tenth of new sessions
+/// to green, while every session keeps reaching its owner.
+#[tokio::test]
+async fn canary_split_sends_its_share_of_new_sessions() {
+    let blue = TestBackend::start("b1").await;
+    let green = TestBackend::start("g1").await;
+    let proxy = TestProxy::start(&config_for(
+        &[("blue", &[&blue]), ("green", &[&green])],
+        "{ blue = 90, green = 10 }",
+        "",
+    ))
+    .await;
+    let client = client();
+    let url = proxy.url("/mcp");
+    let mut on_green = 0;
+    for _ in 0..500 {
+        let session = new_session(&client, &url).await;
+        if pool_of(owner_of(&session)) == "green" {
+            on_green += 1;
+        }
+        let reply = post_in_session(&client, &url, &session).await;
+        let body = reply.text().await.unwrap();
+        assert_eq!(body, format!(r#"{{"backend":"{}"}}"#, owner_of(&session)));
+    }
+    assert!((25..=75).contains(&on_green), "{on_green} of 500 on green");
+}
