@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod listener;
+pub mod loadgen;
 pub mod metrics;
 pub mod reload;
 pub mod router;

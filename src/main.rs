@@ -43,6 +43,8 @@ enum Command {
     },
     /// Run the bundled reference MCP server.
     Backend(switchyard::backend::BackendArgs),
+    /// Generate load for benchmarks (see benches/compare.sh); prints one JSON line.
+    Loadgen(switchyard::loadgen::LoadgenArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,12 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }),
+        Command::Loadgen(args) => switchyard::loadgen::run_cli(args)
+            .map(|line| {
+                println!("{line}");
+                ExitCode::SUCCESS
+            })
+            .map_err(anyhow::Error::from),
     };
     match outcome {
         Ok(code) => code,
