@@ -18,6 +18,7 @@
 #                   limit (a proxy holds two descriptors per stream), "max" means that cap
 #   BENCH_TARGETS   which targets to run, in order (default "nginx haproxy switchyard direct";
 #                   nginx first because the fixed-rate runs use half its maximum)
+#   BENCH_FIXED_RATE  POST rate for the latency runs (default: half of nginx's measured maximum)
 #   PROXY_CPU, LOAD_CPU   CPU numbers for taskset (default 0 and 1)
 #   OUT             output directory (default: a new /tmp/switchyard-bench.* directory)
 set -euo pipefail
@@ -28,6 +29,7 @@ STREAMS=${BENCH_STREAMS:-"1000 10000 max"}
 TARGETS=${BENCH_TARGETS:-"nginx haproxy switchyard direct"}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+FIXED_RATE=${BENCH_FIXED_RATE:-}
 OUT=${OUT:-$(mktemp -d /tmp/switchyard-bench.XXXXXX)}
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
@@ -39,7 +41,7 @@ declare -A TLS_PORT=([switchyard]=19443 [nginx]=19444 [haproxy]=19445)
 ADMIN_PORT=19901
 POST_CONNECTIONS=64
 WS_CONNECTIONS=16
-WS_RATE=4000
+WS_RATE=1000
 TLS_CONNECTIONS=32
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -178,7 +180,7 @@ EOF
     cat >"$OUT/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn $(ulimit -n)
+    maxconn $MAX_STREAMS
 defaults
     mode http
     option http-no-delay
@@ -328,7 +330,7 @@ run_target() {
     local max
     max=$(loadgen "$name:post_max" post --url "http://127.0.0.1:$port/bench/echo" \
         --connections "$POST_CONNECTIONS" --watch-pid "$pids" | jq -r '.per_second // 0')
-    if [[ $name == nginx ]]; then
+    if [[ $name == nginx && -z ${BENCH_FIXED_RATE:-} ]]; then
         FIXED_RATE=$(((${max%.*} + 1) / 2))
     fi
     local rate=${FIXED_RATE:-$(((${max%.*} + 1) / 2))}
@@ -345,12 +347,15 @@ run_target() {
     fi
     stop_target "$name"
     local wanted streams
+    local -A done_sizes=()
     for wanted in $STREAMS; do
         streams=$(streams_for "$wanted")
+        [[ -z ${done_sizes[$streams]:-} ]] || continue
+        done_sizes[$streams]=1
         log "$name: SSE fan-out, $streams streams"
         # A fresh process per size, so memory freed by earlier runs does not hide growth.
         start_target "$name"
-        loadgen "$name:sse_$wanted" sse \
+        loadgen "$name:sse_$streams" sse \
             --url "http://127.0.0.1:$port/bench/sse?every_ms=1000" --streams "$streams" \
             --source-ips 8 --warmup 2 --watch-pid "$TARGET_PIDS" >/dev/null
         stop_target "$name"
@@ -359,7 +364,9 @@ run_target() {
 
 # ---------------------------------------------------------------- report
 print_table() {
-    python3 - "$RESULTS" "$TARGETS" "$STREAMS" <<'EOF'
+    local sizes
+    sizes=$(for w in $STREAMS; do streams_for "$w"; done | awk '!seen[$0]++' | tr '\n' ' ')
+    python3 - "$RESULTS" "$TARGETS" "$sizes" <<'EOF'
 import json, sys
 results = {}
 for raw in open(sys.argv[1]):
@@ -372,10 +379,10 @@ rows = [
     ("POST max req/s (loadgen)", "post_max", "per_second", "higher"),
     ("POST p50 µs @ ½ nginx max", "post_fixed", "p50_us", "lower"),
     ("POST p99 µs @ ½ nginx max", "post_fixed", "p99_us", "lower"),
-    ("POST proxy CPU s @ ½ nginx max", "post_fixed", "watched_cpu_seconds", "lower"),
+    ("POST proxy CPU µs/request @ ½ nginx max", "post_fixed", "cpu_us_per_op", "lower"),
     ("WS ping p50 µs", "ws", "p50_us", "lower"),
     ("WS ping p99 µs", "ws", "p99_us", "lower"),
-    ("WS proxy CPU s", "ws", "watched_cpu_seconds", "lower"),
+    ("WS proxy CPU µs/message", "ws", "cpu_us_per_op", "lower"),
     ("TLS full handshakes/s", "tls", "per_second", "higher"),
 ]
 for size in sys.argv[3].split():
@@ -388,6 +395,9 @@ for size in sys.argv[3].split():
     ]
 def value(target, scenario, key):
     v = results.get((target, scenario), {}).get(key)
+    line = results.get((target, scenario), {})
+    if key == "cpu_us_per_op" and line.get("ok") and line.get("watched_cpu_seconds") is not None:
+        v = line["watched_cpu_seconds"] * 1e6 / line["ok"]
     if key == "watched_rss_kib" and v is not None:
         v = v / 1024
     return v

@@ -19,7 +19,8 @@ fn members(count: usize) -> Vec<Member> {
     let root = CancellationToken::new();
     (0..count)
         .map(|i| Member {
-            backend: Backend::new(&format!("10.0.{}.{}:8080", i / 250, i % 250 + 1), &root).unwrap(),
+            backend: Backend::new(&format!("10.0.{}.{}:8080", i / 250, i % 250 + 1), &root)
+                .unwrap(),
             weight: 1 + (i % 3) as u32,
         })
         .collect()
@@ -36,16 +37,22 @@ fn balance(c: &mut Criterion) {
             let mut next = 0;
             b.iter(|| {
                 next = (next + 1) % clients.len();
-                pick_by_hash(pool, black_box(clients[next]), |backend| backend.takes_new_work())
-                    .map(|m| Arc::as_ptr(&m.backend))
+                pick_by_hash(pool, black_box(clients[next]), |backend| {
+                    backend.takes_new_work()
+                })
+                .map(|m| Arc::as_ptr(&m.backend))
             });
         });
-        group.bench_with_input(BenchmarkId::new("pick_least_loaded", count), &pool, |b, pool| {
-            b.iter(|| {
-                pick_least_loaded(black_box(pool), |backend| backend.takes_new_work())
-                    .map(|m| Arc::as_ptr(&m.backend))
-            });
-        });
+        group.bench_with_input(
+            BenchmarkId::new("pick_least_loaded", count),
+            &pool,
+            |b, pool| {
+                b.iter(|| {
+                    pick_least_loaded(black_box(pool), |backend| backend.takes_new_work())
+                        .map(|m| Arc::as_ptr(&m.backend))
+                });
+            },
+        );
     }
     group.finish();
 }
@@ -56,7 +63,12 @@ fn sessions(c: &mut Criterion) {
         let table = SessionTable::new(size * 2);
         let owner: Arc<str> = Arc::from("10.0.0.1:8080");
         let ids: Vec<String> = (0..size)
-            .map(|i| format!("{:032x}", (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)))
+            .map(|i| {
+                format!(
+                    "{:032x}",
+                    (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+                )
+            })
             .collect();
         for id in &ids {
             table.learn(id, &owner);
@@ -107,7 +119,12 @@ fn sse(c: &mut Criterion) {
     // Worst case: a stream that never sends an endpoint event, scanned until the 8 KiB limit.
     group.throughput(Throughput::Bytes(stream.len() as u64));
     group.bench_function("endpoint_scanner_no_endpoint_64KiB", |b| {
-        let comments: Vec<u8> = b": tick\n".iter().copied().cycle().take(64 * 1024).collect();
+        let comments: Vec<u8> = b": tick\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(64 * 1024)
+            .collect();
         b.iter(|| {
             let mut scanner = EndpointScanner::default();
             for chunk in comments.chunks(1500) {

@@ -121,7 +121,9 @@ pub async fn serve<IO>(
     let service = service_fn(move |request| {
         let state = Arc::clone(&service_state);
         let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(forward::handle(state, conn, request).await) }
+        // Boxed: hyper keeps a slot the size of the service future for the whole connection, so
+        // an unboxed one would hold a whole request's state per idle keep-alive or SSE connection.
+        Box::pin(async move { Ok::<_, Infallible>(forward::handle(state, conn, request).await) })
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);

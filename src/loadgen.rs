@@ -187,7 +187,8 @@ impl Window {
 
 /// 1 µs to 100 s at 3 significant digits.
 fn new_histogram() -> Result<Histogram<u64>, LoadgenError> {
-    Histogram::new_with_bounds(1, 100_000_000, 3).map_err(|e| LoadgenError::Histogram(e.to_string()))
+    Histogram::new_with_bounds(1, 100_000_000, 3)
+        .map_err(|e| LoadgenError::Histogram(e.to_string()))
 }
 
 fn latency_json(histogram: &Histogram<u64>) -> Value {
@@ -270,10 +271,7 @@ fn target(url: &str) -> Result<Target, LoadgenError> {
         .filter(|a| a.port().is_some())
         .ok_or_else(|| LoadgenError::Url(url.to_owned()))?
         .to_string();
-    let path = uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     Ok(Target { authority, path })
 }
 
@@ -321,7 +319,12 @@ impl ConnStats {
 }
 
 /// Sums the connections' results into the output line.
-fn summarize(mode: &str, common: &Common, window: &Window, stats: Vec<ConnStats>) -> Result<Value, LoadgenError> {
+fn summarize(
+    mode: &str,
+    common: &Common,
+    window: &Window,
+    stats: Vec<ConnStats>,
+) -> Result<Value, LoadgenError> {
     let mut histogram = new_histogram()?;
     let (mut ok, mut errors, mut first_error) = (0, 0, None);
     for conn in stats {
@@ -362,7 +365,9 @@ impl Schedule {
             .filter(|r| *r > 0.0)
             .map(|r| Duration::from_secs_f64(connections as f64 / r));
         // Stagger the connections evenly over one interval, so the aggregate rate is smooth.
-        let offset = interval.map_or(Duration::ZERO, |i| i.mul_f64(index as f64 / connections as f64));
+        let offset = interval.map_or(Duration::ZERO, |i| {
+            i.mul_f64(index as f64 / connections as f64)
+        });
         Schedule {
             interval,
             next: start + offset,
@@ -509,7 +514,12 @@ async fn sse(args: SseArgs) -> Result<Value, LoadgenError> {
     let open_started = Instant::now();
     let mut tasks = Vec::with_capacity(args.streams);
     for index in 0..args.streams {
-        let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (index % usize::from(args.source_ips.max(1))) as u8);
+        let source = std::net::Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (index % usize::from(args.source_ips.max(1))) as u8,
+        );
         tasks.push(tokio::spawn(sse_stream(
             Arc::clone(&target),
             Arc::clone(&shared),
@@ -518,7 +528,8 @@ async fn sse(args: SseArgs) -> Result<Value, LoadgenError> {
         )));
     }
     let open_deadline = open_started + Duration::from_secs_f64(args.open_timeout);
-    while shared.opened.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed) < args.streams
+    while shared.opened.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed)
+        < args.streams
         && Instant::now() < open_deadline
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -597,11 +608,18 @@ async fn sse_stream(
     shared.opened.fetch_add(1, Ordering::Relaxed);
     let mut body = response.into_body();
     while let Some(Ok(frame)) = body.frame().await {
-        let Some(data) = frame.data_ref() else { continue };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
         let now = micros_since_epoch();
         for line in data.split(|&b| b == b'\n') {
-            let Some(stamp) = line.strip_prefix(b"data: ") else { continue };
-            let Some(sent) = std::str::from_utf8(stamp).ok().and_then(|s| s.trim().parse::<u128>().ok()) else {
+            let Some(stamp) = line.strip_prefix(b"data: ") else {
+                continue;
+            };
+            let Some(sent) = std::str::from_utf8(stamp)
+                .ok()
+                .and_then(|s| s.trim().parse::<u128>().ok())
+            else {
                 continue;
             };
             shared.events.fetch_add(1, Ordering::Relaxed);
@@ -628,9 +646,7 @@ async fn open_sse(
         .ok_or("no address")?;
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     if source != std::net::Ipv4Addr::LOCALHOST {
-        socket
-            .bind((source, 0).into())
-            .map_err(|e| e.to_string())?;
+        socket.bind((source, 0).into()).map_err(|e| e.to_string())?;
     }
     let stream = socket.connect(address).await.map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
@@ -643,7 +659,10 @@ async fn open_sse(
         .header(header::ACCEPT, "text/event-stream")
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    sender.send_request(request).await.map_err(|e| e.to_string())
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn ws(args: WsArgs) -> Result<Value, LoadgenError> {

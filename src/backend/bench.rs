@@ -59,17 +59,18 @@ fn sse_params(query: &str) -> (Duration, Option<u64>) {
 fn sse(every: Duration, count: Option<u64>) -> Response<BoxBody<Bytes, Infallible>> {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let events = futures_util::stream::unfold((ticker, 0u64), move |(mut ticker, sent)| async move {
-        if count.is_some_and(|count| sent >= count) {
-            return None;
-        }
-        ticker.tick().await;
-        let event = format!("data: {}\n\n", micros_since_epoch());
-        Some((
-            Ok::<_, Infallible>(Frame::data(Bytes::from(event))),
-            (ticker, sent + 1),
-        ))
-    });
+    let events =
+        futures_util::stream::unfold((ticker, 0u64), move |(mut ticker, sent)| async move {
+            if count.is_some_and(|count| sent >= count) {
+                return None;
+            }
+            ticker.tick().await;
+            let event = format!("data: {}\n\n", micros_since_epoch());
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(event))),
+                (ticker, sent + 1),
+            ))
+        });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")

@@ -34,8 +34,7 @@ pub struct BackendArgs {
 pub async fn run_cli(args: BackendArgs) -> Result<(), BackendError> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %args.listen, name = %args.name, "backend listening");
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let (stream, _) = tokio::select! {
             _ = terminate.recv() => return Ok(()),
@@ -60,7 +59,9 @@ pub async fn run_cli(args: BackendArgs) -> Result<(), BackendError> {
     }
 }
 
-async fn route(request: Request<Incoming>) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
+async fn route(
+    request: Request<Incoming>,
+) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
     if request.uri().path().starts_with("/bench/") {
         return Ok(bench::handle(request).await);
     }
@@ -89,8 +90,12 @@ fn websocket(mut request: Request<Incoming>) -> Response<BoxBody<Bytes, Infallib
         )
         .await;
         while let Some(Ok(message)) = socket.next().await {
-            let Message::Text(text) = message else { continue };
-            let Some(reply) = ping_reply(&text) else { continue };
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let Some(reply) = ping_reply(&text) else {
+                continue;
+            };
             if socket.send(Message::text(reply)).await.is_err() {
                 break;
             }
