@@ -460,8 +460,9 @@ async fn post_connection(
         };
         while Instant::now() < window.end {
             let sent_at = schedule.wait().await;
+            // A server may close a keep-alive connection after N requests (nginx's
+            // `keepalive_requests`): not a failed request, just open another connection.
             if sender.ready().await.is_err() {
-                stats.fail("connection closed");
                 continue 'connection;
             }
             let request = Request::post(target.path.as_str())
