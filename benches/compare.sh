@@ -113,8 +113,10 @@ install_missing() {
 
 raise_limits() {
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    # Ephemeral ports start above the fixed ports used here (19001-19901), so no outgoing
+    # connection can sit on a port a target is about to bind.
     OLD_PORT_RANGE=$(tr '\t' ' ' </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true)
-    if ! sysctl -qw net.ipv4.ip_local_port_range="1024 65535" 2>/dev/null; then
+    if ! sysctl -qw net.ipv4.ip_local_port_range="20000 65535" 2>/dev/null; then
         OLD_PORT_RANGE=""
     fi
     # A proxy holds a client and an upstream descriptor per stream, plus a margin.
