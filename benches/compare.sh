@@ -102,6 +102,8 @@ install_missing() {
     command -v jq >/dev/null || missing+=(jq)
     command -v openssl >/dev/null || missing+=(openssl)
     command -v taskset >/dev/null || missing+=(util-linux)
+    command -v pgrep >/dev/null || missing+=(procps)
+    command -v python3 >/dev/null || missing+=(python3)
     if ((${#missing[@]})); then
         log "installing ${missing[*]}"
         local sudo=""
