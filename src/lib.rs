@@ -15,6 +15,7 @@ pub mod error;
 pub mod forward;
 pub mod health;
 pub mod listener;
+pub mod loadgen;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod reload;

@@ -236,12 +236,14 @@ pub async fn serve<IO>(
         let state = Arc::clone(&service_state);
         let conn = Arc::clone(&conn);
         let redirect = redirect.clone();
-        async move {
+        // Boxed: hyper keeps a slot the size of the service future for the whole connection, so
+        // an unboxed one would hold a whole request's state per idle keep-alive or SSE connection.
+        Box::pin(async move {
             Ok::<_, Infallible>(match redirect {
                 Some(redirect) => redirect_response(&redirect, &request),
                 None => forward::handle(state, conn, request).await,
             })
-        }
+        })
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);

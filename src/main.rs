@@ -54,6 +54,8 @@ enum Command {
     Backend(switchyard::backend::BackendArgs),
     /// Start 2 blue + 2 green reference backends and the proxy in front of them, on loopback.
     Demo(switchyard::demo::DemoArgs),
+    /// Generate load for benchmarks (see benches/compare.sh); prints one JSON line.
+    Loadgen(switchyard::loadgen::LoadgenArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +79,12 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo(args))),
+        Command::Loadgen(args) => switchyard::loadgen::run_cli(args)
+            .map(|line| {
+                println!("{line}");
+                ExitCode::SUCCESS
+            })
+            .map_err(anyhow::Error::from),
     };
     match outcome {
         Ok(code) => code,

@@ -41,7 +41,10 @@ impl BoundaryTracker {
 /// Looks for the legacy transport's `event: endpoint` in the first bytes of a stream.
 #[derive(Debug, Default)]
 pub struct EndpointScanner {
+    /// Bytes after the last complete event block: the blocks before it were parsed already.
     head: Vec<u8>,
+    /// Bytes taken so far, against [`ENDPOINT_SCAN_LIMIT`].
+    scanned: usize,
     done: bool,
 }
 
@@ -52,27 +55,34 @@ impl EndpointScanner {
         if self.done {
             return None;
         }
-        let room = ENDPOINT_SCAN_LIMIT - self.head.len();
-        self.head.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        let text = String::from_utf8_lossy(&self.head);
-        let normalized = text.replace("\r\n", "\n");
-        let mut complete = normalized.split("\n\n").collect::<Vec<_>>();
-        complete.pop(); // the unfinished tail
-        for event in complete {
-            match parse_event(event) {
-                Some(("endpoint", data)) => {
-                    self.done = true;
-                    return Some(data);
+        let taken = &chunk[..chunk.len().min(ENDPOINT_SCAN_LIMIT - self.scanned)];
+        // A blank line may straddle the previous chunk: look two bytes back.
+        let search_from = self.head.len().saturating_sub(2);
+        self.head.extend_from_slice(taken);
+        self.scanned += taken.len();
+        // Only a new blank line completes a block, so each byte is parsed once, however small
+        // the chunks come.
+        if let Some(end) = last_blank_line_end(&self.head[search_from..]).map(|e| e + search_from) {
+            let text = String::from_utf8_lossy(&self.head[..end]);
+            let normalized = text.replace("\r\n", "\n");
+            for event in normalized.split("\n\n") {
+                match parse_event(event) {
+                    Some(("endpoint", data)) => {
+                        self.done = true;
+                        return Some(data);
+                    }
+                    // Comments and retry-only blocks may come first; any real event ends the
+                    // search.
+                    Some(_) => {
+                        self.finish();
+                        return None;
+                    }
+                    None => {}
                 }
-                // Comments and retry-only blocks may come first; any real event ends the search.
-                Some(_) => {
-                    self.finish();
-                    return None;
-                }
-                None => {}
             }
+            self.head.drain(..end);
         }
-        if self.head.len() >= ENDPOINT_SCAN_LIMIT {
+        if self.scanned >= ENDPOINT_SCAN_LIMIT {
             self.finish();
         }
         None
@@ -101,6 +111,18 @@ pub fn replace_first(haystack: &[u8], from: &[u8], to: &[u8]) -> Option<Vec<u8>>
     out.extend_from_slice(to);
     out.extend_from_slice(&haystack[at + from.len()..]);
     Some(out)
+}
+
+/// The index just past the last blank line (`\n\n`, or `\n\r\n` with CRLF line ends).
+fn last_blank_line_end(bytes: &[u8]) -> Option<usize> {
+    (1..bytes.len())
+        .rev()
+        .find(|&i| {
+            bytes[i] == b'\n'
+                && (bytes[i - 1] == b'\n'
+                    || (i >= 2 && bytes[i - 1] == b'\r' && bytes[i - 2] == b'\n'))
+        })
+        .map(|i| i + 1)
 }
 
 /// `(event name, data)` of one event block, or `None` for a block with no data.
@@ -180,6 +202,21 @@ mod tests {
         assert!(s.is_done());
         let mut s = EndpointScanner::default();
         assert_eq!(s.feed(&vec![b':'; ENDPOINT_SCAN_LIMIT + 10]), None);
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn endpoint_after_many_comment_blocks_in_tiny_chunks() {
+        let mut stream = b": a\n\n:b\r\n\r\n".repeat(20);
+        stream.extend_from_slice(b"event: endpoint\r\ndata: /messages/?session_id=s1\n\r\n");
+        let mut s = EndpointScanner::default();
+        let found = stream.chunks(1).find_map(|byte| s.feed(byte));
+        assert_eq!(found.as_deref(), Some("/messages/?session_id=s1"));
+        // Comment blocks count toward the limit even though they are dropped once parsed.
+        let mut s = EndpointScanner::default();
+        for _ in 0..ENDPOINT_SCAN_LIMIT / 3 + 1 {
+            assert_eq!(s.feed(b":\n\n"), None);
+        }
         assert!(s.is_done());
     }
 }

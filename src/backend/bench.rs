@@ -1,8 +1,7 @@
-//! Plain-HTTP routes for the benchmark harness (`switchyard loadgen`), no MCP involved.
+//! The benchmark routes of the reference backend: `POST /bench/echo` and `GET /bench/sse`.
 //!
-//! Contract: `POST /bench/echo` answers 200 `application/json` with the request body;
-//! `GET /bench/sse?every_ms=N&count=M` is a `text/event-stream` of M events (default: no end),
-//! one every N ms (default 1000), each `data: <microseconds since the UNIX epoch>\n\n`.
+//! They exist so that Switchyard, nginx and HAProxy can be compared in front of the same fast
+//! backend (`benches/compare.sh`). Self-contained: the caller routes `/bench/*` here.
 
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,57 +9,54 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
-use hyper::body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 
-/// Echo bodies beyond this are refused with 413.
-const MAX_ECHO_BYTES: usize = 16 * 1024 * 1024;
+/// Largest echo body accepted; a benchmark never needs more.
+const MAX_ECHO_BYTES: usize = 1024 * 1024;
 
-/// Answers a request whose path starts with `/bench/`.
-pub async fn handle<B>(request: Request<B>) -> Response<BoxBody<Bytes, Infallible>>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
+pub async fn handle(request: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
     match (request.method(), request.uri().path()) {
         (&Method::POST, "/bench/echo") => echo(request).await,
-        (&Method::GET, "/bench/sse") => sse(request.uri().query().unwrap_or("")),
-        _ => plain(StatusCode::NOT_FOUND, "no such bench route\n"),
+        (&Method::GET, "/bench/sse") => {
+            let (every, count) = sse_params(request.uri().query().unwrap_or(""));
+            sse(every, count)
+        }
+        _ => plain(StatusCode::NOT_FOUND, "no such benchmark route\n"),
     }
 }
 
-async fn echo<B>(request: Request<B>) -> Response<BoxBody<Bytes, Infallible>>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    match Limited::new(request.into_body(), MAX_ECHO_BYTES)
-        .collect()
-        .await
-    {
+async fn echo(request: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+    let limited = http_body_util::Limited::new(request.into_body(), MAX_ECHO_BYTES);
+    match limited.collect().await {
         Ok(collected) => Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(collected.to_bytes()).boxed())
-            .unwrap_or_else(|_| Response::new(BoxBody::default())),
-        Err(_) => plain(StatusCode::PAYLOAD_TOO_LARGE, "body too large or broken\n"),
+            .unwrap_or_else(|_| internal_error()),
+        Err(_) => plain(StatusCode::BAD_REQUEST, "unreadable or oversized body\n"),
     }
 }
 
-fn sse(query: &str) -> Response<BoxBody<Bytes, Infallible>> {
-    let mut every = Duration::from_millis(1000);
-    let mut count: Option<u64> = None;
-    for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
-        match (key, value.parse::<u64>()) {
-            ("every_ms", Ok(ms)) => every = Duration::from_millis(ms.max(1)),
-            ("count", Ok(n)) => count = Some(n),
-            ("every_ms" | "count", Err(_)) => {
-                return plain(StatusCode::BAD_REQUEST, "every_ms and count are integers\n");
+/// `every_ms` (default 1000, at least 1) and `count` (default: unlimited).
+fn sse_params(query: &str) -> (Duration, Option<u64>) {
+    let mut every = Duration::from_secs(1);
+    let mut count = None;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("every_ms", value)) => {
+                if let Ok(ms) = value.parse::<u64>() {
+                    every = Duration::from_millis(ms.max(1));
+                }
             }
+            Some(("count", value)) => count = value.parse::<u64>().ok(),
             _ => {}
         }
     }
+    (every, count)
+}
+
+/// One `data: <µs since the epoch>` event every `every`, `count` times, then the stream ends.
+fn sse(every: Duration, count: Option<u64>) -> Response<BoxBody<Bytes, Infallible>> {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let events =
@@ -69,21 +65,53 @@ fn sse(query: &str) -> Response<BoxBody<Bytes, Infallible>> {
                 return None;
             }
             ticker.tick().await;
-            let micros = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |since| since.as_micros());
-            let frame = Frame::data(Bytes::from(format!("data: {micros}\n\n")));
-            Some((Ok::<_, Infallible>(frame), (ticker, sent + 1)))
+            let event = format!("data: {}\n\n", micros_since_epoch());
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(event))),
+                (ticker, sent + 1),
+            ))
         });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .body(BodyExt::boxed(StreamBody::new(events)))
-        .unwrap_or_else(|_| Response::new(BoxBody::default()))
+        .unwrap_or_else(|_| internal_error())
+}
+
+pub fn micros_since_epoch() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros())
+        .unwrap_or(0)
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<BoxBody<Bytes, Infallible>> {
     let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed());
     *response.status_mut() = status;
     response
+}
+
+fn internal_error() -> Response<BoxBody<Bytes, Infallible>> {
+    let mut response = Response::new(Full::new(Bytes::new()).boxed());
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn sse_params_have_defaults_and_floor() {
+        assert_eq!(sse_params(""), (Duration::from_secs(1), None));
+        assert_eq!(
+            sse_params("every_ms=0&count=5"),
+            (Duration::from_millis(1), Some(5))
+        );
+        assert_eq!(
+            sse_params("count=x&every_ms=250"),
+            (Duration::from_millis(250), None)
+        );
+    }
 }

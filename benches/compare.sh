@@ -1,0 +1,456 @@
+#!/usr/bin/env bash
+# Switchyard vs nginx vs HAProxy vs a direct connection, in front of the same bundled backend.
+#
+#   benches/compare.sh            # full run, about 8 minutes
+#   BENCH_SECONDS=3 benches/compare.sh   # quick smoke run
+#
+# Installs nginx, haproxy and wrk with apt-get when missing, builds Switchyard in release mode,
+# then runs every scenario against each target one after another: the proxy pinned to CPU
+# $PROXY_CPU with one worker (nginx worker_processes 1, HAProxy nbthread 1, Switchyard
+# TOKIO_WORKER_THREADS=1), the backend and the load generator pinned to CPU $LOAD_CPU.
+# Loopback only. Every run is bounded by `timeout`; the trap stops everything it started.
+# Raw results (one JSON line per run) go to $OUT/results.jsonl; the table goes to stdout and
+# $OUT/table.md.
+#
+# Settings (environment):
+#   BENCH_SECONDS   measured seconds per run (default 10; each run also warms up 1 s)
+#   BENCH_STREAMS   SSE fan-out sizes (default "1000 10000 max"); each is capped by the open-file
+#                   limit (a proxy holds two descriptors per stream), "max" means that cap
+#   BENCH_TARGETS   which targets to run, in order (default "nginx haproxy switchyard direct";
+#                   nginx first because the fixed-rate runs use half its maximum)
+#   BENCH_FIXED_RATE  POST rate for the latency runs (default: half of nginx's measured maximum)
+#   PROXY_CPU, LOAD_CPU   CPU numbers for taskset (default 0 and 1)
+#   OUT             output directory (default: a new /tmp/switchyard-bench.* directory)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+STREAMS=${BENCH_STREAMS:-"1000 10000 max"}
+TARGETS=${BENCH_TARGETS:-"nginx haproxy switchyard direct"}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+FIXED_RATE=${BENCH_FIXED_RATE:-}
+OUT=${OUT:-$(mktemp -d /tmp/switchyard-bench.XXXXXX)}
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+: >"$RESULTS"
+
+BACKEND_PORT=19001
+declare -A HTTP_PORT=([direct]=19001 [switchyard]=19101 [nginx]=19201 [haproxy]=19301)
+declare -A TLS_PORT=([switchyard]=19443 [nginx]=19444 [haproxy]=19445)
+ADMIN_PORT=19901
+POST_CONNECTIONS=64
+WS_CONNECTIONS=16
+WS_RATE=1000
+TLS_CONNECTIONS=32
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- processes and cleanup
+PIDS=()
+OLD_PORT_RANGE=""
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    if [[ -n "$OLD_PORT_RANGE" ]]; then
+        sysctl -qw net.ipv4.ip_local_port_range="$OLD_PORT_RANGE" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Starts a command in the background on a CPU; sets STARTED to its pid.
+start_pinned() {
+    local cpu=$1 logfile=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$logfile" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
+stop() {
+    local pid=$1
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.05
+    done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
+wait_port() {
+    local port=$1
+    for _ in $(seq 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    log "nothing listens on port $port; see the logs in $OUT"
+    return 1
+}
+
+# ---------------------------------------------------------------- prerequisites
+install_missing() {
+    local missing=()
+    command -v nginx >/dev/null || missing+=(nginx-light)
+    command -v haproxy >/dev/null || missing+=(haproxy)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v jq >/dev/null || missing+=(jq)
+    command -v openssl >/dev/null || missing+=(openssl)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    command -v pgrep >/dev/null || missing+=(procps)
+    command -v python3 >/dev/null || missing+=(python3)
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]}"
+        local sudo=""
+        [[ $(id -u) -eq 0 ]] || sudo=sudo
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+raise_limits() {
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    # Ephemeral ports start above the fixed ports used here (19001-19901), so no outgoing
+    # connection can sit on a port a target is about to bind.
+    OLD_PORT_RANGE=$(tr '\t' ' ' </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true)
+    if ! sysctl -qw net.ipv4.ip_local_port_range="20000 65535" 2>/dev/null; then
+        OLD_PORT_RANGE=""
+    fi
+    # A proxy holds a client and an upstream descriptor per stream, plus a margin.
+    MAX_STREAMS=$((($(ulimit -n) - 256) / 2))
+    log "open files: $(ulimit -n), so at most $MAX_STREAMS proxied streams"
+}
+
+make_certificates() {
+    local dir="$OUT/tls"
+    mkdir -p "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=switchyard-bench-ca \
+        -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj /CN=localhost \
+        -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$dir/ext.cnf"
+    openssl x509 -req -days 2 -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+        -CAcreateserial -extfile "$dir/ext.cnf" -out "$dir/server.pem" 2>/dev/null
+    cat "$dir/server.pem" "$dir/server.key" >"$dir/combined.pem"
+}
+
+# ---------------------------------------------------------------- configurations
+write_configs() {
+    mkdir -p "$OUT/nginx/logs" "$OUT/nginx/tmp"
+    cat >"$OUT/nginx/nginx.conf" <<EOF
+user root;
+worker_processes 1;
+worker_rlimit_nofile $(ulimit -n);
+pid $OUT/nginx/nginx.pid;
+error_log $OUT/nginx/logs/error.log warn;
+events { worker_connections $(ulimit -n); }
+http {
+    access_log off;
+    client_body_temp_path $OUT/nginx/tmp/body;
+    proxy_temp_path $OUT/nginx/tmp/proxy;
+    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 128;
+    }
+    map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
+    server {
+        listen 127.0.0.1:${HTTP_PORT[nginx]} backlog=4096;
+        listen 127.0.0.1:${TLS_PORT[nginx]} ssl backlog=4096;
+        ssl_certificate $OUT/tls/server.pem;
+        ssl_certificate_key $OUT/tls/server.key;
+        ssl_protocols TLSv1.3;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 1h;
+        }
+        location /ws {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \$connection_upgrade;
+            proxy_read_timeout 1h;
+        }
+    }
+}
+EOF
+    cat >"$OUT/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn $MAX_STREAMS
+defaults
+    mode http
+    option http-no-delay
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    timeout tunnel 1h
+frontend bench
+    bind 127.0.0.1:${HTTP_PORT[haproxy]}
+    bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $OUT/tls/combined.pem ssl-min-ver TLSv1.3
+    default_backend backend
+backend backend
+    server b1 127.0.0.1:$BACKEND_PORT
+EOF
+    write_switchyard_config "$OUT/switchyard.toml" yes
+    if ! "$BIN" check --config "$OUT/switchyard.toml" >"$OUT/switchyard-check.log" 2>&1; then
+        log "this Switchyard has no TLS listeners yet: TLS is measured without it"
+        SWITCHYARD_TLS=no
+        write_switchyard_config "$OUT/switchyard.toml" no
+        "$BIN" check --config "$OUT/switchyard.toml" >"$OUT/switchyard-check.log"
+    else
+        SWITCHYARD_TLS=yes
+    fi
+}
+
+write_switchyard_config() {
+    local file=$1 tls=$2
+    cat >"$file" <<EOF
+[[listener]]
+bind = "127.0.0.1:${HTTP_PORT[switchyard]}"
+EOF
+    if [[ $tls == yes ]]; then
+        cat >>"$file" <<EOF
+
+[[listener]]
+bind = "127.0.0.1:${TLS_PORT[switchyard]}"
+tls = { cert = "$OUT/tls/server.pem", key = "$OUT/tls/server.key" }
+EOF
+    fi
+    cat >>"$file" <<EOF
+
+[admin]
+bind = "127.0.0.1:$ADMIN_PORT"
+
+[pools.bench]
+backends = ["127.0.0.1:$BACKEND_PORT"]
+
+[routing]
+active = "bench"
+
+[timeouts]
+stream_idle = "1h"
+
+[upstream]
+max_idle_per_backend = 128
+
+[limits]
+max_connections = $(ulimit -n)
+EOF
+}
+
+# ---------------------------------------------------------------- targets
+# Starts a target; sets TARGET_PIDS to the processes whose CPU and memory are watched.
+start_target() {
+    local name=$1
+    # Switchyard binds with SO_REUSEPORT: a stray process on the port would silently take half
+    # of the connections, so a busy port stops the run.
+    if [[ $name != direct ]] && (exec 3<>"/dev/tcp/127.0.0.1/${HTTP_PORT[$name]}") 2>/dev/null; then
+        log "port ${HTTP_PORT[$name]} is already in use; stop whatever listens there first"
+        exit 1
+    fi
+    case $name in
+        direct)
+            TARGET_PIDS=$BACKEND_PID
+            return 0
+            ;;
+        nginx)
+            start_pinned "$PROXY_CPU" "$OUT/nginx/stdout.log" \
+                nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;'
+            ;;
+        haproxy)
+            start_pinned "$PROXY_CPU" "$OUT/haproxy.log" haproxy -db -f "$OUT/haproxy.cfg"
+            ;;
+        switchyard)
+            # Access logs are off for every target (nginx access_log off, HAProxy no log).
+            RUST_LOG=warn TOKIO_WORKER_THREADS=1 start_pinned "$PROXY_CPU" \
+                "$OUT/switchyard.log" "$BIN" run --config "$OUT/switchyard.toml"
+            ;;
+    esac
+    TARGET_MAIN=$STARTED
+    wait_port "${HTTP_PORT[$name]}"
+    TARGET_PIDS=$TARGET_MAIN
+    if [[ $name == nginx ]]; then
+        # The master binds the port before it forks the worker that holds the connections.
+        for _ in $(seq 100); do
+            pgrep -P "$TARGET_MAIN" >/dev/null && break
+            sleep 0.05
+        done
+    fi
+    local child
+    for child in $(pgrep -P "$TARGET_MAIN" || true); do
+        TARGET_PIDS="$TARGET_PIDS,$child"
+    done
+}
+
+stop_target() {
+    [[ $1 == direct ]] || stop "$TARGET_MAIN"
+}
+
+# Runs the load generator (pinned with the backend) and appends its JSON line.
+loadgen() {
+    local label=$1
+    shift
+    local line
+    if line=$(timeout $((SECONDS_PER_RUN * 3 + 200)) taskset -c "$LOAD_CPU" \
+        "$BIN" loadgen "$@" --label "$label" --seconds "$SECONDS_PER_RUN" 2>>"$OUT/loadgen.log"); then
+        echo "$line" >>"$RESULTS"
+        echo "$line"
+    else
+        log "run $label failed (see $OUT/loadgen.log)"
+        echo "{\"label\":\"$label\",\"failed\":true}" >>"$RESULTS"
+        echo "{}"
+    fi
+}
+
+wrk_max() {
+    local label=$1 port=$2
+    cat >"$OUT/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"' .. string.rep("x", 170) .. '"}}}'
+EOF
+    local rps
+    rps=$(timeout $((SECONDS_PER_RUN + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$POST_CONNECTIONS" \
+        -d"${SECONDS_PER_RUN}s" -s "$OUT/post.lua" "http://127.0.0.1:$port/bench/echo" 2>&1 |
+        tee -a "$OUT/wrk.log" | awk '/Requests\/sec/ {print $2}')
+    echo "{\"label\":\"$label\",\"mode\":\"wrk\",\"per_second\":${rps:-0}}" >>"$RESULTS"
+}
+
+streams_for() {
+    local wanted=$1
+    [[ $wanted == max ]] && wanted=$MAX_STREAMS
+    ((wanted > MAX_STREAMS)) && wanted=$MAX_STREAMS
+    echo "$wanted"
+}
+
+run_target() {
+    local name=$1 port=${HTTP_PORT[$1]}
+    log "$name: POST throughput"
+    start_target "$name"
+    local pids=$TARGET_PIDS
+    wrk_max "$name:post_max_wrk" "$port"
+    local max
+    max=$(loadgen "$name:post_max" post --url "http://127.0.0.1:$port/bench/echo" \
+        --connections "$POST_CONNECTIONS" --watch-pid "$pids" | jq -r '.per_second // 0')
+    if [[ $name == nginx && -z ${BENCH_FIXED_RATE:-} ]]; then
+        FIXED_RATE=$(((${max%.*} + 1) / 2))
+    fi
+    local rate=${FIXED_RATE:-$(((${max%.*} + 1) / 2))}
+    log "$name: POST latency at $rate req/s"
+    loadgen "$name:post_fixed" post --url "http://127.0.0.1:$port/bench/echo" \
+        --connections "$POST_CONNECTIONS" --rate "$rate" --watch-pid "$pids" >/dev/null
+    log "$name: WebSocket ping at $WS_RATE msg/s"
+    loadgen "$name:ws" ws --url "ws://127.0.0.1:$port/ws" --connections "$WS_CONNECTIONS" \
+        --rate "$WS_RATE" --watch-pid "$pids" >/dev/null
+    if [[ $name != direct && ($name != switchyard || $SWITCHYARD_TLS == yes) ]]; then
+        log "$name: TLS handshakes"
+        loadgen "$name:tls" tls --address "127.0.0.1:${TLS_PORT[$name]}" \
+            --ca "$OUT/tls/ca.pem" --connections "$TLS_CONNECTIONS" --watch-pid "$pids" >/dev/null
+    fi
+    stop_target "$name"
+    local wanted streams
+    local -A done_sizes=()
+    for wanted in $STREAMS; do
+        streams=$(streams_for "$wanted")
+        [[ -z ${done_sizes[$streams]:-} ]] || continue
+        done_sizes[$streams]=1
+        log "$name: SSE fan-out, $streams streams"
+        # A fresh process per size, so memory freed by earlier runs does not hide growth.
+        start_target "$name"
+        loadgen "$name:sse_$streams" sse \
+            --url "http://127.0.0.1:$port/bench/sse?every_ms=1000" --streams "$streams" \
+            --source-ips 8 --warmup 2 --watch-pid "$TARGET_PIDS" >/dev/null
+        stop_target "$name"
+    done
+}
+
+# ---------------------------------------------------------------- report
+print_table() {
+    local sizes
+    sizes=$(for w in $STREAMS; do streams_for "$w"; done | awk '!seen[$0]++' | tr '\n' ' ')
+    python3 - "$RESULTS" "$TARGETS" "$sizes" <<'EOF'
+import json, sys
+results = {}
+for raw in open(sys.argv[1]):
+    line = json.loads(raw)
+    target, _, scenario = line.get("label", "").partition(":")
+    results[(target, scenario)] = line
+targets = sys.argv[2].split()
+rows = [
+    ("POST max req/s (wrk)", "post_max_wrk", "per_second", "higher"),
+    ("POST max req/s (loadgen)", "post_max", "per_second", "higher"),
+    ("POST p50 µs @ ½ nginx max", "post_fixed", "p50_us", "lower"),
+    ("POST p99 µs @ ½ nginx max", "post_fixed", "p99_us", "lower"),
+    ("POST proxy CPU µs/request @ ½ nginx max", "post_fixed", "cpu_us_per_op", "lower"),
+    ("WS ping p50 µs", "ws", "p50_us", "lower"),
+    ("WS ping p99 µs", "ws", "p99_us", "lower"),
+    ("WS proxy CPU µs/message", "ws", "cpu_us_per_op", "lower"),
+    ("TLS full handshakes/s", "tls", "per_second", "higher"),
+]
+for size in sys.argv[3].split():
+    rows += [
+        (f"SSE {size}: streams open", f"sse_{size}", "streams_open", "higher"),
+        (f"SSE {size}: delivery p50 µs", f"sse_{size}", "p50_us", "lower"),
+        (f"SSE {size}: delivery p99 µs", f"sse_{size}", "p99_us", "lower"),
+        (f"SSE {size}: RSS bytes/stream", f"sse_{size}", "rss_bytes_per_stream", "lower"),
+        (f"SSE {size}: RSS MiB total", f"sse_{size}", "watched_rss_kib", "lower"),
+    ]
+def value(target, scenario, key):
+    v = results.get((target, scenario), {}).get(key)
+    line = results.get((target, scenario), {})
+    if key == "cpu_us_per_op" and line.get("ok") and line.get("watched_cpu_seconds") is not None:
+        v = line["watched_cpu_seconds"] * 1e6 / line["ok"]
+    if key == "watched_rss_kib" and v is not None:
+        v = v / 1024
+    return v
+def fmt(v):
+    if v is None: return "–"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+header = ["scenario"] + targets
+ratios = [t for t in ("nginx", "haproxy") if t in targets and "switchyard" in targets]
+header += [f"switchyard / {t}" for t in ratios]
+print("| " + " | ".join(header) + " |")
+print("|" + "---|" * len(header))
+for title, scenario, key, better in rows:
+    cells = [value(t, scenario, key) for t in targets]
+    if all(c is None for c in cells): continue
+    row = [title] + [fmt(c) for c in cells]
+    mine = value("switchyard", scenario, key)
+    for t in ratios:
+        theirs = value(t, scenario, key)
+        row.append(f"{mine / theirs:.2f}×" if mine is not None and theirs else "–")
+    print("| " + " | ".join(row) + " |")
+EOF
+}
+
+# ---------------------------------------------------------------- main
+install_missing
+raise_limits
+log "building release"
+(cd "$ROOT" && cargo build --release --quiet)
+BIN="$ROOT/target/release/switchyard"
+make_certificates
+write_configs
+TOKIO_WORKER_THREADS=1 start_pinned "$LOAD_CPU" "$OUT/backend.log" \
+    "$BIN" backend --listen "127.0.0.1:$BACKEND_PORT" --name bench
+BACKEND_PID=$STARTED
+wait_port "$BACKEND_PORT"
+{
+    echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'), kernel $(uname -r)"
+    echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "versions: $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $("$BIN" --version)"
+} | tee "$OUT/machine.txt" >&2
+for target in $TARGETS; do
+    run_target "$target"
+done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt" >&2
+print_table | tee "$OUT/table.md"
+log "raw results: $RESULTS"

@@ -1,0 +1,142 @@
+//! Micro-benchmarks of the per-request decisions: backend choice, session lookup, SSE scanning.
+//!
+//! `cargo bench --bench micro` (add `-- --quick` for a short run).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use switchyard::balance::{Member, client_hash, pick_by_hash, pick_least_loaded};
+use switchyard::session::SessionTable;
+use switchyard::sse::{BoundaryTracker, EndpointScanner};
+use switchyard::upstream::Backend;
+use tokio_util::sync::CancellationToken;
+
+fn members(count: usize) -> Vec<Member> {
+    let root = CancellationToken::new();
+    (0..count)
+        .map(|i| Member {
+            backend: Backend::new(&format!("10.0.{}.{}:8080", i / 250, i % 250 + 1), &root)
+                .unwrap(),
+            weight: 1 + (i % 3) as u32,
+        })
+        .collect()
+}
+
+fn balance(c: &mut Criterion) {
+    let mut group = c.benchmark_group("balance");
+    for count in [3, 16, 100] {
+        let pool = members(count);
+        let clients: Vec<u64> = (0..1024u32)
+            .map(|i| client_hash(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 7919))))
+            .collect();
+        group.bench_with_input(BenchmarkId::new("pick_by_hash", count), &pool, |b, pool| {
+            let mut next = 0;
+            b.iter(|| {
+                next = (next + 1) % clients.len();
+                pick_by_hash(pool, black_box(clients[next]), |backend| {
+                    backend.takes_new_work()
+                })
+                .map(|m| Arc::as_ptr(&m.backend))
+            });
+        });
+        group.bench_with_input(
+            BenchmarkId::new("pick_least_loaded", count),
+            &pool,
+            |b, pool| {
+                b.iter(|| {
+                    pick_least_loaded(black_box(pool), |backend| backend.takes_new_work())
+                        .map(|m| Arc::as_ptr(&m.backend))
+                });
+            },
+        );
+    }
+    group.finish();
+}
+
+fn sessions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("session");
+    for size in [1_000usize, 100_000] {
+        let table = SessionTable::new(size * 2);
+        let owner: Arc<str> = Arc::from("10.0.0.1:8080");
+        let ids: Vec<String> = (0..size)
+            .map(|i| {
+                format!(
+                    "{:032x}",
+                    (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+                )
+            })
+            .collect();
+        for id in &ids {
+            table.learn(id, &owner);
+        }
+        group.bench_with_input(BenchmarkId::new("owner_hit", size), &ids, |b, ids| {
+            let mut next = 0;
+            b.iter(|| {
+                next = (next + 7) % ids.len();
+                table.owner(black_box(&ids[next]))
+            });
+        });
+        group.bench_with_input(BenchmarkId::new("owner_miss", size), &size, |b, _| {
+            b.iter(|| table.owner(black_box("0000000000000000ffffffffffffffff")));
+        });
+    }
+    group.finish();
+}
+
+fn sse(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sse");
+    // A busy stream: 64 KiB of typical MCP events, fed in 1.5 KiB chunks as a socket delivers them.
+    let event = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":42}}\n\n";
+    let stream: Vec<u8> = event.iter().copied().cycle().take(64 * 1024).collect();
+    let chunks: Vec<&[u8]> = stream.chunks(1500).collect();
+    group.throughput(Throughput::Bytes(stream.len() as u64));
+    group.bench_function("boundary_tracker_64KiB", |b| {
+        b.iter(|| {
+            let mut tracker = BoundaryTracker::default();
+            for chunk in &chunks {
+                tracker.observe(black_box(chunk));
+            }
+            tracker.at_boundary()
+        });
+    });
+    // The legacy head: comments first, then the endpoint event split over small chunks.
+    let head = b": welcome\n\nevent: endpoint\ndata: /messages/?session_id=0123456789abcdef0123456789abcdef\n\n";
+    group.throughput(Throughput::Bytes(head.len() as u64));
+    group.bench_function("endpoint_scanner_head_16B_chunks", |b| {
+        b.iter(|| {
+            let mut scanner = EndpointScanner::default();
+            let mut found = None;
+            for chunk in head.chunks(16) {
+                found = found.or(scanner.feed(black_box(chunk)));
+            }
+            found
+        });
+    });
+    // Worst case: a stream that never sends an endpoint event, scanned until the 8 KiB limit.
+    group.throughput(Throughput::Bytes(stream.len() as u64));
+    group.bench_function("endpoint_scanner_no_endpoint_64KiB", |b| {
+        let comments: Vec<u8> = b": tick\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(64 * 1024)
+            .collect();
+        b.iter(|| {
+            let mut scanner = EndpointScanner::default();
+            for chunk in comments.chunks(1500) {
+                if scanner.feed(black_box(chunk)).is_some() || scanner.is_done() {
+                    break;
+                }
+            }
+            scanner.is_done()
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, balance, sessions, sse);
+criterion_main!(benches);

@@ -1,0 +1,153 @@
+//! The benchmark routes of the reference backend and `switchyard loadgen` against them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+/// Serves `switchyard::backend::bench::handle` on a free loopback port until the test ends.
+async fn bench_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|request| async move {
+                    Ok::<_, Infallible>(switchyard::backend::bench::handle(request).await)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+async fn loadgen(args: &[&str]) -> serde_json::Value {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("loadgen")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn echo_returns_the_body_and_sse_sends_timestamps() {
+    let address = bench_backend().await;
+    let client = reqwest::Client::new();
+    let echoed = client
+        .post(format!("http://{address}/bench/echo"))
+        .body(r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.status(), 200);
+    assert_eq!(echoed.headers()["content-type"], "application/json");
+    assert_eq!(
+        echoed.text().await.unwrap(),
+        r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#
+    );
+
+    let before = switchyard::backend::bench::micros_since_epoch();
+    let stream = client
+        .get(format!("http://{address}/bench/sse?every_ms=10&count=3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let text = stream.text().await.unwrap();
+    let stamps: Vec<u128> = text
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .map(|stamp| stamp.parse().unwrap())
+        .collect();
+    assert_eq!(stamps.len(), 3, "{text:?}");
+    assert!(stamps[0] >= before && stamps.windows(2).all(|w| w[0] < w[1]));
+
+    let missing = client
+        .get(format!("http://{address}/bench/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn loadgen_measures_posts_open_loop_and_sse_delivery() {
+    let address = bench_backend().await;
+    let post = loadgen(&[
+        "post",
+        "--url",
+        &format!("http://{address}/bench/echo"),
+        "--connections",
+        "4",
+        "--rate",
+        "400",
+        "--seconds",
+        "0.5",
+        "--warmup",
+        "0.1",
+        "--label",
+        "t",
+    ])
+    .await;
+    assert_eq!(post["mode"], "post");
+    assert_eq!(post["label"], "t");
+    assert_eq!(post["errors"], 0);
+    // Open loop: about rate × seconds requests, never many more.
+    let ok = post["ok"].as_u64().unwrap();
+    assert!((100..=220).contains(&ok), "{post}");
+    assert!(post["p99_us"].as_u64().unwrap() >= post["p50_us"].as_u64().unwrap());
+
+    let sse = loadgen(&[
+        "sse",
+        "--url",
+        &format!("http://{address}/bench/sse?every_ms=20"),
+        "--streams",
+        "5",
+        "--seconds",
+        "0.5",
+        "--warmup",
+        "0.1",
+        "--watch-pid",
+        &std::process::id().to_string(),
+    ])
+    .await;
+    assert_eq!(sse["streams_open"], 5, "{sse}");
+    assert!(sse["events"].as_u64().unwrap() >= 5 * 10, "{sse}");
+    assert!(sse["watched_rss_kib"].as_u64().unwrap() > 0, "{sse}");
+}
+
+#[tokio::test]
+async fn loadgen_reports_a_dead_target_as_an_error() {
+    let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = unused.local_addr().unwrap();
+    drop(unused);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "loadgen",
+            "post",
+            "--url",
+            &format!("http://{address}/bench/echo"),
+        ])
+        .args(["--connections", "1", "--seconds", "0.2", "--warmup", "0"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("every connection failed"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
