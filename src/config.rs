@@ -550,7 +550,12 @@ fn validate_probes(raw: &RawHealth) -> Result<Option<ProbeConfig>, Invalid> {
 /// `"200"` or `"200-399"`: the statuses a probe accepts.
 fn parse_status_range(text: &str) -> Result<(u16, u16), String> {
     let (low, high) = text.split_once('-').unwrap_or((text, text));
-    let status = |s: &str| s.trim().parse::<u16>().ok().filter(|s| (100..=599).contains(s));
+    let status = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|s| (100..=599).contains(s))
+    };
     match (status(low), status(high)) {
         (Some(low), Some(high)) if low <= high => Ok((low, high)),
         _ => Err(format!(

@@ -61,14 +61,14 @@ impl Health {
     /// which case the caller ejects the backend (exactly one caller sees true per crossing).
     fn note_failure(&self, now: u64, window: Duration, max_fails: u32) -> bool {
         let start = self.window_start_ms.load(Ordering::Relaxed);
-        if start == 0 || now.saturating_sub(start) > millis(window) {
-            if self
+        let expired = start == 0 || now.saturating_sub(start) > millis(window);
+        if expired
+            && self
                 .window_start_ms
                 .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
-            {
-                self.window_fails.store(0, Ordering::Relaxed);
-            }
+        {
+            self.window_fails.store(0, Ordering::Relaxed);
         }
         let fails = self.window_fails.fetch_add(1, Ordering::Relaxed) + 1;
         fails >= max_fails
@@ -127,7 +127,11 @@ impl ProbeOutcome {
 }
 
 /// One `GET` of the probe path, bounded by the probe timeout from connect to the last body byte.
-pub async fn probe(backend: &Arc<Backend>, probes: &ProbeConfig, limits: PoolLimits) -> ProbeOutcome {
+pub async fn probe(
+    backend: &Arc<Backend>,
+    probes: &ProbeConfig,
+    limits: PoolLimits,
+) -> ProbeOutcome {
     let Ok(request) = http::Request::get(probes.path.clone())
         .header(header::HOST, backend.authority.as_str())
         .header(header::USER_AGENT, "switchyard-health")
@@ -160,7 +164,12 @@ pub async fn probe(backend: &Arc<Backend>, probes: &ProbeConfig, limits: PoolLim
 }
 
 /// Counts a probe result and flips the backend once a streak reaches `rise` or `fall`.
-pub fn record_probe(state: &State, backend: &Arc<Backend>, probes: &ProbeConfig, outcome: ProbeOutcome) {
+pub fn record_probe(
+    state: &State,
+    backend: &Arc<Backend>,
+    probes: &ProbeConfig,
+    outcome: ProbeOutcome,
+) {
     state
         .metrics
         .health_probes
@@ -361,7 +370,14 @@ fn jitter(max: Duration) -> Duration {
 }
 
 async fn probe_loop(state: Arc<State>, backend: Arc<Backend>, stop: CancellationToken) {
-    let Some(first) = state.snapshot().config.health.probes.as_ref().map(|p| p.interval) else {
+    let Some(first) = state
+        .snapshot()
+        .config
+        .health
+        .probes
+        .as_ref()
+        .map(|p| p.interval)
+    else {
         return;
     };
     // Start at a random point of the first interval, and never probe a backend

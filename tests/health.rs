@@ -30,13 +30,21 @@ fn backend(proxy: &TestProxy, address: SocketAddr) -> Arc<Backend> {
     Arc::clone(snapshot.backends.get(address.to_string().as_str()).unwrap())
 }
 
+/// An `initialize` of the load: when it started, its status, its session.
+type Placed = (Instant, u16, Option<String>);
+
 fn owner_of(session: &str) -> &str {
     session.split('-').next().unwrap()
 }
 
 /// `initialize` through the proxy: the status and, on success, the new session id.
 async fn initialize(client: &reqwest::Client, proxy: &TestProxy) -> (u16, Option<String>) {
-    let reply = client.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
+    let reply = client
+        .post(proxy.url("/mcp"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     let session = reply
         .headers()
         .get("mcp-session-id")
@@ -88,7 +96,7 @@ async fn killed_backend_is_routed_around_and_comes_back() {
     let stop = Arc::new(AtomicBool::new(false));
     let session_failures = Arc::new(AtomicUsize::new(0));
     let session_requests = Arc::new(AtomicUsize::new(0));
-    let inits: Arc<Mutex<Vec<(Instant, u16, Option<String>)>>> = Arc::default();
+    let inits: Arc<Mutex<Vec<Placed>>> = Arc::default();
     let mut load = Vec::new();
     for worker in 0..2 {
         let (client, stop, url) = (client.clone(), Arc::clone(&stop), proxy.url("/mcp"));
@@ -167,8 +175,18 @@ async fn killed_backend_is_routed_around_and_comes_back() {
         task.await.unwrap();
     }
     assert_eq!(session_failures.load(Ordering::SeqCst), 0);
-    for (at, status, session) in inits.lock().unwrap().iter().filter(|(at, ..)| *at > settled) {
-        assert_eq!(*status, 200, "initialize at {:?}", at.duration_since(killed));
+    for (at, status, session) in inits
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(at, ..)| *at > settled)
+    {
+        assert_eq!(
+            *status,
+            200,
+            "initialize at {:?}",
+            at.duration_since(killed)
+        );
         assert_ne!(owner_of(session.as_deref().unwrap()), "b3");
     }
 
@@ -196,7 +214,11 @@ async fn killed_backend_is_routed_around_and_comes_back() {
         dead.is_healthy().then_some(())
     })
     .await;
-    assert!(revived.probes() >= 2, "healthy after {} probes", revived.probes());
+    assert!(
+        revived.probes() >= 2,
+        "healthy after {} probes",
+        revived.probes()
+    );
     eventually("a new session lands on b3", WAIT, async || {
         let (status, session) = initialize(&client, &proxy).await;
         assert_eq!(status, 200);
@@ -330,7 +352,11 @@ async fn stream_to_killed_backend_ends_within_a_second() {
         while let Some(Ok(_)) = stream.next().await {}
     })
     .await;
-    assert!(ended.is_ok(), "stream still open {:?} after kill", killed.elapsed());
+    assert!(
+        ended.is_ok(),
+        "stream still open {:?} after kill",
+        killed.elapsed()
+    );
 }
 
 /// A backend that fails its probes while its TCP connections live: its SSE streams close at an
@@ -413,7 +439,12 @@ async fn readiness_and_whole_pool_unhealthy() {
         })
         .await;
     }
-    let reply = client.post(closed.url("/mcp")).body("{}").send().await.unwrap();
+    let reply = client
+        .post(closed.url("/mcp"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reply.status(), 503);
     assert_eq!(reply.headers()["retry-after"], "1");
     // Fail-open: new work and existing sessions still reach the (only) backend.
@@ -496,7 +527,10 @@ async fn passive_failures_eject_until_probes_pass() {
     })
     .await;
     let text = metrics(&proxy).await;
-    let label = format!("switchyard_backend_ejections_total{{pool=\"blue\",backend=\"{}\"}} 1", b.address);
+    let label = format!(
+        "switchyard_backend_ejections_total{{pool=\"blue\",backend=\"{}\"}} 1",
+        b.address
+    );
     assert!(text.contains(&label), "{text}");
 }
 
@@ -507,23 +541,41 @@ async fn without_probes_ejection_ends_by_itself() {
     let address = dead.address;
     dead.kill();
     eventually("dead backend refuses", WAIT, async || {
-        tokio::net::TcpStream::connect(address).await.is_err().then_some(())
+        tokio::net::TcpStream::connect(address)
+            .await
+            .is_err()
+            .then_some(())
     })
     .await;
     let extra = "[health]\ninterval = \"0s\"\nmax_fails = 1\nejection = \"200ms\"\n";
     let proxy = TestProxy::start(&config(&[address], extra)).await;
-    let reply = client().post(proxy.url("/mcp")).body("{}").send().await.unwrap();
+    let reply = client()
+        .post(proxy.url("/mcp"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reply.status(), 502);
     let ejected = backend(&proxy, address);
     assert!(!ejected.is_healthy());
-    let reply = client().post(proxy.url("/mcp")).body("{}").send().await.unwrap();
+    let reply = client()
+        .post(proxy.url("/mcp"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reply.status(), 503);
     let _revived = TestBackend::start_on("back", address).await;
     eventually("ejection over", WAIT, async || {
         ejected.is_healthy().then_some(())
     })
     .await;
-    let reply = client().post(proxy.url("/mcp")).body("{}").send().await.unwrap();
+    let reply = client()
+        .post(proxy.url("/mcp"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reply.status(), 200);
 }
 
@@ -559,7 +611,10 @@ async fn health_follows_reloads() {
         .unwrap();
     eventually("b2 forgotten after its drain", WAIT, async || {
         let snapshot = proxy.state.snapshot();
-        (!snapshot.backends.contains_key(b.address.to_string().as_str())).then_some(())
+        (!snapshot
+            .backends
+            .contains_key(b.address.to_string().as_str()))
+        .then_some(())
     })
     .await;
     let (seen_b, seen_c) = (b.probes(), c.probes());
