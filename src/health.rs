@@ -227,7 +227,7 @@ pub fn note_request_failure(
     error: &UpstreamError,
 ) {
     let health = &snapshot.config.health;
-    if health.max_fails == 0 || backend.health.is_ejected() {
+    if health.max_fails == 0 || backend.health.is_ejected() || caused_by_client(error) {
         return;
     }
     let now = now_ms();
@@ -261,6 +261,18 @@ pub fn note_request_failure(
     } else {
         cut_off(backend);
     }
+}
+
+/// A client whose request body broke (or broke the size limit) is not the backend's fault.
+fn caused_by_client(error: &UpstreamError) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<crate::body::BodyError>().is_some() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// True when no backend of the active pools takes new work.

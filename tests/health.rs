@@ -412,6 +412,34 @@ async fn streams_close_when_backend_turns_unhealthy() {
     .await;
 }
 
+/// A stream stuck in the middle of an event when its backend turns unhealthy ends at once,
+/// without a `retry:` line glued to the partial event.
+#[tokio::test]
+async fn stream_stuck_mid_event_ends_when_backend_turns_unhealthy() {
+    let a = TestBackend::start("b1").await;
+    let health = "[health]\ninterval = \"50ms\"\ntimeout = \"200ms\"\nfall = 2\n";
+    let proxy = TestProxy::start(&config(&[a.address], health)).await;
+    let response = client()
+        .get(proxy.url("/hold?first=data:hi%0A%0Adata:par"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let sick = backend(&proxy, a.address);
+    eventually("stream counted", WAIT, async || {
+        (sick.open_streams() == 1).then_some(())
+    })
+    .await;
+    a.set_health(&[503]);
+    let body = tokio::time::timeout(WAIT, response.text())
+        .await
+        .expect("stream ended")
+        .unwrap();
+    assert_eq!(body, "data:hi\n\ndata:par");
+    assert!(!sick.is_healthy());
+}
+
 /// `/readyz` follows the active pool's health; with nothing healthy, new work gets `503` with
 /// `Retry-After`, unless `fail_open` sends it to the unhealthy backends anyway.
 #[tokio::test]
