@@ -14,7 +14,8 @@
 //!
 //! New backends start healthy: marking a fresh fleet down until its first probes pass would turn
 //! every cold start and every reload that adds backends into an outage (HAProxy also starts
-//! servers up; nginx Plus needs the explicit `mandatory` flag to start them down). A dead new
+//! servers up: `init-state up` is its default; nginx Plus needs the explicit `mandatory` flag to
+//! start them down). A dead new
 //! backend is found by its first `fall` probes, or sooner by passive detection, and its failed
 //! connects are retried on another backend meanwhile.
 //!
