@@ -15,9 +15,8 @@
 //! New backends start healthy: marking a fresh fleet down until its first probes pass would turn
 //! every cold start and every reload that adds backends into an outage (HAProxy also starts
 //! servers up: `init-state up` is its default; nginx Plus needs the explicit `mandatory` flag to
-//! start them down). A dead new
-//! backend is found by its first `fall` probes, or sooner by passive detection, and its failed
-//! connects are retried on another backend meanwhile.
+//! start them down). A dead new backend is found by its first `fall` probes, or sooner by
+//! passive detection, and its failed connects are retried on another backend meanwhile.
 //!
 //! Health lives in atomics on the `Backend`, which the snapshot reuses by address, so it survives
 //! reloads. The supervisor keeps one probe task per backend object in the current snapshot.
