@@ -54,7 +54,17 @@ pub struct Health {
 impl Health {
     pub fn is_ejected(&self) -> bool {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
-        until != 0 && until > now_ms()
+        if until == 0 {
+            return false;
+        }
+        if until > now_ms() {
+            return true;
+        }
+        // Over: back to the clock-free check for every later request.
+        let _ =
+            self.ejected_until_ms
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 
     /// Counts one failure of real traffic; true when it crosses `max_fails` within `window`, in

@@ -158,6 +158,7 @@ async fn killed_backend_is_routed_around_and_comes_back() {
     })
     .await;
     let detected = killed.elapsed();
+    eprintln!("killed backend marked unhealthy after {detected:?}");
     // The bound, plus scheduling slack for a loaded CI machine.
     let bound = interval * (fall + 1);
     assert!(
@@ -652,4 +653,17 @@ async fn health_follows_reloads() {
     .await;
     // At most a probe already under way when the supervisor noticed.
     assert!(b.probes() <= seen_b + 1, "{} > {}", b.probes(), seen_b + 1);
+
+    // Probes switched off by a reload: no verdict of theirs lingers.
+    c.set_health(&[500]);
+    let down = backend(&proxy, c.address);
+    eventually("b3 unhealthy", WAIT, async || {
+        (!down.is_healthy()).then_some(())
+    })
+    .await;
+    proxy.reload(&config(&[a.address, c.address], "")).unwrap();
+    eventually("b3 healthy once probes are off", WAIT, async || {
+        down.is_healthy().then_some(())
+    })
+    .await;
 }
