@@ -278,6 +278,7 @@ fn status(state: &State) -> serde_json::Value {
                         "address": &*b.address,
                         "weight": m.weight,
                         "healthy": b.is_healthy(),
+                        "ejected": b.health.is_ejected(),
                         "drained_by_admin": b.is_drained_by_admin(),
                         "in_flight": b.load(),
                         "open_streams": b.open_streams(),

@@ -14,9 +14,9 @@
 //!
 //! New backends start healthy: marking a fresh fleet down until its first probes pass would turn
 //! every cold start and every reload that adds backends into an outage (HAProxy also starts
-//! servers up; nginx Plus needs the explicit `mandatory` flag to start them down). A dead new
-//! backend is found by its first `fall` probes, or sooner by passive detection, and its failed
-//! connects are retried on another backend meanwhile.
+//! servers up: `init-state up` is its default; nginx Plus needs the explicit `mandatory` flag to
+//! start them down). A dead new backend is found by its first `fall` probes, or sooner by
+//! passive detection, and its failed connects are retried on another backend meanwhile.
 //!
 //! Health lives in atomics on the `Backend`, which the snapshot reuses by address, so it survives
 //! reloads. The supervisor keeps one probe task per backend object in the current snapshot.
@@ -53,15 +53,25 @@ pub struct Health {
 impl Health {
     pub fn is_ejected(&self) -> bool {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
-        until != 0 && until > now_ms()
+        if until == 0 {
+            return false;
+        }
+        if until > now_ms() {
+            return true;
+        }
+        // Over: back to the clock-free check for every later request.
+        let _ =
+            self.ejected_until_ms
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 
     /// Counts one failure of real traffic; true when it crosses `max_fails` within `window`, in
     /// which case the caller ejects the backend (exactly one caller sees true per crossing).
     fn note_failure(&self, now: u64, window: Duration, max_fails: u32) -> bool {
         let start = self.window_start_ms.load(Ordering::Relaxed);
-        let window_over = start == 0 || now.saturating_sub(start) > millis(window);
-        if window_over
+        let expired = start == 0 || now.saturating_sub(start) > millis(window);
+        if expired
             && self
                 .window_start_ms
                 .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -227,7 +237,7 @@ pub fn note_request_failure(
     error: &UpstreamError,
 ) {
     let health = &snapshot.config.health;
-    if health.max_fails == 0 || backend.health.is_ejected() {
+    if health.max_fails == 0 || backend.health.is_ejected() || caused_by_client(error) {
         return;
     }
     let now = now_ms();
@@ -261,6 +271,18 @@ pub fn note_request_failure(
     } else {
         cut_off(backend);
     }
+}
+
+/// A client whose request body broke (or broke the size limit) is not the backend's fault.
+fn caused_by_client(error: &UpstreamError) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<crate::body::BodyError>().is_some() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// True when no backend of the active pools takes new work.

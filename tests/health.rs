@@ -30,6 +30,9 @@ fn backend(proxy: &TestProxy, address: SocketAddr) -> Arc<Backend> {
     Arc::clone(snapshot.backends.get(address.to_string().as_str()).unwrap())
 }
 
+/// An `initialize` of the load: when it started, its status, its session.
+type Placed = (Instant, u16, Option<String>);
+
 fn owner_of(session: &str) -> &str {
     session.split('-').next().unwrap()
 }
@@ -53,9 +56,6 @@ async fn metrics(proxy: &TestProxy) -> String {
     get_text(&proxy.admin_url("/metrics")).await
 }
 
-/// When an initialize was answered, its status, and the session it opened.
-type Initialize = (Instant, u16, Option<String>);
-
 /// Kill one of three backends under load: probes find it within `fall × interval` plus one
 /// interval, no new session goes there after that, its sessions get `404` and re-initialise
 /// elsewhere, the other backends' sessions lose nothing; restarted, it gets new sessions again.
@@ -65,9 +65,9 @@ async fn killed_backend_is_routed_around_and_comes_back() {
     let b2 = TestBackend::start("b2").await;
     let b3 = TestBackend::start("b3").await;
     let (interval, fall) = (Duration::from_millis(100), 2);
-    // Real traffic may eject b3 before its probes fail; a short ejection lets it come back soon.
+    // Passive detection off: the bound under test is the probes' (it has its own test).
     let health = "[health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\n\
-                  ejection = \"200ms\"\n";
+                  max_fails = 0\n";
     let proxy = TestProxy::start(&config(&[b1.address, b2.address, b3.address], health)).await;
     let client = client();
 
@@ -89,7 +89,7 @@ async fn killed_backend_is_routed_around_and_comes_back() {
     let stop = Arc::new(AtomicBool::new(false));
     let session_failures = Arc::new(AtomicUsize::new(0));
     let session_requests = Arc::new(AtomicUsize::new(0));
-    let inits: Arc<Mutex<Vec<Initialize>>> = Arc::default();
+    let inits: Arc<Mutex<Vec<Placed>>> = Arc::default();
     let mut load = Vec::new();
     for worker in 0..2 {
         let (client, stop, url) = (client.clone(), Arc::clone(&stop), proxy.url("/mcp"));
@@ -151,6 +151,7 @@ async fn killed_backend_is_routed_around_and_comes_back() {
     })
     .await;
     let detected = killed.elapsed();
+    eprintln!("killed backend marked unhealthy after {detected:?}");
     // The issue's bound, plus scheduling slack for a loaded CI machine.
     let bound = interval * (fall + 1);
     assert!(
@@ -386,6 +387,34 @@ async fn streams_close_when_backend_turns_unhealthy() {
     .await;
 }
 
+/// A stream stuck in the middle of an event when its backend turns unhealthy ends at once,
+/// without a `retry:` line glued to the partial event.
+#[tokio::test]
+async fn stream_stuck_mid_event_ends_when_backend_turns_unhealthy() {
+    let a = TestBackend::start("b1").await;
+    let health = "[health]\ninterval = \"50ms\"\ntimeout = \"200ms\"\nfall = 2\n";
+    let proxy = TestProxy::start(&config(&[a.address], health)).await;
+    let response = client()
+        .get(proxy.url("/hold?first=data:hi%0A%0Adata:par"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let sick = backend(&proxy, a.address);
+    eventually("stream counted", WAIT, async || {
+        (sick.open_streams() == 1).then_some(())
+    })
+    .await;
+    a.set_health(&[503]);
+    let body = tokio::time::timeout(WAIT, response.text())
+        .await
+        .expect("stream ended")
+        .unwrap();
+    assert_eq!(body, "data:hi\n\ndata:par");
+    assert!(!sick.is_healthy());
+}
+
 /// `/readyz` follows the active pool's health; with nothing healthy, new work gets `503` with
 /// `Retry-After`, unless `fail_open` sends it to the unhealthy backends anyway.
 #[tokio::test]
@@ -586,4 +615,17 @@ async fn health_follows_reloads() {
     .await;
     // At most a probe already under way when the supervisor noticed.
     assert!(b.probes() <= seen_b + 1, "{} > {}", b.probes(), seen_b + 1);
+
+    // Probes switched off by a reload: no verdict of theirs lingers.
+    c.set_health(&[500]);
+    let down = backend(&proxy, c.address);
+    eventually("b3 unhealthy", WAIT, async || {
+        (!down.is_healthy()).then_some(())
+    })
+    .await;
+    proxy.reload(&config(&[a.address, c.address], "")).unwrap();
+    eventually("b3 healthy once probes are off", WAIT, async || {
+        down.is_healthy().then_some(())
+    })
+    .await;
 }
