@@ -108,23 +108,12 @@ async fn legacy_sse_sessions_reach_the_stream_owner() {
         let client = client.clone();
         let proxy_url = proxy.url("");
         tasks.push(tokio::spawn(async move {
-            let stream = client
-                .get(format!("{proxy_url}/sse"))
-                .header("accept", "text/event-stream")
-                .send()
-                .await
-                .unwrap();
-            let mut bytes = stream.bytes_stream();
+            let LegacySession {
+                endpoint,
+                session,
+                events: mut bytes,
+            } = open_legacy(&client, &proxy_url).await;
             let mut buffer = String::new();
-            let endpoint = loop {
-                buffer.push_str(&String::from_utf8_lossy(
-                    &bytes.next().await.unwrap().unwrap(),
-                ));
-                if let Some(line) = buffer.lines().find(|l| l.starts_with("data: ")) {
-                    break line.trim_start_matches("data: ").to_string();
-                }
-            };
-            let session = endpoint.split("sessionId=").nth(1).unwrap().to_string();
             for n in 0..10 {
                 let posted = client
                     .post(format!("{proxy_url}{endpoint}"))
@@ -135,7 +124,6 @@ async fn legacy_sse_sessions_reach_the_stream_owner() {
                 assert_eq!(posted.status(), 202);
             }
             let mut answers = 0;
-            buffer.clear();
             while answers < 10 {
                 buffer.push_str(&String::from_utf8_lossy(
                     &bytes.next().await.unwrap().unwrap(),

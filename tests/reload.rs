@@ -73,24 +73,12 @@ async fn legacy_session(
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
 ) {
-    let stream = client
-        .get(format!("{base}/sse"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
-    let mut bytes = stream.bytes_stream();
+    let LegacySession {
+        endpoint,
+        session,
+        events: mut bytes,
+    } = open_legacy(&client, &base).await;
     let mut buffer = String::new();
-    let endpoint = loop {
-        buffer.push_str(&String::from_utf8_lossy(
-            &bytes.next().await.unwrap().unwrap(),
-        ));
-        if let Some(line) = buffer.lines().find(|l| l.starts_with("data: ")) {
-            break line.trim_start_matches("data: ").to_string();
-        }
-    };
-    let session = endpoint.split("sessionId=").nth(1).unwrap().to_string();
-    buffer.clear();
     let mut answered = 0;
     while !stop.load(Ordering::Relaxed) {
         match client

@@ -615,3 +615,40 @@ pub async fn post_in_session(
         .await
         .unwrap()
 }
+
+/// A legacy HTTP+SSE session opened through `base` (`GET {base}/sse`): the endpoint URL from the
+/// first event, the session id in it, and the rest of the stream.
+pub struct LegacySession<S> {
+    pub endpoint: String,
+    pub session: String,
+    pub events: S,
+}
+
+pub async fn open_legacy(
+    client: &reqwest::Client,
+    base: &str,
+) -> LegacySession<impl futures_util::Stream<Item = reqwest::Result<Bytes>> + Unpin + Send> {
+    use futures_util::StreamExt;
+    let stream = client
+        .get(format!("{base}/sse"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut events = stream.bytes_stream();
+    let mut head = String::new();
+    let endpoint = loop {
+        head.push_str(&String::from_utf8_lossy(
+            &events.next().await.unwrap().unwrap(),
+        ));
+        if let Some(line) = head.lines().find(|l| l.starts_with("data: ")) {
+            break line.trim_start_matches("data: ").to_string();
+        }
+    };
+    let session = endpoint.split("sessionId=").nth(1).unwrap().to_string();
+    LegacySession {
+        endpoint,
+        session,
+        events,
+    }
+}
