@@ -444,12 +444,7 @@ struct LegacySession {
 
 impl LegacySession {
     async fn open(base: &str) -> LegacySession {
-        let response = client()
-            .get(format!("{base}/sse"))
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .unwrap();
+        let response = get_sse(&client(), &format!("{base}/sse")).await;
         assert_eq!(response.status(), 200);
         let mut events = SseReader::new(response);
         let (kind, endpoint) = events.next().await;

@@ -323,12 +323,7 @@ async fn stream_to_killed_backend_ends_within_a_second() {
     // Probes far apart: the stream must end because the connection died, not because of them.
     let health = "[health]\ninterval = \"1h\"\n";
     let proxy = TestProxy::start(&config(&[a.address], health)).await;
-    let response = client()
-        .get(proxy.url("/hold?first=data:hi%0A%0A"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let response = get_sse(&client(), &proxy.url("/hold?first=data:hi%0A%0A")).await;
     assert_eq!(response.status(), 200);
     let mut stream = response.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
@@ -354,12 +349,7 @@ async fn streams_close_when_backend_turns_unhealthy() {
     let a = TestBackend::start("b1").await;
     let health = "[health]\ninterval = \"50ms\"\ntimeout = \"200ms\"\nfall = 2\n";
     let proxy = TestProxy::start(&config(&[a.address], health)).await;
-    let response = client()
-        .get(proxy.url("/hold?first=data:hi%0A%0A"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let response = get_sse(&client(), &proxy.url("/hold?first=data:hi%0A%0A")).await;
     assert_eq!(response.status(), 200);
 
     let (mut socket, head) = websocket_upgrade(proxy.address, "/ws").await;
@@ -394,12 +384,7 @@ async fn stream_stuck_mid_event_ends_when_backend_turns_unhealthy() {
     let a = TestBackend::start("b1").await;
     let health = "[health]\ninterval = \"50ms\"\ntimeout = \"200ms\"\nfall = 2\n";
     let proxy = TestProxy::start(&config(&[a.address], health)).await;
-    let response = client()
-        .get(proxy.url("/hold?first=data:hi%0A%0Adata:par"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let response = get_sse(&client(), &proxy.url("/hold?first=data:hi%0A%0Adata:par")).await;
     assert_eq!(response.status(), 200);
     let sick = backend(&proxy, a.address);
     eventually("stream counted", WAIT, async || {

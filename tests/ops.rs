@@ -184,12 +184,7 @@ async fn metrics_parse_and_move_with_traffic() {
         assert_eq!(call(&proxy, &session).await.0, 200);
     }
     assert_eq!(call(&proxy, "nobody").await.0, 404);
-    let stream = client()
-        .get(proxy.url("/ticks?count=2&every_ms=10"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let stream = get_sse(&client(), &proxy.url("/ticks?count=2&every_ms=10")).await;
     assert_eq!(stream.text().await.unwrap().matches("data:").count(), 2);
 
     let after = eventually(
@@ -338,12 +333,7 @@ async fn traffic(proxy: &LoggingProxy) -> String {
     let call = post_in_session(&client, &proxy.url("/mcp"), &session).await;
     assert_eq!(call.status(), 200);
     call.bytes().await.unwrap();
-    let stream = client
-        .get(proxy.url("/ticks?count=2&every_ms=10"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let stream = get_sse(&client, &proxy.url("/ticks?count=2&every_ms=10")).await;
     stream.bytes().await.unwrap();
     session
 }

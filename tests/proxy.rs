@@ -188,12 +188,7 @@ async fn least_connections_avoids_backend_with_open_streams() {
     // SSE GETs from one client address all hash to the same backend.
     let mut streams = Vec::new();
     for _ in 0..5 {
-        let s = client
-            .get(proxy.url("/hold"))
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .unwrap();
+        let s = get_sse(&client, &proxy.url("/hold")).await;
         assert_eq!(s.status(), 200);
         streams.push(s);
     }
@@ -220,12 +215,7 @@ fn now_micros() -> u128 {
 async fn sse_events_arrive_unbuffered() {
     let a = TestBackend::start("b1").await;
     let proxy = TestProxy::start(&config_for(&[("blue", &[&a])], "\"blue\"", "")).await;
-    let response = client()
-        .get(proxy.url("/ticks?every_ms=200&count=5"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let response = get_sse(&client(), &proxy.url("/ticks?every_ms=200&count=5")).await;
     let mut stream = response.bytes_stream();
     let mut buffer = String::new();
     let mut seen = 0;
@@ -258,12 +248,7 @@ async fn keepalives_only_between_events() {
     let a = TestBackend::start("b1").await;
     let extra = "[timeouts]\nsse_keepalive = \"100ms\"\n";
     let proxy = TestProxy::start(&config_for(&[("blue", &[&a])], "\"blue\"", extra)).await;
-    let response = client()
-        .get(proxy.url("/script"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let response = get_sse(&client(), &proxy.url("/script")).await;
     let raw = String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap();
     let first = raw.find("data: a\n\n").unwrap();
     let second = raw
@@ -284,12 +269,7 @@ async fn keepalives_only_between_events() {
 async fn client_disconnect_reaches_the_backend() {
     let a = TestBackend::start("b1").await;
     let proxy = TestProxy::start(&config_for(&[("blue", &[&a])], "\"blue\"", "")).await;
-    let response = client()
-        .get(proxy.url("/hold"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let response = get_sse(&client(), &proxy.url("/hold")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(a.seen.disconnects.load(Ordering::SeqCst), 0);
     drop(response);
@@ -493,12 +473,7 @@ async fn slow_response_is_504_but_streams_live_on() {
         .unwrap();
     assert_eq!(reply.status(), 504);
     // Events 400 ms apart: the stream outlives the 300 ms response timeout.
-    let stream = client()
-        .get(proxy.url("/ticks?every_ms=400&count=3"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let stream = get_sse(&client(), &proxy.url("/ticks?every_ms=400&count=3")).await;
     let events = read_events(stream, 3, Duration::from_secs(5)).await;
     assert_eq!(events.len(), 3);
 }
@@ -519,12 +494,7 @@ async fn h2c_clients_are_served() {
     let session = session_of(&init);
     let again = post_in_session(&h2, &proxy.url("/mcp"), &session).await;
     assert_eq!(again.status(), 200);
-    let stream = h2
-        .get(proxy.url("/ticks?every_ms=20&count=3"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let stream = get_sse(&h2, &proxy.url("/ticks?every_ms=20&count=3")).await;
     assert_eq!(
         read_events(stream, 3, Duration::from_secs(5)).await.len(),
         3

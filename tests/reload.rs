@@ -321,12 +321,7 @@ async fn drain_deadline_closes_streams_at_an_event_boundary() {
     };
     let proxy = TestProxy::start(&pools("blue")).await;
     let client = client();
-    let stream = client
-        .get(proxy.url("/split"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let stream = get_sse(&client, &proxy.url("/split")).await;
     assert_eq!(blue.requests(), 1);
     let flipped = Instant::now();
     proxy.reload(&pools("green")).unwrap();
@@ -355,12 +350,7 @@ async fn drain_deadline_closes_streams_at_an_event_boundary() {
         before.matches("-end\n\n").count()
     );
     // The reconnect lands on the new pool.
-    let again = client
-        .get(proxy.url("/hold"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let again = get_sse(&client, &proxy.url("/hold")).await;
     assert_eq!(again.status(), 200);
     assert_eq!(green.requests(), 1);
     assert_eq!(proxy.state.metrics.streams_drained.get(), 1);

@@ -14,7 +14,9 @@ use futures_util::StreamExt;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
-use support::{TestBackend, TestProxy, client, config_for, eventually, get_text, session_of};
+use support::{
+    TestBackend, TestProxy, client, config_for, eventually, get_sse, get_text, session_of,
+};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
@@ -187,12 +189,7 @@ impl Events {
 
 /// Opens a legacy SSE stream through `proxy`: the events and the endpoint URL it announced.
 async fn open_legacy(proxy: &TestProxy) -> (Events, String) {
-    let response = client()
-        .get(proxy.url("/sse"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let response = get_sse(&client(), &proxy.url("/sse")).await;
     assert_eq!(response.status(), 200);
     let mut events = Events::new(response);
     let endpoint = events.next_data().await;
@@ -435,12 +432,7 @@ async fn replicas_place_a_new_stream_on_the_same_backend() {
     let mut names = Vec::new();
     for proxy in &proxies {
         // A GET accepting an event stream is placed by client hash, like a new SSE stream.
-        let response = client()
-            .get(proxy.url("/name"))
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .unwrap();
+        let response = get_sse(&client(), &proxy.url("/name")).await;
         names.push(response.text().await.unwrap());
     }
     assert!(names.iter().all(|n| *n == names[0]), "{names:?}");
@@ -646,12 +638,7 @@ async fn split_endpoint_event_is_sealed_and_the_rest_passes_untouched() {
         keys.sessions()
     );
     let proxy = TestProxy::start(&config).await;
-    let response = client()
-        .get(proxy.url("/sse"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let response = get_sse(&client(), &proxy.url("/sse")).await;
     let mut events = Events::new(response);
     assert_eq!(events.next().await, ": hello\n\n");
     let endpoint = events.next().await;

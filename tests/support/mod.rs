@@ -652,3 +652,13 @@ pub async fn open_legacy(
         events,
     }
 }
+
+/// A GET that accepts `text/event-stream`: how MCP clients open SSE streams.
+pub async fn get_sse(client: &reqwest::Client, url: &str) -> reqwest::Response {
+    client
+        .get(url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap()
+}
