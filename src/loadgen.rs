@@ -396,26 +396,47 @@ fn json_body(size: usize) -> Bytes {
 async fn post(args: PostArgs) -> Result<Value, LoadgenError> {
     let target = Arc::new(target(&args.url)?);
     let body = json_body(args.body_bytes);
-    let window = Arc::new(Window::new(&args.common));
-    let histogram = new_histogram()?;
-    let watcher = watch(args.common.watch_pid.clone(), &window);
-    let tasks: Vec<_> = (0..args.connections.max(1))
-        .map(|index| {
-            let schedule = Schedule::new(args.rate, args.connections.max(1), index, window.start);
+    run_connections(
+        "post",
+        &args.common,
+        args.connections,
+        args.rate,
+        |stats, window, schedule| {
             tokio::spawn(post_connection(
-                ConnStats::new(&histogram),
+                stats,
                 Arc::clone(&target),
                 body.clone(),
-                Arc::clone(&window),
+                window,
                 schedule,
             ))
+        },
+    )
+    .await
+}
+
+/// Runs `connections` scheduled connections (each started by `start`) over one measurement
+/// window and summarises them, with the watched processes' CPU and memory, in one JSON line.
+async fn run_connections(
+    kind: &str,
+    common: &Common,
+    connections: usize,
+    rate: Option<f64>,
+    start: impl Fn(ConnStats, Arc<Window>, Schedule) -> tokio::task::JoinHandle<ConnStats>,
+) -> Result<Value, LoadgenError> {
+    let window = Arc::new(Window::new(common));
+    let histogram = new_histogram()?;
+    let watcher = watch(common.watch_pid.clone(), &window);
+    let tasks: Vec<_> = (0..connections.max(1))
+        .map(|index| {
+            let schedule = Schedule::new(rate, connections.max(1), index, window.start);
+            start(ConnStats::new(&histogram), Arc::clone(&window), schedule)
         })
         .collect();
     let stats = join_all(tasks).await;
-    let mut line = summarize("post", &args.common, &window, stats)?;
+    let mut line = summarize(kind, common, &window, stats)?;
     merge(
         &mut line,
-        json!({ "connections": args.connections, "target_rate": args.rate }),
+        json!({ "connections": connections, "target_rate": rate }),
     );
     merge(&mut line, watcher.await.unwrap_or_default());
     Ok(line)
@@ -669,29 +690,22 @@ async fn open_sse(
 async fn ws(args: WsArgs) -> Result<Value, LoadgenError> {
     let target = Arc::new(target(&args.url)?);
     let url = Arc::new(args.url.clone());
-    let window = Arc::new(Window::new(&args.common));
-    let histogram = new_histogram()?;
-    let watcher = watch(args.common.watch_pid.clone(), &window);
-    let tasks: Vec<_> = (0..args.connections.max(1))
-        .map(|index| {
-            let schedule = Schedule::new(args.rate, args.connections.max(1), index, window.start);
+    run_connections(
+        "ws",
+        &args.common,
+        args.connections,
+        args.rate,
+        |stats, window, schedule| {
             tokio::spawn(ws_connection(
-                ConnStats::new(&histogram),
+                stats,
                 Arc::clone(&target),
                 Arc::clone(&url),
-                Arc::clone(&window),
+                window,
                 schedule,
             ))
-        })
-        .collect();
-    let stats = join_all(tasks).await;
-    let mut line = summarize("ws", &args.common, &window, stats)?;
-    merge(
-        &mut line,
-        json!({ "connections": args.connections, "target_rate": args.rate }),
-    );
-    merge(&mut line, watcher.await.unwrap_or_default());
-    Ok(line)
+        },
+    )
+    .await
 }
 
 async fn ws_connection(
