@@ -9,10 +9,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use switchyard::balance::{Member, client_hash, pick_by_hash, pick_least_loaded};
-use switchyard::session::SessionTable;
-use switchyard::sse::{BoundaryTracker, EndpointScanner};
-use switchyard::upstream::Backend;
+use switchyard::mcp::session::SessionTable;
+use switchyard::mcp::sse::{BoundaryTracker, EndpointScanner};
+use switchyard::upstream::backend::Backend;
+use switchyard::upstream::balance::{Member, client_hash, pick_by_hash, pick_least_loaded};
 use tokio_util::sync::CancellationToken;
 
 fn members(count: usize) -> Vec<Member> {

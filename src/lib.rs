@@ -1,30 +1,32 @@
 //! Switchyard: an MCP-aware streaming reverse proxy and load balancer.
 //!
-//! See `README.md` for operation and `DESIGN.md` (shared) for the architecture. A request flows
-//! `listener` → `forward` (with `router`, `session`, `balance`) → `upstream`, and its answer
-//! streams back through `body`; `state` holds the one snapshot every request reads.
+//! # Layout
+//!
+//! The library is a stack of layers. Each may use the layers listed before it and never one
+//! listed after it; `tests/integration/architecture.rs` reads every `use crate::…` and fails the
+//! build's tests on an upward import. Start reading at [`proxy::request`], the path of one
+//! request, and look down from there.
+//!
+//! | layer | holds | may use |
+//! |---|---|---|
+//! | [`mcp`] | MCP on the wire: request classes, session ids and the session table, sealed ids, SSE event boundaries and the legacy `endpoint` event | nothing of ours |
+//! | [`metrics`] | the Prometheus families and the per-target handles the request path counts with | nothing of ours |
+//! | [`config`] | pure configuration data: parse, validate (`FILE:LINE:COL` errors), then load the files it names | `mcp` |
+//! | [`upstream`] | backends (atomics, guards), their connection pool, connect (TCP/TLS), balancing, health, DNS discovery | `mcp`, `metrics`, `config` |
+//! | [`state`] | the [`state::Snapshot`] a request reads from start to end, built whole from a config and swapped whole on reload | the layers above |
+//! | [`proxy`] | accept, PROXY header, TLS handshake, HTTP serving, the request path in phases, bodies, WebSocket tunnels, error answers | the layers above |
+//! | [`control`] | start and shutdown, reload, admin API, background tasks (probes, discovery, drain deadlines, session expiry) | the layers above |
+//! | [`tools`] | the reference MCP backend, the demo and the load generator | everything; nothing uses them |
+//!
+//! Two rules keep the request path cheap and honest: whatever can be computed when a snapshot is
+//! built (metric handles, pool names, header names) is, so a request only reads; and every count
+//! is a guard whose `Drop` undoes it, carried by the response body to its last byte.
 
-pub mod admin;
-pub mod backend;
-pub mod balance;
-pub mod body;
 pub mod config;
-pub mod demo;
-pub mod discovery;
-pub mod error;
-pub mod forward;
-pub mod health;
-pub mod listener;
-pub mod loadgen;
+pub mod control;
+pub mod mcp;
 pub mod metrics;
-pub mod proxy_protocol;
-pub mod reload;
-pub mod router;
-pub mod seal;
-pub mod server;
-pub mod session;
-pub mod sse;
+pub mod proxy;
 pub mod state;
-pub mod tls;
+pub mod tools;
 pub mod upstream;
-pub mod websocket;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard::config::Config;
-use switchyard::server::Proxy;
+use switchyard::control::server::Proxy;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -51,11 +51,11 @@ enum Command {
         admin: Option<std::net::SocketAddr>,
     },
     /// Run the bundled reference MCP server.
-    Backend(switchyard::backend::BackendArgs),
+    Backend(switchyard::tools::backend::BackendArgs),
     /// Start 2 blue + 2 green reference backends and the proxy in front of them, on loopback.
-    Demo(switchyard::demo::DemoArgs),
+    Demo(switchyard::tools::demo::DemoArgs),
     /// Generate load for benchmarks (see benches/compare.sh); prints one JSON line.
-    Loadgen(switchyard::loadgen::LoadgenArgs),
+    Loadgen(switchyard::tools::loadgen::LoadgenArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,12 +74,12 @@ fn main() -> ExitCode {
         }
         Command::Backend(args) => runtime().and_then(|rt| {
             init_logging(cli.log_format, DEFAULT_LOG_LEVEL);
-            rt.block_on(switchyard::backend::run_cli(args))
+            rt.block_on(switchyard::tools::backend::run_cli(args))
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo(args))),
-        Command::Loadgen(args) => switchyard::loadgen::run_cli(args)
+        Command::Loadgen(args) => switchyard::tools::loadgen::run_cli(args)
             .map(|line| {
                 println!("{line}");
                 ExitCode::SUCCESS
@@ -154,7 +154,8 @@ async fn reload(
         }
         (None, None) => anyhow::bail!("give --config FILE or --admin ADDRESS"),
     };
-    let (status, body) = switchyard::reload::request_reload(address, token.as_deref()).await?;
+    let (status, body) =
+        switchyard::control::reload::request_reload(address, token.as_deref()).await?;
     println!("{body}");
     Ok(if status.is_success() {
         ExitCode::SUCCESS
@@ -181,10 +182,10 @@ async fn run(path: &std::path::Path, log_format: LogFormat) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-async fn demo(args: switchyard::demo::DemoArgs) -> anyhow::Result<ExitCode> {
+async fn demo(args: switchyard::tools::demo::DemoArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     spawn_signal_handlers(None, shutdown.clone())?;
-    switchyard::demo::run(args, shutdown).await?;
+    switchyard::tools::demo::run(args, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -205,7 +206,7 @@ fn spawn_signal_handlers(
                 _ = interrupt.recv() => {}
                 _ = hangup.recv() => {
                     if let Some(state) = &reloadable {
-                        let _ = switchyard::reload::reload_from_file(state);
+                        let _ = switchyard::control::reload::reload_from_file(state);
                     }
                     continue;
                 }

@@ -1,7 +1,8 @@
 //! Prometheus metrics (prometheus-client), served on the admin listener's `/metrics`.
 //!
 //! Counters move on the request path; per-backend live values (in-flight, open streams, health)
-//! already live in the backends' atomics and are copied into gauges when the endpoint is scraped.
+//! already live in the backends' atomics and are copied into gauges when the endpoint is scraped
+//! (by `State::render_metrics` in the state layer).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -11,9 +12,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use std::sync::PoisonError;
-
-use crate::session::SessionTable;
-use crate::state::Snapshot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -307,11 +305,15 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Copies live per-backend values into gauges and renders the Prometheus text format.
-    pub fn render(&self, snapshot: &Snapshot, sessions: &SessionTable) -> String {
-        let _scrape = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
-        // Rebuilt from scratch so that backends gone from the config leave no stale series.
-        for family in [
+    /// Held while a scrape rebuilds the per-backend gauges and encodes them.
+    pub fn scrape_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.scrape.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The gauges that mirror live per-backend values, cleared before each scrape so that
+    /// backends gone from the config leave no stale series.
+    pub fn per_backend_gauges(&self) -> [&Family<BackendLabels, Gauge>; 7] {
+        [
             &self.in_flight,
             &self.open_streams,
             &self.backend_healthy,
@@ -319,43 +321,11 @@ impl Metrics {
             &self.backend_drained_by_admin,
             &self.backend_idle_connections,
             &self.backend_sessions,
-        ] {
-            family.clear();
-        }
-        let owned = sessions.count_by_owner();
-        let removed = snapshot
-            .draining
-            .iter()
-            .filter(|d| d.removed)
-            .map(|d| ("(removed)", &d.backend, true));
-        let configured = snapshot.all_members().map(|(pool, member)| {
-            let draining = !snapshot.is_active_member(pool, &member.backend);
-            (pool, &member.backend, draining)
-        });
-        for (pool, b, draining) in configured.chain(removed) {
-            let labels = BackendLabels {
-                pool: pool.to_string(),
-                backend: b.address.to_string(),
-            };
-            let set = |family: &Family<BackendLabels, Gauge>, value: usize| {
-                family.get_or_create(&labels).set(value as i64);
-            };
-            set(&self.in_flight, b.load());
-            set(&self.open_streams, b.open_streams());
-            set(&self.backend_healthy, usize::from(b.is_healthy()));
-            set(&self.backend_draining, usize::from(draining));
-            set(
-                &self.backend_drained_by_admin,
-                usize::from(b.is_drained_by_admin()),
-            );
-            set(&self.backend_idle_connections, b.idle_connections());
-            set(
-                &self.backend_sessions,
-                owned.get(&b.address).copied().unwrap_or(0),
-            );
-        }
-        self.sessions_tracked.set(sessions.len() as i64);
-        self.config_generation.set(snapshot.generation as i64);
+        ]
+    }
+
+    /// The Prometheus text format of every metric.
+    pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

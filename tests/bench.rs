@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
-/// Serves `switchyard::backend::bench::handle` on a free loopback port until the test ends.
+/// Serves `switchyard::tools::backend::bench::handle` on a free loopback port until the test ends.
 async fn bench_backend() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -15,7 +15,7 @@ async fn bench_backend() -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let service = service_fn(|request| async move {
-                    Ok::<_, Infallible>(switchyard::backend::bench::handle(request).await)
+                    Ok::<_, Infallible>(switchyard::tools::backend::bench::handle(request).await)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -58,7 +58,7 @@ async fn echo_returns_the_body_and_sse_sends_timestamps() {
         r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#
     );
 
-    let before = switchyard::backend::bench::micros_since_epoch();
+    let before = switchyard::tools::backend::bench::micros_since_epoch();
     let stream = client
         .get(format!("http://{address}/bench/sse?every_ms=10&count=3"))
         .send()

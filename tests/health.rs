@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use support::*;
-use switchyard::upstream::Backend;
+use switchyard::upstream::backend::Backend;
 use tokio::io::AsyncReadExt;
 
 const WAIT: Duration = Duration::from_secs(10);

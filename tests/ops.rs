@@ -345,7 +345,7 @@ async fn json_access_log_lines_carry_the_fields() {
     // RUST_LOG overrides the config's `access=off`.
     let mut proxy = LoggingProxy::start(&config, Some("info")).await;
     let session = traffic(&proxy).await;
-    let tag = switchyard::forward::session_tag(&session);
+    let tag = switchyard::mcp::session::session_tag(&session);
     let mut access = Vec::new();
     while access.len() < 3 {
         let line = next_line(&mut proxy.lines).await.expect("access lines");
@@ -622,8 +622,8 @@ async fn admin_answers_json_for_sessions_and_errors() {
         .collect();
     tags.sort();
     let mut expected = vec![
-        switchyard::forward::session_tag(&first),
-        switchyard::forward::session_tag(&second),
+        switchyard::mcp::session::session_tag(&first),
+        switchyard::mcp::session::session_tag(&second),
     ];
     expected.sort();
     assert_eq!(tags, expected);

@@ -502,7 +502,7 @@ async fn proxy_from_file(
     text: &str,
 ) -> (
     std::path::PathBuf,
-    switchyard::server::Proxy,
+    switchyard::control::server::Proxy,
     tokio_util::sync::CancellationToken,
 ) {
     let dir = std::env::temp_dir().join(format!("switchyard-{name}-{}", std::process::id()));
@@ -511,7 +511,7 @@ async fn proxy_from_file(
     std::fs::write(&path, text).unwrap();
     let config = switchyard::config::Config::load(&path).unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let proxy = switchyard::server::Proxy::start(config, shutdown.clone())
+    let proxy = switchyard::control::server::Proxy::start(config, shutdown.clone())
         .await
         .unwrap();
     (path, proxy, shutdown)

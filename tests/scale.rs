@@ -378,12 +378,16 @@ async fn sealing_off_keeps_raw_ids() {
 
 #[test]
 fn the_client_hash_is_pinned_across_builds() {
-    use switchyard::balance::{Member, client_hash, pick_by_hash, stable_hash};
+    use switchyard::mcp::hash::stable_hash;
+    use switchyard::upstream::balance::{Member, client_hash, pick_by_hash};
     let root = CancellationToken::new();
     let members: Vec<Member> = (1..=3)
         .map(|i| Member {
-            backend: switchyard::upstream::Backend::new(&format!("10.0.0.{i}:3000"), &root)
-                .unwrap(),
+            backend: switchyard::upstream::backend::Backend::new(
+                &format!("10.0.0.{i}:3000"),
+                &root,
+            )
+            .unwrap(),
             weight: 1,
         })
         .collect();
@@ -646,8 +650,11 @@ async fn split_endpoint_event_is_sealed_and_the_rest_passes_untouched() {
         .strip_prefix("event: endpoint\ndata: /messages/?session_id=")
         .and_then(|rest| rest.strip_suffix("\n\n"))
         .unwrap_or_else(|| panic!("{endpoint:?}"));
-    let sealer =
-        switchyard::seal::Sealer::new(&[switchyard::seal::SealKey::parse(KEY_1).unwrap()]).unwrap();
+    let sealer = switchyard::mcp::seal::Sealer::new(&[switchyard::mcp::seal::SealKey::parse(
+        KEY_1,
+    )
+    .unwrap()])
+    .unwrap();
     let opened = sealer.open(token).unwrap();
     assert_eq!(opened.id, "py-raw-1");
     assert_eq!(opened.owner, backend.to_string());

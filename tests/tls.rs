@@ -87,7 +87,7 @@ impl Pki {
     }
 
     fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-        let base = switchyard::tls::client_config(Some(&self.ca_path)).unwrap();
+        let base = switchyard::config::tls::client_config(Some(&self.ca_path)).unwrap();
         let mut config = (*base).clone();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
@@ -398,24 +398,25 @@ async fn client_certificates_are_required_with_client_ca() {
     };
     assert!(refused);
 
-    let chain = switchyard::tls::load_certificates(&client_leaf.cert).unwrap();
+    let chain = switchyard::config::tls::load_certificates(&client_leaf.cert).unwrap();
     let key = {
         use rustls::pki_types::pem::PemObject;
         rustls::pki_types::PrivateKeyDer::from_pem_file(&client_leaf.key).unwrap()
     };
     let roots = {
         let mut roots = rustls::RootCertStore::empty();
-        for cert in switchyard::tls::load_certificates(&pki.ca_path).unwrap() {
+        for cert in switchyard::config::tls::load_certificates(&pki.ca_path).unwrap() {
             roots.add(cert).unwrap();
         }
         roots
     };
-    let with_cert = rustls::ClientConfig::builder_with_provider(switchyard::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
+    let with_cert =
+        rustls::ClientConfig::builder_with_provider(switchyard::config::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
     let stream = tls_connect(proxy.address, "localhost", Arc::new(with_cert))
         .await
         .unwrap();
@@ -468,8 +469,8 @@ async fn redirect_listener_answers_301_to_https() {
 
 /// A TLS backend answering with its name, for `https://` pool members.
 async fn start_tls_backend(leaf: &Leaf, name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
-    let config = switchyard::tls::server_config(
-        &[switchyard::tls::CertPair {
+    let config = switchyard::config::tls::server_config(
+        &[switchyard::config::tls::CertPair {
             cert: leaf.cert.clone(),
             key: leaf.key.clone(),
         }],

@@ -17,7 +17,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use switchyard::config::Config;
-use switchyard::server::Proxy;
+use switchyard::control::server::Proxy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -466,7 +466,7 @@ impl TestProxy {
 
     pub fn reload(&self, config: &str) -> Result<u64, String> {
         let config = Config::parse(config, Path::new("test.toml")).map_err(|e| e.to_string())?;
-        switchyard::reload::apply(&self.state, config).map_err(|e| e.to_string())
+        switchyard::control::reload::apply(&self.state, config).map_err(|e| e.to_string())
     }
 }
 

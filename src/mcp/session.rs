@@ -1,4 +1,4 @@
-//! The session table: which backend owns each MCP session id.
+//! MCP sessions: where a request names one, and the table of which backend owns each id.
 //!
 //! Learned from responses (the `Mcp-Session-Id` header, the legacy `endpoint` event), forgotten on
 //! `DELETE` or when the owner says it no longer knows the session, and expired when idle. Sharded
@@ -8,7 +8,33 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use http::HeaderMap;
 use rustc_hash::FxHashMap;
+
+pub const SESSION_HEADER: &str = "mcp-session-id";
+
+/// The session a request names: the Streamable HTTP header, else the legacy transport's query
+/// parameter (`sessionId` in the TypeScript SDK, `session_id` in the Python SDK).
+pub fn session_id<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    if let Some(value) = headers.get(SESSION_HEADER) {
+        return value.to_str().ok().filter(|v| !v.is_empty());
+    }
+    query.and_then(legacy_session_id)
+}
+
+/// `sessionId` or `session_id` from a query string, as written (ids are not percent-decoded:
+/// the same raw form is learned from the `endpoint` event and looked up here).
+pub fn legacy_session_id(query: &str) -> Option<&str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (matches!(key, "sessionId" | "session_id") && !value.is_empty()).then_some(value)
+    })
+}
+
+/// A short, stable tag for logs: never the session id itself.
+pub fn session_tag(id: &str) -> String {
+    format!("{:08x}", super::hash::stable_hash(id.as_bytes()) as u32)
+}
 
 const SHARDS: usize = 32;
 
@@ -50,7 +76,7 @@ impl SessionTable {
     }
 
     fn shard(&self, id: &str) -> &Shard {
-        let index = crate::balance::stable_hash(id.as_bytes()) as usize % SHARDS;
+        let index = super::hash::stable_hash(id.as_bytes()) as usize % SHARDS;
         &self.shards[index]
     }
 
@@ -188,5 +214,25 @@ mod tests {
             "last_seen == now is not idle"
         );
         assert_eq!(table.len(), 1);
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, http::HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn finds_sessions_in_header_then_query() {
+        let h = headers(&[("mcp-session-id", "s-1")]);
+        assert_eq!(session_id(&h, Some("sessionId=q")), Some("s-1"));
+        let none = HeaderMap::new();
+        assert_eq!(session_id(&none, Some("a=1&sessionId=abc")), Some("abc"));
+        assert_eq!(session_id(&none, Some("session_id=py")), Some("py"));
+        assert_eq!(session_id(&none, Some("sessionIdx=1&session_id=")), None);
+        assert_eq!(session_id(&none, None), None);
+        assert_eq!(session_id(&headers(&[("mcp-session-id", "")]), None), None);
     }
 }

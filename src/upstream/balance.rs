@@ -6,33 +6,17 @@
 //! shift shares exactly, and an unhealthy backend is skipped by taking the next score, with no
 //! ring to rebuild. The hash has a fixed seed, so every replica agrees.
 
-use std::hash::Hasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::upstream::Backend;
+use crate::mcp::hash::mix;
+use crate::upstream::backend::Backend;
 
 /// A backend's place in one pool.
 #[derive(Debug, Clone)]
 pub struct Member {
     pub backend: Arc<Backend>,
     pub weight: u32,
-}
-
-/// A deterministic 64-bit hash: FxHash (no random seed) finished by a strong mixer.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut hasher = rustc_hash::FxHasher::default();
-    hasher.write(bytes);
-    mix(hasher.finish())
-}
-
-/// The splitmix64 finaliser: spreads every input bit over the whole word.
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 /// Hashes the full client address (all 128 bits of IPv6; not nginx's first three octets).
@@ -99,6 +83,7 @@ pub fn pick_least_loaded(members: &[Member], usable: impl Fn(&Backend) -> bool) 
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use crate::mcp::hash::stable_hash;
     use std::net::Ipv4Addr;
     use tokio_util::sync::CancellationToken;
 

@@ -35,7 +35,8 @@ impl Proxy {
     /// Binds every listener and starts serving; stops accepting when `shutdown` is cancelled.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Proxy, StartError> {
         let bind = |address: SocketAddr| {
-            crate::listener::bind(address).map_err(|source| StartError::Bind { address, source })
+            crate::proxy::listener::bind(address)
+                .map_err(|source| StartError::Bind { address, source })
         };
         let listeners = config
             .listeners
@@ -47,7 +48,7 @@ impl Proxy {
         let state = Arc::new(State::new(config));
         let background = CancellationToken::new();
         // Before accepting: hostname pools must have their addresses when the first request comes.
-        crate::discovery::start(&state, background.clone()).await;
+        crate::control::discovery::start(&state, background.clone()).await;
         let connections = Arc::new(Semaphore::new(max_connections));
 
         let mut addresses = Vec::new();
@@ -57,7 +58,7 @@ impl Proxy {
                 address: SocketAddr::from(([0, 0, 0, 0], 0)),
                 source,
             })?);
-            accept_loops.spawn(crate::listener::accept_loop(
+            accept_loops.spawn(crate::proxy::listener::accept_loop(
                 listener,
                 index,
                 Arc::clone(&state),
@@ -71,7 +72,7 @@ impl Proxy {
                 if let Some(address) = address {
                     tracing::info!(%address, "admin listening");
                 }
-                tokio::spawn(crate::admin::serve(
+                tokio::spawn(crate::control::admin::serve(
                     listener,
                     Arc::clone(&state),
                     background.clone(),
@@ -82,13 +83,13 @@ impl Proxy {
         };
         tokio::spawn(maintain(Arc::clone(&state), background.clone()));
         if let Some(interval) = state.snapshot().config.watch_interval {
-            tokio::spawn(crate::reload::watch(
+            tokio::spawn(crate::control::reload::watch(
                 Arc::clone(&state),
                 interval,
                 background.clone(),
             ));
         }
-        tokio::spawn(crate::health::supervise(
+        tokio::spawn(crate::control::health::supervise(
             Arc::clone(&state),
             background.clone(),
         ));
@@ -142,14 +143,9 @@ impl Proxy {
 
 /// Periodic upkeep: session expiry and drain deadlines.
 async fn maintain(state: Arc<State>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_expiry = Instant::now();
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = super::periodic::Ticks::new(Duration::from_millis(250), &stop);
+    while ticks.next().await {
         let now = Instant::now();
         let finished = state.reap_drained(now);
         if finished > 0 {

@@ -15,6 +15,8 @@ use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::mcp::session::legacy_session_id;
+
 use super::http::{HttpResponse, MAX_MESSAGE_BYTES, jsonrpc_error, with_body};
 use super::mcp::ReferenceServer;
 use super::stats::{Held, Stats};
@@ -141,7 +143,7 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let query = request.uri().query().unwrap_or("");
-    let Some(id) = session_param(query) else {
+    let Some(id) = legacy_session_id(query).map(str::to_owned) else {
         return jsonrpc_error(
             StatusCode::BAD_REQUEST,
             -32600,
@@ -178,27 +180,4 @@ where
         return jsonrpc_error(StatusCode::NOT_FOUND, -32001, "session has ended");
     }
     with_body(StatusCode::ACCEPTED, super::http::full("Accepted"))
-}
-
-/// The session id from `sessionId=…` (TypeScript SDK) or `session_id=…` (Python SDK).
-fn session_param(query: &str) -> Option<String> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == "sessionId" || *key == "session_id")
-        .map(|(_, value)| value.to_string())
-        .filter(|value| !value.is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::session_param;
-
-    #[test]
-    fn session_id_comes_from_either_sdk_spelling() {
-        assert_eq!(session_param("sessionId=abc").as_deref(), Some("abc"));
-        assert_eq!(session_param("x=1&session_id=def").as_deref(), Some("def"));
-        assert_eq!(session_param("sessionId="), None);
-        assert_eq!(session_param(""), None);
-    }
 }

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::RequestBody;
+use crate::upstream::body::{BodyError, RequestBody};
 
 /// One upstream server, identified by the address as written in the config.
 #[derive(Debug)]
@@ -34,7 +34,7 @@ pub struct Backend {
     requests: AtomicU64,
     healthy: AtomicBool,
     /// Probe streaks, passive failure window and ejection deadline (see `health.rs`).
-    pub health: crate::health::Health,
+    pub health: crate::upstream::health::Health,
     drained_by_admin: AtomicBool,
     /// Set when the backend left the config and its drain ended: its sessions are lost.
     gone: AtomicBool,
@@ -79,6 +79,29 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The client's own body failed (broke, or broke the size limit): not the backend's fault.
+    pub fn client_body_error(&self) -> Option<&BodyError> {
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            if let Some(error) = cause.downcast_ref::<BodyError>() {
+                return Some(error);
+            }
+            source = cause.source();
+        }
+        None
+    }
+
+    /// The `outcome` label of `switchyard_upstream_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::ConnectTimeout { .. } => "connect_timeout",
+            UpstreamError::Handshake { .. } => "handshake",
+            UpstreamError::ResponseTimeout { .. } => "response_timeout",
+            UpstreamError::Request { .. } => "request",
+        }
+    }
+
     /// True when the backend never received the request, so sending it elsewhere is safe.
     pub fn request_not_sent(&self) -> bool {
         matches!(
@@ -96,14 +119,14 @@ impl Backend {
         let authority: Authority = tls_address.unwrap_or(address).parse().ok()?;
         Some(Arc::new(Backend {
             address: Arc::from(address),
-            ring_key: crate::balance::stable_hash(address.as_bytes()),
+            ring_key: crate::mcp::hash::stable_hash(address.as_bytes()),
             authority,
             tls: tls_address.is_some(),
             in_flight: AtomicUsize::new(0),
             open_streams: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
-            health: crate::health::Health::default(),
+            health: crate::upstream::health::Health::default(),
             drained_by_admin: AtomicBool::new(false),
             gone: AtomicBool::new(false),
             stream_root: stream_root.clone(),

@@ -7,7 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,85 +17,10 @@ use hyper::client::conn::http1::SendRequest;
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::sse::{BoundaryTracker, DRAIN_RETRY, EndpointScanner, KEEPALIVE};
+use crate::mcp::sse::{BoundaryTracker, DRAIN_RETRY, EndpointScanner, KEEPALIVE};
 use crate::state::State;
-use crate::upstream::{InFlightGuard, PoolLimits};
-
-/// Errors a body can yield to hyper.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("request body exceeds the limit of {limit} bytes")]
-    TooLarge { limit: u64 },
-    #[error(transparent)]
-    Hyper(#[from] hyper::Error),
-}
-
-/// A client's request body on its way to a backend.
-#[derive(Debug)]
-pub struct RequestBody {
-    inner: Option<Incoming>,
-    limit: Option<u64>,
-    received: u64,
-    state: Option<Arc<State>>,
-}
-
-impl RequestBody {
-    pub fn empty() -> RequestBody {
-        RequestBody {
-            inner: None,
-            limit: None,
-            received: 0,
-            state: None,
-        }
-    }
-
-    pub fn streaming(body: Incoming, limit: Option<u64>, state: Arc<State>) -> RequestBody {
-        RequestBody {
-            inner: Some(body),
-            limit,
-            received: 0,
-            state: Some(state),
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let frame = ready!(Pin::new(inner).poll_frame(cx));
-        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            let len = data.map_or(0, |d| d.len() as u64);
-            this.received += len;
-            if let Some(state) = &this.state {
-                state.metrics.bytes_in.inc_by(len);
-            }
-            if let Some(limit) = this.limit.filter(|limit| this.received > *limit) {
-                this.inner = None;
-                return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
-            }
-        }
-        Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
-    }
-}
+use crate::upstream::backend::{InFlightGuard, PoolLimits};
+use crate::upstream::body::RequestBody;
 
 /// What the access log says about one request, written when its response body ends.
 #[derive(Debug)]
@@ -103,7 +28,7 @@ pub struct AccessRecord {
     pub state: Arc<State>,
     pub method: http::Method,
     pub path: String,
-    pub class: crate::router::RouteClass,
+    pub class: crate::mcp::classify::RouteClass,
     pub status: u16,
     pub backend: Arc<str>,
     pub pool: Arc<str>,
@@ -152,7 +77,7 @@ pub struct SseWatch {
     closing: bool,
     /// Set when the endpoint event's session id must be sealed: the stream's head is held back
     /// in `held` (bounded by the scan limit) until that event is complete, then rewritten.
-    seal: Option<Arc<crate::seal::Sealer>>,
+    seal: Option<Arc<crate::mcp::seal::Sealer>>,
     held: Vec<u8>,
 }
 
@@ -174,7 +99,7 @@ impl SseWatch {
     }
 
     /// Seals the session id of the legacy `endpoint` event as it passes.
-    pub fn sealing(mut self, sealer: Arc<crate::seal::Sealer>) -> SseWatch {
+    pub fn sealing(mut self, sealer: Arc<crate::mcp::seal::Sealer>) -> SseWatch {
         self.seal = Some(sealer);
         self
     }
@@ -367,10 +292,10 @@ impl UpstreamBody {
             .as_ref()
             .map(|g| Arc::clone(&g.backend().address));
         let rewritten = owner.and_then(|owner| {
-            let id = crate::router::legacy_session_id(url.split_once('?')?.1)?;
+            let id = crate::mcp::session::legacy_session_id(url.split_once('?')?.1)?;
             let token = sealer.seal(&owner, id)?;
-            let sealed_url = crate::seal::with_session_id(&url, &token)?;
-            crate::sse::replace_first(&held, url.as_bytes(), sealed_url.as_bytes())
+            let sealed_url = crate::mcp::seal::with_session_id(&url, &token)?;
+            crate::mcp::sse::replace_first(&held, url.as_bytes(), sealed_url.as_bytes())
         });
         match rewritten {
             Some(bytes) => Some(Frame::data(Bytes::from(bytes))),
@@ -409,14 +334,14 @@ impl UpstreamBody {
     fn learn_endpoint(&mut self, url: &str) {
         let query = url.split_once('?').map(|(_, q)| q);
         let (Some(id), Some(guard), Some(record)) = (
-            query.and_then(crate::router::legacy_session_id),
+            query.and_then(crate::mcp::session::legacy_session_id),
             self.guard.as_ref(),
             self.record.as_mut(),
         ) else {
             return;
         };
-        crate::forward::learn_session(&record.state, id, guard.backend());
-        record.session = Some(crate::forward::session_tag(id));
+        record.state.learn_session(id, guard.backend());
+        record.session = Some(crate::mcp::session::session_tag(id));
     }
 
     fn poll_timers(

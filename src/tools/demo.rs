@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{self, BackendArgs};
 use crate::config::Config;
-use crate::server::Proxy;
+use crate::control::server::Proxy;
+use crate::tools::backend::{self, BackendArgs};
 
 /// Command-line options of `switchyard demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -44,7 +44,7 @@ pub enum DemoError {
     #[error("the generated configuration is invalid: {0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("cannot start the proxy: {0}")]
-    Proxy(#[from] crate::server::StartError),
+    Proxy(#[from] crate::control::server::StartError),
     #[error("cannot find a free port on {address}: {source}")]
     Port {
         address: SocketAddr,

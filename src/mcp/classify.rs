@@ -1,4 +1,4 @@
-//! Request classification: what kind of MCP traffic is this, and does it name a session?
+//! Request classification: what kind of MCP traffic is this?
 
 use http::{HeaderMap, Method, header};
 
@@ -47,37 +47,18 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
         && header_has_token(headers, header::CONNECTION, "upgrade")
 }
 
-/// Does any comma-separated element of header `name` start with `token` (ignoring case)?
-/// Prefix match so that `text/event-stream;q=1` counts.
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+/// Does any comma-separated element of header `name` equal `token` (ignoring case), parameters
+/// aside, so that `text/event-stream;q=1` counts and `websocketx` does not?
+pub fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|value| {
         value.to_str().is_ok_and(|v| {
             v.split(',').any(|part| {
-                let part = part.trim_start().as_bytes();
+                let part = part.trim().as_bytes();
                 part.len() >= token.len()
                     && part[..token.len()].eq_ignore_ascii_case(token.as_bytes())
+                    && matches!(part.get(token.len()), None | Some(b';' | b' ' | b'\t'))
             })
         })
-    })
-}
-
-pub const SESSION_HEADER: &str = "mcp-session-id";
-
-/// The session a request names: the Streamable HTTP header, else the legacy transport's query
-/// parameter (`sessionId` in the TypeScript SDK, `session_id` in the Python SDK).
-pub fn session_id<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
-    if let Some(value) = headers.get(SESSION_HEADER) {
-        return value.to_str().ok().filter(|v| !v.is_empty());
-    }
-    query.and_then(legacy_session_id)
-}
-
-/// `sessionId` or `session_id` from a query string, as written (ids are not percent-decoded:
-/// the same raw form is learned from the `endpoint` event and looked up here).
-pub fn legacy_session_id(query: &str) -> Option<&str> {
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (matches!(key, "sessionId" | "session_id") && !value.is_empty()).then_some(value)
     })
 }
 
@@ -117,17 +98,5 @@ mod tests {
             classify(&Method::GET, &upgrade_without_connection),
             RouteClass::Other
         );
-    }
-
-    #[test]
-    fn finds_sessions_in_header_then_query() {
-        let h = headers(&[("mcp-session-id", "s-1")]);
-        assert_eq!(session_id(&h, Some("sessionId=q")), Some("s-1"));
-        let none = HeaderMap::new();
-        assert_eq!(session_id(&none, Some("a=1&sessionId=abc")), Some("abc"));
-        assert_eq!(session_id(&none, Some("session_id=py")), Some("py"));
-        assert_eq!(session_id(&none, Some("sessionIdx=1&session_id=")), None);
-        assert_eq!(session_id(&none, None), None);
-        assert_eq!(session_id(&headers(&[("mcp-session-id", "")]), None), None);
     }
 }

@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 
-use crate::body::ResponseBody;
 use crate::config::{Limits, ListenerConfig, Redirect};
-use crate::forward::{self, ConnInfo};
-use crate::proxy_protocol;
+use crate::proxy::body::ResponseBody;
+use crate::proxy::proxy_protocol;
+use crate::proxy::request::{self, ConnInfo};
 use crate::state::State;
 
 /// Binds with `SO_REUSEPORT`, so a new proxy process can bind the same port before the old one
@@ -241,7 +241,7 @@ pub async fn serve<IO>(
         Box::pin(async move {
             Ok::<_, Infallible>(match redirect {
                 Some(redirect) => redirect_response(&redirect, &request),
-                None => forward::handle(state, conn, request).await,
+                None => request::handle(state, conn, request).await,
             })
         })
     });

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use http::{HeaderValue, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use rmcp::ServiceExt as _;
 use rmcp::model::ClientJsonRpcMessage;
@@ -12,6 +12,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
+
+use crate::mcp::classify::header_has_token;
 
 use super::http::{HttpResponse, full, jsonrpc_error, with_body};
 use super::mcp::ReferenceServer;
@@ -73,15 +75,6 @@ pub fn upgrade(
         );
     }
     response
-}
-
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|item| item.trim().eq_ignore_ascii_case(token))
 }
 
 async fn serve<S>(mut socket: WebSocketStream<S>, stats: Arc<Stats>, shutdown: CancellationToken)

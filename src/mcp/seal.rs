@@ -19,7 +19,7 @@ use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use http::{HeaderValue, Request, Uri};
 
-use crate::router::{self, SESSION_HEADER};
+use crate::mcp::session::{self, SESSION_HEADER};
 
 const VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
@@ -204,7 +204,7 @@ pub fn unseal_request<B>(sealer: Option<&Sealer>, request: &mut Request<B>) -> U
         return Unsealed::Plain;
     };
     let Some(token) =
-        router::session_id(request.headers(), request.uri().query()).map(str::to_owned)
+        session::session_id(request.headers(), request.uri().query()).map(str::to_owned)
     else {
         // A header that is not even text cannot be a token: refuse rather than route it.
         let unreadable = request

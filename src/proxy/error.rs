@@ -2,7 +2,7 @@
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::ResponseBody;
+use super::body::ResponseBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -12,7 +12,7 @@ pub enum ProxyError {
     #[error("session not found")]
     SessionNotFound,
     #[error(transparent)]
-    Upstream(#[from] crate::upstream::UpstreamError),
+    Upstream(crate::upstream::backend::UpstreamError),
     #[error("request body too large (limit {limit} bytes)")]
     BodyTooLarge { limit: u64 },
     #[error("bad request: {0}")]
@@ -23,7 +23,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
-        use crate::upstream::UpstreamError as U;
+        use crate::upstream::backend::UpstreamError as U;
         match self {
             ProxyError::NoBackend | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::SessionNotFound => StatusCode::NOT_FOUND,

@@ -8,21 +8,21 @@
 //! drain through the snapshot's usual drain path. A failed lookup keeps the last good answer:
 //! a DNS outage must not empty the pool.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackendConfig, Config, DiscoveryConfig};
-use crate::state::{Resolved, State};
 
 /// How long one round of lookups may take before it is abandoned (the last answers stay).
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Hostname pool entry as written (`fleet.internal:3000`) → the addresses it resolved to.
+pub type Resolved = BTreeMap<String, Vec<SocketAddr>>;
 
 /// The backend addresses one pool entry stands for: itself, unless it is a hostname under
 /// discovery; then whatever it last resolved to (nothing before the first answer).
@@ -41,7 +41,7 @@ pub fn expand(
 }
 
 /// Hostname entries of every pool, deduplicated.
-fn hostnames(config: &Config) -> BTreeSet<String> {
+pub fn hostnames(config: &Config) -> BTreeSet<String> {
     config
         .pools
         .values()
@@ -51,13 +51,14 @@ fn hostnames(config: &Config) -> BTreeSet<String> {
         .collect()
 }
 
-enum Lookup {
+/// How names are resolved: the system resolver, or one configured nameserver.
+pub enum Lookup {
     System,
     Nameserver(SocketAddr, Box<TokioResolver>),
 }
 
 impl Lookup {
-    fn new(nameserver: Option<SocketAddr>) -> Result<Lookup, String> {
+    pub fn new(nameserver: Option<SocketAddr>) -> Result<Lookup, String> {
         let Some(address) = nameserver else {
             return Ok(Lookup::System);
         };
@@ -75,7 +76,7 @@ impl Lookup {
         Ok(Lookup::Nameserver(address, Box::new(resolver)))
     }
 
-    fn serves(&self, nameserver: Option<SocketAddr>) -> bool {
+    pub fn serves(&self, nameserver: Option<SocketAddr>) -> bool {
         match (self, nameserver) {
             (Lookup::System, None) => true,
             (Lookup::Nameserver(current, _), Some(wanted)) => *current == wanted,
@@ -84,7 +85,7 @@ impl Lookup {
     }
 
     /// Every address `host:port` resolves to, sorted.
-    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
         let mut addresses: Vec<SocketAddr> = match self {
             // The system resolver honours /etc/hosts and nsswitch, as operators expect.
             Lookup::System => tokio::net::lookup_host((host, port))
@@ -102,104 +103,6 @@ impl Lookup {
         addresses.sort();
         addresses.dedup();
         Ok(addresses)
-    }
-}
-
-/// Resolves every hostname entry of the current config once; failed names keep their last
-/// answer. Returns whether the snapshot changed.
-async fn resolve_round(state: &State, lookup: &Lookup) -> bool {
-    let config = state.snapshot().config.clone();
-    let previous = state.resolved();
-    let mut resolved = Resolved::new();
-    for name in hostnames(&config) {
-        let Some((host, port)) = (BackendConfig {
-            address: name.clone(),
-            weight: 1,
-        })
-        .hostname()
-        .map(|(h, p)| (h.to_string(), p)) else {
-            continue;
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let answer = tokio::time::timeout(LOOKUP_TIMEOUT, lookup.resolve(host, port)).await;
-        let outcome = if matches!(answer, Ok(Ok(_))) {
-            "success"
-        } else {
-            "failure"
-        };
-        state
-            .metrics
-            .discovery_lookups
-            .get_or_create(&crate::metrics::OutcomeLabels { outcome })
-            .inc();
-        match answer {
-            Ok(Ok(addresses)) => {
-                if previous.get(&name) != Some(&addresses) {
-                    tracing::info!(name = %name, addresses = ?addresses, "discovery: addresses changed");
-                }
-                resolved.insert(name, addresses);
-            }
-            failed => {
-                let why = match failed {
-                    Ok(Err(why)) => why,
-                    _ => "timed out".to_string(),
-                };
-                tracing::warn!(name = %name, error = %why, "discovery: lookup failed; keeping the last answer");
-                if let Some(last) = previous.get(&name) {
-                    resolved.insert(name, last.clone());
-                }
-            }
-        }
-    }
-    state.apply_resolved(resolved)
-}
-
-/// Resolves once before the proxy serves (so hostname pools are not empty at start), then keeps
-/// re-resolving in the background until `stop`.
-pub async fn start(state: &Arc<State>, stop: CancellationToken) {
-    let config = state.snapshot().config.clone();
-    let mut lookup = None;
-    if config.discovery.interval.is_some() && !hostnames(&config).is_empty() {
-        lookup = make_lookup(config.discovery.resolver);
-        if let Some(lookup) = &lookup {
-            resolve_round(state, lookup).await;
-        }
-    }
-    tokio::spawn(run(Arc::clone(state), lookup, stop));
-}
-
-fn make_lookup(nameserver: Option<SocketAddr>) -> Option<Lookup> {
-    Lookup::new(nameserver)
-        .inspect_err(|error| tracing::error!(%error, "discovery: cannot create the resolver"))
-        .ok()
-}
-
-async fn run(state: Arc<State>, mut lookup: Option<Lookup>, stop: CancellationToken) {
-    loop {
-        let config = state.snapshot().config.clone();
-        let wait = config
-            .discovery
-            .interval
-            .unwrap_or(Duration::from_secs(3600));
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-            () = state.rediscover.notified() => {}
-        }
-        // Re-read: a reload may have changed the discovery settings while we slept.
-        let config = state.snapshot().config.clone();
-        if config.discovery.interval.is_none() || hostnames(&config).is_empty() {
-            continue;
-        }
-        if !lookup
-            .as_ref()
-            .is_some_and(|l| l.serves(config.discovery.resolver))
-        {
-            lookup = make_lookup(config.discovery.resolver);
-        }
-        if let Some(lookup) = &lookup {
-            resolve_round(&state, lookup).await;
-        }
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::sleep_until;
 
-use crate::backend::bench::micros_since_epoch;
+use crate::tools::backend::bench::micros_since_epoch;
 
 #[derive(Debug, clap::Args)]
 pub struct LoadgenArgs {

@@ -4,6 +4,8 @@
 //! rejects unknown keys, then validation turns it into types the proxy can use without further
 //! checks. Every error names the file, the line and column, and what is wrong, like `nginx -t`.
 
+pub mod tls;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -134,7 +136,7 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     pub max_sessions: usize,
     /// Whether session ids are sealed into tokens any replica can route (see `seal.rs`).
-    pub seal: crate::seal::SealSetting,
+    pub seal: crate::mcp::seal::SealSetting,
 }
 
 /// Re-resolving pool entries written as hostnames (`fleet.internal:3000`).
@@ -297,7 +299,7 @@ impl Config {
         let mut config = raw
             .validate(source)
             .map_err(|Invalid { span, message }| place(span, message))?;
-        config.digest = crate::balance::stable_hash(text.as_bytes());
+        config.digest = crate::mcp::hash::stable_hash(text.as_bytes());
         Ok(config)
     }
 
@@ -340,13 +342,13 @@ impl Config {
             .collect();
         out.push_str(&format!("active    {}\n", active.join(", ")));
         let sessions = match &self.sessions.seal {
-            crate::seal::SealSetting::Keys(keys) => {
+            crate::mcp::seal::SealSetting::Keys(keys) => {
                 format!("sealed ({} key(s), the first seals)", keys.len())
             }
-            crate::seal::SealSetting::Ephemeral => {
+            crate::mcp::seal::SealSetting::Ephemeral => {
                 "sealed with a random per-process key (single replica only)".to_string()
             }
-            crate::seal::SealSetting::Off => "in-memory table (sealing off)".to_string(),
+            crate::mcp::seal::SealSetting::Off => "in-memory table (sealing off)".to_string(),
         };
         out.push_str(&format!("sessions  {sessions}\n"));
         if let Some(interval) = self.discovery.interval {
@@ -393,7 +395,8 @@ fn invalid<T>(value: &Spanned<T>, message: String) -> Invalid {
 }
 
 /// A duration written as `"250ms"`, `"30s"`, `"5m"` or `"1h"`; `"0s"` means off where allowed.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+/// A duration as written in the config and on the command line: a whole number and a unit.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("`{text}` needs a unit: ms, s, m or h (e.g. \"30s\")"))?;
@@ -764,10 +767,10 @@ fn listener_tls(
     source: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, Invalid> {
     let tls = raw.get_ref();
-    let mut pairs: Vec<(crate::tls::CertPair, std::ops::Range<usize>)> = Vec::new();
+    let mut pairs: Vec<(crate::config::tls::CertPair, std::ops::Range<usize>)> = Vec::new();
     match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => pairs.push((
-            crate::tls::CertPair {
+            crate::config::tls::CertPair {
                 cert: config_path(cert, source),
                 key: config_path(key, source),
             },
@@ -778,7 +781,7 @@ fn listener_tls(
     }
     for pair in &tls.certificates {
         pairs.push((
-            crate::tls::CertPair {
+            crate::config::tls::CertPair {
                 cert: config_path(&pair.get_ref().cert, source),
                 key: config_path(&pair.get_ref().key, source),
             },
@@ -792,16 +795,16 @@ fn listener_tls(
         ));
     }
     // Load each pair on its own first, so an error points at the entry that caused it.
-    let provider = crate::tls::provider();
+    let provider = crate::config::tls::provider();
     for (pair, span) in &pairs {
-        crate::tls::load_certified_key(pair, &provider).map_err(|e| Invalid {
+        crate::config::tls::load_certified_key(pair, &provider).map_err(|e| Invalid {
             span: Some(span.clone()),
             message: e.to_string(),
         })?;
     }
     let client_ca = tls.client_ca.as_ref().map(|ca| config_path(ca, source));
     let pairs: Vec<_> = pairs.into_iter().map(|(pair, _)| pair).collect();
-    crate::tls::server_config(&pairs, client_ca.as_deref()).map_err(|e| {
+    crate::config::tls::server_config(&pairs, client_ca.as_deref()).map_err(|e| {
         let span = tls
             .client_ca
             .as_ref()
@@ -826,7 +829,7 @@ fn upstream_tls(
         return Ok(None);
     }
     let path = ca.map(|ca| config_path(ca, source));
-    crate::tls::client_config(path.as_deref())
+    crate::config::tls::client_config(path.as_deref())
         .map(Some)
         .map_err(|e| Invalid {
             span: ca.map(Spanned::span),
@@ -1038,8 +1041,11 @@ fn nameserver_addr(text: &Spanned<String>) -> Result<SocketAddr, Invalid> {
 
 /// Sealing is on when a key source is configured, unless `seal = false`; `seal = true` without
 /// keys seals with a random per-process key.
-fn seal_setting(raw: &RawSessions, source: &Path) -> Result<crate::seal::SealSetting, Invalid> {
-    use crate::seal::SealSetting;
+fn seal_setting(
+    raw: &RawSessions,
+    source: &Path,
+) -> Result<crate::mcp::seal::SealSetting, Invalid> {
+    use crate::mcp::seal::SealSetting;
     let keys = match (&raw.seal_keys_file, &raw.seal_keys_env) {
         (Some(_), Some(env)) => {
             return Err(invalid(
@@ -1060,14 +1066,14 @@ fn seal_setting(raw: &RawSessions, source: &Path) -> Result<crate::seal::SealSet
 }
 
 /// One base64 key per line; blank lines and `#` comments skipped; the first key seals.
-fn parse_keys(text: &str) -> Result<Vec<crate::seal::SealKey>, String> {
+fn parse_keys(text: &str) -> Result<Vec<crate::mcp::seal::SealKey>, String> {
     let mut keys = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let key = crate::seal::SealKey::parse(line)
+        let key = crate::mcp::seal::SealKey::parse(line)
             .map_err(|why| format!("line {}: {why}", number + 1))?;
         keys.push(key);
     }
@@ -1080,7 +1086,7 @@ fn parse_keys(text: &str) -> Result<Vec<crate::seal::SealKey>, String> {
 fn keys_from_file(
     file: &Spanned<String>,
     source: &Path,
-) -> Result<Vec<crate::seal::SealKey>, Invalid> {
+) -> Result<Vec<crate::mcp::seal::SealKey>, Invalid> {
     // Relative to the config file, so a config and its key file move together.
     let path = source
         .parent()
@@ -1095,7 +1101,7 @@ fn keys_from_file(
     parse_keys(&text).map_err(|why| invalid(file, format!("key file {}: {why}", path.display())))
 }
 
-fn keys_from_env(env: &Spanned<String>) -> Result<Vec<crate::seal::SealKey>, Invalid> {
+fn keys_from_env(env: &Spanned<String>) -> Result<Vec<crate::mcp::seal::SealKey>, Invalid> {
     let name = env.get_ref();
     let text = std::env::var(name)
         .map_err(|_| invalid(env, format!("environment variable `{name}` is not set")))?;
@@ -1318,7 +1324,7 @@ active = "blue"
 
     #[test]
     fn sealing_defaults_off_and_reads_keys() {
-        use crate::seal::{SealKey, SealSetting};
+        use crate::mcp::seal::{SealKey, SealSetting};
         assert_eq!(parse(MINIMAL).unwrap().sessions.seal, SealSetting::Off);
         let with = |extra: &str| parse(&format!("{MINIMAL}\n[sessions]\n{extra}\n"));
         assert_eq!(

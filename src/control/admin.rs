@@ -16,7 +16,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::ResponseBody;
+use crate::proxy::body::ResponseBody;
 use crate::state::State;
 
 /// Session tags listed per backend by `GET /sessions`; the counts are always complete.
@@ -153,7 +153,7 @@ fn authorized(state: &State, request: &Request<Incoming>) -> bool {
 }
 
 fn metrics(state: &State) -> Response<ResponseBody> {
-    let body = state.metrics.render(&state.snapshot(), &state.sessions);
+    let body = state.render_metrics();
     let mut response = text(StatusCode::OK, body);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -165,7 +165,7 @@ fn metrics(state: &State) -> Response<ResponseBody> {
 }
 
 fn reload(state: &State) -> Response<ResponseBody> {
-    match crate::reload::reload_from_file(state) {
+    match crate::control::reload::reload_from_file(state) {
         Ok(generation) => json(
             StatusCode::OK,
             serde_json::json!({ "reloaded": true, "generation": generation }),
@@ -216,14 +216,7 @@ pub fn not_ready_reason(state: &State) -> Option<&'static str> {
     if state.is_draining() {
         return Some("draining\n");
     }
-    let snapshot = state.snapshot();
-    let any_usable = snapshot.active.iter().any(|(i, _)| {
-        snapshot
-            .pool(*i)
-            .members
-            .iter()
-            .any(|m| m.backend.takes_new_work())
-    });
+    let any_usable = state.snapshot().has_usable_active_backend();
     (!any_usable).then_some("no healthy backend in the active pool\n")
 }
 
@@ -235,7 +228,7 @@ fn sessions(state: &State) -> serde_json::Value {
         let (count, tags) = by_owner.entry(Arc::clone(owner)).or_default();
         *count += 1;
         if tags.len() < SESSIONS_LISTED_PER_BACKEND {
-            tags.push(crate::forward::session_tag(id));
+            tags.push(crate::mcp::session::session_tag(id));
         }
     });
     let backends: Vec<serde_json::Value> = by_owner

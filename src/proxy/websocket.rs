@@ -5,9 +5,9 @@ use std::sync::Arc;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::body::AccessRecord;
+use crate::proxy::body::AccessRecord;
 use crate::state::State;
-use crate::upstream::InFlightGuard;
+use crate::upstream::backend::InFlightGuard;
 
 /// Runs the tunnel in the background; the guard counts it as an open stream until it closes, and
 /// it closes when the backend drains or the proxy shuts down.

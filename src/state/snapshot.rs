@@ -1,28 +1,24 @@
-//! Shared state: one immutable [`Snapshot`] behind one `ArcSwap`, replaced wholesale on reload.
+//! One immutable snapshot of the configuration and the pools built from it.
 //!
 //! A request loads the snapshot once and sees that one config from start to end. Backends are
 //! reused across snapshots by address, so counters, health and pooled connections survive.
 //! Backends that left the active pools (or the config) are listed as draining until the drain
 //! deadline, when their remaining streams are closed; removed ones are then forgotten for good.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::balance::{self, Member};
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::session::SessionTable;
-use crate::upstream::{Backend, PoolLimits};
+use crate::mcp::seal::Sealer;
+use crate::upstream::backend::{Backend, PoolLimits};
+use crate::upstream::balance::{self, Member};
+use crate::upstream::discovery::Resolved;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Pool {
     pub name: Arc<str>,
     pub members: Vec<Member>,
@@ -50,7 +46,7 @@ pub struct Snapshot {
     pub draining: Vec<Draining>,
     pub pool_limits: PoolLimits,
     /// Seals and opens session tokens; `None` when sealing is off.
-    pub sealer: Option<Arc<crate::seal::Sealer>>,
+    pub sealer: Option<Arc<Sealer>>,
 }
 
 impl Snapshot {
@@ -97,7 +93,7 @@ impl Snapshot {
                 .and_then(|p| p.pools.iter().find(|q| *q.name == *name.as_str()))
                 .is_some_and(|q| !q.members.is_empty());
             let addresses = pool.backends.iter().flat_map(|b| {
-                crate::discovery::expand(b, &config.discovery, resolved)
+                crate::upstream::discovery::expand(b, &config.discovery, resolved)
                     .into_iter()
                     .map(move |address| {
                         let discovered = pool_was_serving && address != b.address;
@@ -135,7 +131,7 @@ impl Snapshot {
         let active_weight = active.iter().map(|(_, w)| *w).sum();
         let mut snapshot = Snapshot {
             generation: previous.map_or(1, |p| p.generation + 1),
-            sealer: crate::seal::Sealer::from_setting(&config.sessions.seal).map(Arc::new),
+            sealer: Sealer::from_setting(&config.sessions.seal).map(Arc::new),
             pool_limits: PoolLimits {
                 max_idle: config.upstream.max_idle_per_backend,
                 idle_timeout: config.upstream.idle_timeout,
@@ -191,6 +187,40 @@ impl Snapshot {
             });
         }
         draining
+    }
+
+    /// Ends the drains due at `now`: their streams close, removed backends retire and are
+    /// forgotten. Returns the snapshot without them and how many ended; `None` if none is due.
+    pub fn end_due_drains(&self, now: Instant) -> Option<(Snapshot, usize)> {
+        let (due, keep): (Vec<Draining>, Vec<Draining>) = self
+            .draining
+            .iter()
+            .cloned()
+            .partition(|d| d.deadline <= now);
+        if due.is_empty() {
+            return None;
+        }
+        let mut backends = self.backends.clone();
+        for d in &due {
+            if d.removed {
+                d.backend.retire();
+                backends.remove(&d.backend.address);
+            } else {
+                d.backend.close_streams();
+            }
+        }
+        let next = Snapshot {
+            generation: self.generation,
+            config: Arc::clone(&self.config),
+            pools: self.pools.clone(),
+            active: self.active.clone(),
+            active_weight: self.active_weight,
+            backends,
+            draining: keep,
+            pool_limits: self.pool_limits,
+            sealer: self.sealer.clone(),
+        };
+        Some((next, due.len()))
     }
 
     pub fn pool(&self, index: usize) -> &Pool {
@@ -249,6 +279,37 @@ impl Snapshot {
             .map_or("(removed)", |p| &p.name)
     }
 
+    /// True when some backend of the active pools takes new work (readiness, fail-open).
+    pub fn has_usable_active_backend(&self) -> bool {
+        self.active.iter().any(|(i, _)| {
+            self.pools[*i]
+                .members
+                .iter()
+                .any(|m| m.backend.takes_new_work())
+        })
+    }
+
+    /// Fail-open (Envoy's panic mode): may this unhealthy owner still serve its sessions?
+    pub fn fail_open_serves(&self, owner: &Backend) -> bool {
+        self.config.health.fail_open && !owner.is_gone() && !self.has_usable_active_backend()
+    }
+
+    /// Fail-open pick for new work when the whole active pool is unhealthy: health is ignored,
+    /// admin drains and removals are not.
+    pub fn fail_open_pick(
+        &self,
+        client_ip: Option<IpAddr>,
+        exclude: &[Arc<str>],
+    ) -> Option<Arc<Backend>> {
+        if !self.config.health.fail_open || self.has_usable_active_backend() {
+            return None;
+        }
+        let usable = |b: &Backend| {
+            !b.is_gone() && !b.is_drained_by_admin() && !exclude.iter().any(|e| **e == *b.address)
+        };
+        self.pick_among(client_ip, usable)
+    }
+
     /// Picks a backend for new work of the given kind, skipping `exclude`d addresses.
     pub fn pick_new(
         &self,
@@ -284,169 +345,6 @@ impl Snapshot {
         }
         None
     }
-}
-
-/// Everything the request path and the background tasks share.
-#[derive(Debug)]
-pub struct State {
-    snapshot: ArcSwap<Snapshot>,
-    /// Serialises snapshot writers (reloads, the drain reaper) so none loses another's change.
-    writer: Mutex<()>,
-    pub sessions: SessionTable,
-    pub metrics: Metrics,
-    /// Parent of every backend's stream token: cancelling it closes all streams (shutdown).
-    pub stream_root: CancellationToken,
-    /// Client connections and WebSocket tunnels, awaited on shutdown.
-    pub tasks: TaskTracker,
-    draining: AtomicBool,
-    /// What DNS discovery last resolved each hostname entry to.
-    resolved: Mutex<Arc<Resolved>>,
-    /// Wakes the discovery task (a reload may have added a hostname).
-    pub rediscover: tokio::sync::Notify,
-}
-
-/// Hostname pool entry as written (`fleet.internal:3000`) → the addresses it resolved to.
-pub type Resolved = BTreeMap<String, Vec<std::net::SocketAddr>>;
-
-impl State {
-    pub fn new(config: Config) -> State {
-        let stream_root = CancellationToken::new();
-        let sessions = SessionTable::new(config.sessions.max_sessions);
-        let snapshot = Snapshot::build(config, None, &stream_root, Instant::now());
-        let metrics = Metrics::new();
-        metrics.config_generation.set(snapshot.generation as i64);
-        State {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            writer: Mutex::new(()),
-            sessions,
-            metrics,
-            stream_root,
-            tasks: TaskTracker::new(),
-            draining: AtomicBool::new(false),
-            resolved: Mutex::new(Arc::default()),
-            rediscover: tokio::sync::Notify::new(),
-        }
-    }
-
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    /// Swaps in a validated config; returns the new generation.
-    pub fn apply(&self, config: Config) -> u64 {
-        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let previous = self.snapshot.load_full();
-        let resolved = self.resolved();
-        let next = Snapshot::build_resolved(
-            config,
-            &resolved,
-            Some(&previous),
-            &self.stream_root,
-            Instant::now(),
-        );
-        let generation = next.generation;
-        self.metrics.config_generation.set(generation as i64);
-        self.snapshot.store(Arc::new(next));
-        self.rediscover.notify_one();
-        generation
-    }
-
-    pub fn resolved(&self) -> Arc<Resolved> {
-        Arc::clone(&self.resolved.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// Rebuilds the snapshot from the current config with new DNS answers: addresses that stay
-    /// keep their backends, new ones join, vanished ones drain. Returns false if nothing changed.
-    pub fn apply_resolved(&self, resolved: Resolved) -> bool {
-        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        {
-            let mut current = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
-            if **current == resolved {
-                return false;
-            }
-            *current = Arc::new(resolved.clone());
-        }
-        let previous = self.snapshot.load_full();
-        let next = Snapshot::build_resolved(
-            (*previous.config).clone(),
-            &resolved,
-            Some(&previous),
-            &self.stream_root,
-            Instant::now(),
-        );
-        self.metrics.config_generation.set(next.generation as i64);
-        self.snapshot.store(Arc::new(next));
-        true
-    }
-
-    /// Closes the streams of backends whose drain deadline has passed and forgets removed ones.
-    /// Returns how many backends finished draining.
-    pub fn reap_drained(&self, now: Instant) -> usize {
-        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = self.snapshot.load_full();
-        let (due, keep): (Vec<Draining>, Vec<Draining>) = current
-            .draining
-            .iter()
-            .cloned()
-            .partition(|d| d.deadline <= now);
-        if due.is_empty() {
-            return 0;
-        }
-        let mut backends = current.backends.clone();
-        for d in &due {
-            if d.removed {
-                d.backend.retire();
-                backends.remove(&d.backend.address);
-            } else {
-                d.backend.close_streams();
-            }
-        }
-        let next = Snapshot {
-            generation: current.generation,
-            config: Arc::clone(&current.config),
-            pools: current
-                .pools
-                .iter()
-                .map(|p| Pool {
-                    name: Arc::clone(&p.name),
-                    members: p.members.clone(),
-                })
-                .collect(),
-            active: current.active.clone(),
-            active_weight: current.active_weight,
-            backends,
-            draining: keep,
-            pool_limits: current.pool_limits,
-            sealer: current.sealer.clone(),
-        };
-        self.snapshot.store(Arc::new(next));
-        due.len()
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    pub fn begin_drain(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Pool → backend addresses, for summaries.
-pub fn describe(snapshot: &Snapshot) -> BTreeMap<String, Vec<String>> {
-    snapshot
-        .pools
-        .iter()
-        .map(|p| {
-            (
-                p.name.to_string(),
-                p.members
-                    .iter()
-                    .map(|m| m.backend.address.to_string())
-                    .collect(),
-            )
-        })
-        .collect()
 }
 
 #[cfg(test)]

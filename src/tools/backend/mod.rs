@@ -46,7 +46,7 @@ pub struct BackendArgs {
     #[arg(long = "allowed-host", value_name = "HOST")]
     pub allowed_hosts: Vec<String>,
     /// On SIGTERM, how long in-flight tool calls may take before the backend exits anyway.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
     pub drain_timeout: Duration,
     /// Serve /mcp without sessions (every request stands alone; JSON responses where possible).
     #[arg(long)]
@@ -64,22 +64,6 @@ impl BackendArgs {
             drain_timeout: Duration::from_secs(10),
             stateless: false,
         }
-    }
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|at| text.split_at(at))
-        .ok_or_else(|| format!("`{text}` has no unit (write e.g. \"10s\" or \"500ms\")"))?;
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
-        _ => Err(format!("`{text}`: unit must be ms, s or m")),
     }
 }
 
@@ -215,21 +199,5 @@ async fn accept(
                 tracing::debug!(%error, "connection ended with an error");
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("10h").is_err());
-        assert!(parse_duration("s").is_err());
     }
 }

@@ -75,18 +75,13 @@ pub async fn watch(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut seen = state.snapshot().config.digest;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = super::periodic::Ticks::new(interval, &stop);
+    while ticks.next().await {
         let source = state.snapshot().config.source.clone();
         let Ok(text) = tokio::fs::read(&source).await else {
             continue;
         };
-        let digest = crate::balance::stable_hash(&text);
+        let digest = crate::mcp::hash::stable_hash(&text);
         if digest != seen {
             seen = digest;
             tracing::info!(file = %source.display(), "config file changed; reloading");

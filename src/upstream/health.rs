@@ -21,23 +21,17 @@
 //! Health lives in atomics on the `Backend`, which the snapshot reuses by address, so it survives
 //! reloads. The supervisor keeps one probe task per backend object in the current snapshot.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::header;
 use http_body_util::BodyExt;
-use tokio_util::sync::CancellationToken;
 
-use crate::body::RequestBody;
-use crate::config::ProbeConfig;
-use crate::state::{Snapshot, State};
-use crate::upstream::{Backend, Exchange, PoolLimits, UpstreamError};
-
-/// How often the supervisor looks for backends that came or went with a reload.
-const SUPERVISOR_TICK: Duration = Duration::from_millis(250);
+use crate::config::{HealthConfig, ProbeConfig};
+use crate::metrics::{BackendLabels, Metrics, ProbeLabels, TransitionLabels};
+use crate::upstream::backend::{Backend, Exchange, PoolLimits, UpstreamError};
+use crate::upstream::body::RequestBody;
 
 /// Health bookkeeping of one backend: lock-free, touched by probes and failed requests only.
 #[derive(Debug, Default)]
@@ -175,38 +169,37 @@ pub async fn probe(
 
 /// Counts a probe result and flips the backend once a streak reaches `rise` or `fall`.
 pub fn record_probe(
-    state: &State,
+    metrics: &Metrics,
     backend: &Arc<Backend>,
     probes: &ProbeConfig,
     outcome: ProbeOutcome,
 ) {
-    state
-        .metrics
+    metrics
         .health_probes
-        .get_or_create(&crate::metrics::ProbeLabels {
+        .get_or_create(&ProbeLabels {
             backend: backend.address.to_string(),
             outcome: outcome.as_str(),
         })
         .inc();
     let passed = outcome == ProbeOutcome::Pass;
     match backend.health.note_probe(passed, probes.rise, probes.fall) {
-        Some(true) => turn_healthy(state, backend),
-        Some(false) => turn_unhealthy(state, backend, outcome.as_str()),
+        Some(true) => turn_healthy(metrics, backend),
+        Some(false) => turn_unhealthy(metrics, backend, outcome.as_str()),
         None => {}
     }
 }
 
-fn turn_healthy(state: &State, backend: &Arc<Backend>) {
+pub fn turn_healthy(metrics: &Metrics, backend: &Arc<Backend>) {
     if !backend.swap_healthy(true) {
         tracing::info!(backend = %backend.address, "backend healthy");
-        count_transition(state, backend, "healthy");
+        count_transition(metrics, backend, "healthy");
     }
 }
 
-fn turn_unhealthy(state: &State, backend: &Arc<Backend>, why: &str) {
+fn turn_unhealthy(metrics: &Metrics, backend: &Arc<Backend>, why: &str) {
     if backend.swap_healthy(false) {
         tracing::warn!(backend = %backend.address, why, "backend unhealthy");
-        count_transition(state, backend, "unhealthy");
+        count_transition(metrics, backend, "unhealthy");
         cut_off(backend);
     }
 }
@@ -218,11 +211,10 @@ fn cut_off(backend: &Backend) {
     backend.close_idle();
 }
 
-fn count_transition(state: &State, backend: &Backend, to: &'static str) {
-    state
-        .metrics
+fn count_transition(metrics: &Metrics, backend: &Backend, to: &'static str) {
+    metrics
         .health_transitions
-        .get_or_create(&crate::metrics::TransitionLabels {
+        .get_or_create(&TransitionLabels {
             backend: backend.address.to_string(),
             to,
         })
@@ -231,13 +223,13 @@ fn count_transition(state: &State, backend: &Backend, to: &'static str) {
 
 /// Passive detection: a request to `backend` got no response because of `error`.
 pub fn note_request_failure(
-    state: &State,
-    snapshot: &Snapshot,
+    metrics: &Metrics,
+    health: &HealthConfig,
+    pool: &str,
     backend: &Arc<Backend>,
     error: &UpstreamError,
 ) {
-    let health = &snapshot.config.health;
-    if health.max_fails == 0 || backend.health.is_ejected() || caused_by_client(error) {
+    if health.max_fails == 0 || backend.health.is_ejected() || error.client_body_error().is_some() {
         return;
     }
     let now = now_ms();
@@ -257,158 +249,18 @@ pub fn note_request_failure(
         ejection = ?health.ejection,
         "backend ejected after repeated failures",
     );
-    state
-        .metrics
+    metrics
         .ejections
-        .get_or_create(&crate::metrics::BackendLabels {
-            pool: snapshot.pool_of(backend).to_string(),
+        .get_or_create(&BackendLabels {
+            pool: pool.to_string(),
             backend: backend.address.to_string(),
         })
         .inc();
     if health.probes.is_some() {
         // Back only after `rise` passing probes once the ejection ends.
-        turn_unhealthy(state, backend, "ejected");
+        turn_unhealthy(metrics, backend, "ejected");
     } else {
         cut_off(backend);
-    }
-}
-
-/// A client whose request body broke (or broke the size limit) is not the backend's fault.
-fn caused_by_client(error: &UpstreamError) -> bool {
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if cause.downcast_ref::<crate::body::BodyError>().is_some() {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
-}
-
-/// True when no backend of the active pools takes new work.
-pub fn whole_pool_unhealthy(snapshot: &Snapshot) -> bool {
-    !snapshot.active.iter().any(|(i, _)| {
-        snapshot
-            .pool(*i)
-            .members
-            .iter()
-            .any(|m| m.backend.takes_new_work())
-    })
-}
-
-/// Fail-open (Envoy's panic mode): may this unhealthy owner still serve its sessions?
-pub fn fail_open_serves(snapshot: &Snapshot, owner: &Backend) -> bool {
-    snapshot.config.health.fail_open && !owner.is_gone() && whole_pool_unhealthy(snapshot)
-}
-
-/// Fail-open pick for new work when the whole active pool is unhealthy: health is ignored,
-/// admin drains and removals are not.
-pub fn fail_open_pick(
-    snapshot: &Snapshot,
-    client_ip: Option<IpAddr>,
-    exclude: &[Arc<str>],
-) -> Option<Arc<Backend>> {
-    if !snapshot.config.health.fail_open || !whole_pool_unhealthy(snapshot) {
-        return None;
-    }
-    let usable = |b: &Backend| {
-        !b.is_gone() && !b.is_drained_by_admin() && !exclude.iter().any(|e| **e == *b.address)
-    };
-    snapshot.pick_among(client_ip, usable)
-}
-
-/// Keeps one probe task per backend of the current snapshot: new backends get one, backends
-/// that left (or were replaced by a new object for the same address) lose theirs.
-pub async fn supervise(state: Arc<State>, stop: CancellationToken) {
-    let mut running: HashMap<Arc<str>, (Arc<Backend>, CancellationToken)> = HashMap::new();
-    let mut tick = tokio::time::interval(SUPERVISOR_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let snapshot = state.snapshot();
-        if snapshot.config.health.probes.is_none() {
-            if !running.is_empty() {
-                // Probing was switched off by a reload: no verdict of it may linger.
-                for (_, (backend, task)) in running.drain() {
-                    task.cancel();
-                    turn_healthy(&state, &backend);
-                }
-            }
-            continue;
-        }
-        running.retain(|address, (backend, task)| {
-            let current = snapshot
-                .backends
-                .get(address)
-                .is_some_and(|b| Arc::ptr_eq(b, backend));
-            if !current {
-                task.cancel();
-            }
-            current
-        });
-        for (address, backend) in &snapshot.backends {
-            if running.contains_key(address) {
-                continue;
-            }
-            let task = stop.child_token();
-            tokio::spawn(probe_loop(
-                Arc::clone(&state),
-                Arc::clone(backend),
-                task.clone(),
-            ));
-            running.insert(Arc::clone(address), (Arc::clone(backend), task));
-        }
-    }
-    for (_, (_, task)) in running {
-        task.cancel();
-    }
-}
-
-/// Up to `max`, at random, so the probes of many proxies (and of many backends) spread out.
-fn jitter(max: Duration) -> Duration {
-    Duration::from_millis(fastrand::u64(0..=millis(max)))
-}
-
-async fn probe_loop(state: Arc<State>, backend: Arc<Backend>, stop: CancellationToken) {
-    let Some(first) = state
-        .snapshot()
-        .config
-        .health
-        .probes
-        .as_ref()
-        .map(|p| p.interval)
-    else {
-        return;
-    };
-    // Start at a random point of the first interval, and never probe a backend
-    // more often than the interval.
-    let mut next = tokio::time::Instant::now() + jitter(first);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep_until(next) => {}
-        }
-        let snapshot = state.snapshot();
-        let Some(probes) = snapshot.config.health.probes.clone() else {
-            return;
-        };
-        let limits = snapshot.pool_limits;
-        let tls = snapshot.config.upstream.tls.clone();
-        drop(snapshot);
-        let started = tokio::time::Instant::now();
-        // An ejected backend sits out its ejection; probes count again after it.
-        if !backend.health.is_ejected() {
-            let outcome = tokio::select! {
-                () = stop.cancelled() => return,
-                outcome = probe(&backend, &probes, limits, tls.as_ref()) => outcome,
-            };
-            tracing::debug!(backend = %backend.address, outcome = outcome.as_str(), "probe");
-            record_probe(&state, &backend, &probes, outcome);
-        }
-        next = started + probes.interval + jitter(probes.jitter);
     }
 }
 

@@ -1,0 +1,9 @@
+//! Running the proxy: start and stop, reload, the admin API, and the background tasks that keep
+//! the shared state current (health probes, DNS discovery, drain deadlines, session expiry).
+
+pub mod admin;
+pub mod discovery;
+pub mod health;
+pub mod periodic;
+pub mod reload;
+pub mod server;

@@ -1,0 +1,11 @@
+//! The data plane: accept a client connection, serve HTTP on it, and carry each request to a
+//! backend and its answer back. Read [`request`] first: it names the phases in order.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod listener;
+pub mod proxy_protocol;
+pub mod request;
+pub mod respond;
+pub mod websocket;

@@ -1,0 +1,6 @@
+//! Programs that ship in the `switchyard` binary but are not the proxy: the reference MCP backend,
+//! the demo and the load generator. They may use the library; the library never uses them.
+
+pub mod backend;
+pub mod demo;
+pub mod loadgen;
