@@ -1,0 +1,195 @@
+//! SSE load: many open streams, delivery latency from the event's own send time.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{Request, header};
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+use tokio::time::sleep_until;
+
+use crate::tools::backend::bench::micros_since_epoch;
+
+use super::*;
+
+/// Counters of the SSE mode, shared by every stream task.
+struct SseShared {
+    opened: AtomicUsize,
+    failed: AtomicUsize,
+    events: AtomicU64,
+    recording: AtomicBool,
+    histogram: Mutex<Histogram<u64>>,
+    first_error: Mutex<Option<String>>,
+}
+
+pub(super) async fn sse(args: SseArgs) -> Result<Value, LoadgenError> {
+    let target = Arc::new(target(&args.url)?);
+    let shared = Arc::new(SseShared {
+        opened: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        events: AtomicU64::new(0),
+        recording: AtomicBool::new(false),
+        histogram: Mutex::new(new_histogram()?),
+        first_error: Mutex::new(None),
+    });
+    let before = sample(&args.common.watch_pid);
+    let opening = Arc::new(Semaphore::new(args.open_concurrency.max(1)));
+    let open_started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.streams);
+    for index in 0..args.streams {
+        let source = std::net::Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (index % usize::from(args.source_ips.max(1))) as u8,
+        );
+        tasks.push(tokio::spawn(sse_stream(
+            Arc::clone(&target),
+            Arc::clone(&shared),
+            Arc::clone(&opening),
+            source,
+        )));
+    }
+    let open_deadline = open_started + Duration::from_secs_f64(args.open_timeout);
+    while shared.opened.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed)
+        < args.streams
+        && Instant::now() < open_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open_seconds = open_started.elapsed().as_secs_f64();
+    let window = Window::new(&args.common);
+    sleep_until(window.measure_from.into()).await;
+    shared.recording.store(true, Ordering::Relaxed);
+    let cpu_before = sample(&args.common.watch_pid);
+    sleep_until(window.end.into()).await;
+    shared.recording.store(false, Ordering::Relaxed);
+    let during = sample(&args.common.watch_pid);
+    let opened = shared.opened.load(Ordering::Relaxed);
+    for task in &tasks {
+        task.abort();
+    }
+    let histogram = shared
+        .histogram
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let first_error = shared
+        .first_error
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let mut line = json!({
+        "mode": "sse",
+        "label": args.common.label,
+        "streams_wanted": args.streams,
+        "streams_open": opened,
+        "streams_failed": shared.failed.load(Ordering::Relaxed),
+        "open_seconds": open_seconds,
+        "events": histogram.len(),
+        "events_total": shared.events.load(Ordering::Relaxed),
+        "seconds": window.seconds(),
+        "first_error": first_error,
+    });
+    merge(&mut line, latency_json(&histogram));
+    if !args.common.watch_pid.is_empty() {
+        let grown = during.rss_kib.saturating_sub(before.rss_kib);
+        merge(
+            &mut line,
+            json!({
+                "watched_rss_kib_before": before.rss_kib,
+                "watched_rss_kib": during.rss_kib,
+                "rss_bytes_per_stream": if opened > 0 { (grown * 1024) / opened as u64 } else { 0 },
+                "watched_cpu_seconds": during.cpu_seconds - cpu_before.cpu_seconds,
+            }),
+        );
+    }
+    Ok(line)
+}
+
+async fn sse_stream(
+    target: Arc<Target>,
+    shared: Arc<SseShared>,
+    opening: Arc<Semaphore>,
+    source: std::net::Ipv4Addr,
+) {
+    let fail = |error: String| {
+        shared.failed.fetch_add(1, Ordering::Relaxed);
+        shared
+            .first_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(error);
+    };
+    let permit = opening.acquire().await;
+    let response = match open_sse(&target, source).await {
+        Ok(response) if response.status().is_success() => response,
+        Ok(response) => return fail(format!("status {}", response.status())),
+        Err(error) => return fail(error),
+    };
+    drop(permit);
+    shared.opened.fetch_add(1, Ordering::Relaxed);
+    let mut body = response.into_body();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        let now = micros_since_epoch();
+        for line in data.split(|&b| b == b'\n') {
+            let Some(stamp) = line.strip_prefix(b"data: ") else {
+                continue;
+            };
+            let Some(sent) = std::str::from_utf8(stamp)
+                .ok()
+                .and_then(|s| s.trim().parse::<u128>().ok())
+            else {
+                continue;
+            };
+            shared.events.fetch_add(1, Ordering::Relaxed);
+            if shared.recording.load(Ordering::Relaxed) {
+                let micros = u64::try_from(now.saturating_sub(sent)).unwrap_or(u64::MAX);
+                shared
+                    .histogram
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .saturating_record(micros.max(1));
+            }
+        }
+    }
+}
+
+async fn open_sse(
+    target: &Target,
+    source: std::net::Ipv4Addr,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let address = tokio::net::lookup_host(target.authority.as_str())
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    if source != std::net::Ipv4Addr::LOCALHOST {
+        socket.bind((source, 0).into()).map_err(|e| e.to_string())?;
+    }
+    let stream = socket.connect(address).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = Request::get(target.path.as_str())
+        .header(header::HOST, target.authority.as_str())
+        .header(header::ACCEPT, "text/event-stream")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())
+}
