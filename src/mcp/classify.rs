@@ -2,7 +2,7 @@
 
 use http::{HeaderMap, Method, header};
 
-/// The routing class of a request (DESIGN.md, routing rule 1).
+/// The routing class of a request: streams are placed by client address, messages by load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RouteClass {
     /// `GET` with `Upgrade: websocket`.
