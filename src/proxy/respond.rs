@@ -34,11 +34,7 @@ pub(super) fn shape(
     } = exchange;
     let backend = Arc::clone(guard.backend());
     let status = response.status();
-    let mut session = meta.session.as_deref().map(session_tag);
-    track_session(state, meta, &mut session, &backend, &response);
-    if let Some(sealer) = &snapshot.sealer {
-        seal_session_header(sealer, meta, &backend, response.headers_mut());
-    }
+    let session = settle_session(state, snapshot, meta, &backend, &mut response);
     let pool: Arc<str> = Arc::from(snapshot.pool_of(&backend));
     count_request(state, meta.class, status, &pool, &backend.address);
     let is_sse = is_event_stream(response.headers());
@@ -85,6 +81,22 @@ pub(super) fn shape(
         record,
     });
     Response::from_parts(parts, body)
+}
+
+/// Learns, forgets and seals the session the response speaks of; returns its log tag.
+fn settle_session(
+    state: &State,
+    snapshot: &Snapshot,
+    meta: &RequestMeta,
+    backend: &Arc<Backend>,
+    response: &mut Response<Incoming>,
+) -> Option<String> {
+    let mut tag = meta.session.as_deref().map(session_tag);
+    track_session(state, meta, &mut tag, backend, response);
+    if let Some(sealer) = &snapshot.sealer {
+        seal_session_header(sealer, meta, backend, response.headers_mut());
+    }
+    tag
 }
 
 /// What watches an SSE response: keepalives, drain closes, and on a new legacy stream the
