@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use switchyard::config::Config;
+use switchyard::config::LoadedConfig;
 use switchyard::control::server::Proxy;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -118,10 +118,11 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
+/// Validates the config and loads its files, as a start would, without serving.
 fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    match Config::load(path) {
-        Ok(config) => {
-            print!("{}", config.summary());
+    match LoadedConfig::load(path) {
+        Ok(ready) => {
+            print!("{}", ready.summary());
             println!("{}: configuration is valid", path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -140,17 +141,19 @@ async fn reload(
     let (address, token) = match (admin, config) {
         (Some(address), _) => (address, None),
         (None, Some(path)) => {
-            let config = match Config::load(path) {
-                Ok(config) => config,
+            let ready = match LoadedConfig::load(path) {
+                Ok(ready) => ready,
                 Err(error) => {
                     eprintln!("{error}");
                     return Ok(ExitCode::from(2));
                 }
             };
-            let admin = config
+            let admin = ready
+                .config
                 .admin
                 .with_context(|| format!("{} has no [admin] listener to call", path.display()))?;
-            (admin.bind, admin.token.map(|t| t.authorization()))
+            let token = ready.loaded.admin_token.map(|t| t.authorization());
+            (admin.bind, token)
         }
         (None, None) => anyhow::bail!("give --config FILE or --admin ADDRESS"),
     };
@@ -166,16 +169,16 @@ async fn reload(
 
 async fn run(path: &std::path::Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     // The config names the log level, so logging starts once it is read.
-    let config = match Config::load(path) {
-        Ok(config) => config,
+    let ready = match LoadedConfig::load(path) {
+        Ok(ready) => ready,
         Err(error) => {
             eprintln!("{error}");
             return Ok(ExitCode::from(2));
         }
     };
-    init_logging(log_format, &config.log.level);
+    init_logging(log_format, &ready.config.log.level);
     let shutdown = CancellationToken::new();
-    let proxy = Proxy::start(config, shutdown.clone()).await?;
+    let proxy = Proxy::start_loaded(ready, shutdown.clone()).await?;
     spawn_signal_handlers(Some(Arc::clone(proxy.state())), shutdown)?;
     proxy.wait().await;
     tracing::info!("stopped");

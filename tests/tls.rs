@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use support::*;
-use switchyard::config::Config;
+use switchyard::config::{Config, LoadedConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -539,8 +539,10 @@ async fn https_backends_are_reached_over_tls_with_a_configured_ca() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
 }
 
-fn parse(text: &str) -> Result<Config, String> {
-    Config::parse(text, Path::new("test.toml")).map_err(|e| e.to_string())
+/// Validates `text` and loads the files it names, as a start or a reload does.
+fn parse(text: &str) -> Result<LoadedConfig, String> {
+    let config = Config::parse(text, Path::new("test.toml")).map_err(|e| e.to_string())?;
+    LoadedConfig::from_config(config).map_err(|e| e.to_string())
 }
 
 #[test]
@@ -648,7 +650,7 @@ fn redirect_and_backend_address_settings_are_validated() {
     }
     let ok = parse(&config("redirect = \"https://a.example/\"", "127.0.0.1:1")).unwrap();
     assert_eq!(
-        ok.listeners[0].redirect,
+        ok.config.listeners[0].redirect,
         Some(switchyard::config::Redirect::To("https://a.example".into()))
     );
 }

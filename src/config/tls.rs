@@ -1,10 +1,10 @@
 //! TLS with rustls: the server config of a TLS listener (certificates chosen by SNI, ALPN, optional
 //! client certificates) and the client config for `https://` backends.
 //!
-//! Everything is loaded and checked when the configuration is validated, so `switchyard check`
-//! and a refused reload report a missing, unreadable or mismatched file before anything serves it.
-//! The built `ServerConfig` lives in the config snapshot: a reload swaps it for new handshakes while
-//! open connections keep the session they negotiated.
+//! The loading step (`load.rs`) calls these after validation, at start and on every reload, so
+//! `switchyard check` and a refused reload report a missing, unreadable or mismatched file before
+//! anything serves it. The built `ServerConfig` lives in the snapshot: a reload swaps it for new
+//! handshakes while open connections keep the session they negotiated.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -109,6 +109,15 @@ pub fn server_config(
         .iter()
         .map(|pair| load_certified_key(pair, &provider).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
+    server_config_from_keys(certs, client_ca, provider)
+}
+
+/// Like [`server_config`], with the pairs already loaded (the first is the default).
+pub fn server_config_from_keys(
+    certs: Vec<Arc<CertifiedKey>>,
+    client_ca: Option<&Path>,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let builder = match client_ca {

@@ -137,12 +137,7 @@ fn handle(state: &State, request: &Request<Incoming>) -> Response<ResponseBody> 
 /// With no token configured (loopback only), every request is allowed.
 fn authorized(state: &State, request: &Request<Incoming>) -> bool {
     let snapshot = state.snapshot();
-    let Some(token) = snapshot
-        .config
-        .admin
-        .as_ref()
-        .and_then(|a| a.token.as_ref())
-    else {
+    let Some(token) = snapshot.loaded.admin_token.as_ref() else {
         return true;
     };
     request

@@ -95,7 +95,7 @@ async fn probe_loop(state: Arc<State>, backend: Arc<Backend>, stop: Cancellation
             return;
         };
         let limits = snapshot.pool_limits;
-        let tls = snapshot.config.upstream.tls.clone();
+        let tls = snapshot.loaded.upstream_tls.clone();
         drop(snapshot);
         let started = tokio::time::Instant::now();
         // An ejected backend sits out its ejection; probes count again after it.

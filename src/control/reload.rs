@@ -1,9 +1,10 @@
-//! Configuration reload: validate the new file completely, then swap it in at once, or change
-//! nothing and keep serving the last good config (agentgateway's state manager does the same).
+//! Configuration reload: parse and validate the new file, load the files it names, then swap it in
+//! at once; or, if any step fails, change nothing and keep serving the last good config
+//! (agentgateway's state manager does the same).
 
 use std::path::Path;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LoadedConfig};
 use crate::state::State;
 
 /// Why a reload changed nothing.
@@ -46,10 +47,13 @@ pub fn reload_from(state: &State, path: &Path) -> Result<u64, ReloadError> {
     outcome
 }
 
-/// Applies an already validated config, refusing changes a running process cannot make: the
-/// bound sockets stay, everything else about a listener (certificates included) comes from the
-/// new snapshot for each connection accepted after the swap.
+/// Loads the files a validated config names and applies it, refusing changes a running process
+/// cannot make: the bound sockets stay, everything else about a listener (certificates included)
+/// comes from the new snapshot for each connection accepted after the swap. Nothing changes
+/// unless every step succeeds.
 pub fn apply(state: &State, config: Config) -> Result<u64, ReloadError> {
+    let ready = LoadedConfig::from_config(config)?;
+    let config = &ready.config;
     let current = state.snapshot();
     let old: Vec<_> = current.config.listeners.iter().map(|l| l.bind).collect();
     let new: Vec<_> = config.listeners.iter().map(|l| l.bind).collect();
@@ -62,7 +66,7 @@ pub fn apply(state: &State, config: Config) -> Result<u64, ReloadError> {
     if !same {
         return Err(ReloadError::ListenersChanged(format!("{old:?} -> {new:?}")));
     }
-    Ok(state.apply(config))
+    Ok(state.apply(ready))
 }
 
 /// Polls the config file every `interval` and reloads when its contents differ from the last

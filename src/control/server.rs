@@ -8,11 +8,14 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, LoadedConfig};
 use crate::state::State;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A file the config names could not be loaded (`FILE:LINE:COL: message`).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -32,8 +35,17 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Binds every listener and starts serving; stops accepting when `shutdown` is cancelled.
+    /// Loads the files `config` names, then starts as [`Proxy::start_loaded`] does.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Proxy, StartError> {
+        Proxy::start_loaded(LoadedConfig::from_config(config)?, shutdown).await
+    }
+
+    /// Binds every listener and starts serving; stops accepting when `shutdown` is cancelled.
+    pub async fn start_loaded(
+        ready: LoadedConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Proxy, StartError> {
+        let config = &ready.config;
         let bind = |address: SocketAddr| {
             crate::proxy::listener::bind(address)
                 .map_err(|source| StartError::Bind { address, source })
@@ -45,7 +57,7 @@ impl Proxy {
             .collect::<Result<Vec<_>, _>>()?;
         let admin = config.admin.as_ref().map(|a| bind(a.bind)).transpose()?;
         let max_connections = config.limits.max_connections;
-        let state = Arc::new(State::new(config));
+        let state = Arc::new(State::new(ready));
         let background = CancellationToken::new();
         // Before accepting: hostname pools must have their addresses when the first request comes.
         crate::control::discovery::start(&state, background.clone()).await;
@@ -66,33 +78,8 @@ impl Proxy {
                 shutdown.clone(),
             ));
         }
-        let admin_address = match admin {
-            Some(listener) => {
-                let address = listener.local_addr().ok();
-                if let Some(address) = address {
-                    tracing::info!(%address, "admin listening");
-                }
-                tokio::spawn(crate::control::admin::serve(
-                    listener,
-                    Arc::clone(&state),
-                    background.clone(),
-                ));
-                address
-            }
-            None => None,
-        };
-        tokio::spawn(maintain(Arc::clone(&state), background.clone()));
-        if let Some(interval) = state.snapshot().config.watch_interval {
-            tokio::spawn(crate::control::reload::watch(
-                Arc::clone(&state),
-                interval,
-                background.clone(),
-            ));
-        }
-        tokio::spawn(crate::control::health::supervise(
-            Arc::clone(&state),
-            background.clone(),
-        ));
+        let admin_address = admin.and_then(|listener| spawn_admin(listener, &state, &background));
+        spawn_background(&state, &background);
         for address in &addresses {
             tracing::info!(%address, "listening");
         }
@@ -139,6 +126,40 @@ impl Proxy {
         }
         self.background.cancel();
     }
+}
+
+/// Serves the admin API on `listener` until `stop`; returns the address it is bound to.
+fn spawn_admin(
+    listener: tokio::net::TcpListener,
+    state: &Arc<State>,
+    stop: &CancellationToken,
+) -> Option<SocketAddr> {
+    let address = listener.local_addr().ok();
+    if let Some(address) = address {
+        tracing::info!(%address, "admin listening");
+    }
+    tokio::spawn(crate::control::admin::serve(
+        listener,
+        Arc::clone(state),
+        stop.clone(),
+    ));
+    address
+}
+
+/// Upkeep, the config file watch (when on) and health probes, until `stop`.
+fn spawn_background(state: &Arc<State>, stop: &CancellationToken) {
+    tokio::spawn(maintain(Arc::clone(state), stop.clone()));
+    if let Some(interval) = state.snapshot().config.watch_interval {
+        tokio::spawn(crate::control::reload::watch(
+            Arc::clone(state),
+            interval,
+            stop.clone(),
+        ));
+    }
+    tokio::spawn(crate::control::health::supervise(
+        Arc::clone(state),
+        stop.clone(),
+    ));
 }
 
 /// Periodic upkeep: session expiry and drain deadlines.

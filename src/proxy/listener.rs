@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 
-use crate::config::{Limits, ListenerConfig, Redirect};
+use crate::config::{Limits, Redirect};
 use crate::proxy::body::ResponseBody;
 use crate::proxy::proxy_protocol;
 use crate::proxy::request::{self, ConnInfo};
@@ -125,7 +125,7 @@ pub async fn accept_loop(
                 Arc::new(http_builder(&snapshot.config.limits)),
             );
         }
-        let Some(settings) = snapshot.config.listeners.get(index).cloned() else {
+        let Some(settings) = Accepting::of(&snapshot, index) else {
             continue;
         };
         let task = handshake_and_serve(
@@ -142,13 +142,32 @@ pub async fn accept_loop(
     }
 }
 
+/// What one accepted connection needs of its listener's settings, taken from the snapshot current
+/// when it was accepted.
+struct Accepting {
+    proxy_protocol: bool,
+    redirect: Option<Redirect>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Accepting {
+    fn of(snapshot: &crate::state::Snapshot, index: usize) -> Option<Accepting> {
+        let listener = snapshot.config.listeners.get(index)?;
+        Some(Accepting {
+            proxy_protocol: listener.proxy_protocol,
+            redirect: listener.redirect.clone(),
+            tls: snapshot.loaded.listener_tls(index).cloned(),
+        })
+    }
+}
+
 /// PROXY header, then TLS, each within one `handshake_timeout`; any failure closes this
 /// connection only.
 #[allow(clippy::too_many_arguments)]
 async fn handshake_and_serve(
     mut stream: TcpStream,
     peer: SocketAddr,
-    settings: ListenerConfig,
+    settings: Accepting,
     handshake_timeout: Duration,
     state: Arc<State>,
     builder: SharedBuilder,

@@ -235,7 +235,7 @@ async fn send_once(
             config.timeouts.connect,
             config.timeouts.response,
             snapshot.pool_limits,
-            config.upstream.tls.as_ref(),
+            snapshot.loaded.upstream_tls.as_ref(),
         )
         .await;
     match result {

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::LoadedConfig;
 use crate::mcp::session::{Learned, SessionTable};
 use crate::metrics::{BackendLabels, Metrics};
 use crate::upstream::backend::Backend;
@@ -42,10 +42,10 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(config: Config) -> State {
+    pub fn new(ready: LoadedConfig) -> State {
         let stream_root = CancellationToken::new();
-        let sessions = SessionTable::new(config.sessions.max_sessions);
-        let snapshot = Snapshot::build(config, None, &stream_root, Instant::now());
+        let sessions = SessionTable::new(ready.config.sessions.max_sessions);
+        let snapshot = Snapshot::build(ready, None, &stream_root, Instant::now());
         let metrics = Metrics::new();
         metrics.config_generation.set(snapshot.generation as i64);
         State {
@@ -65,13 +65,14 @@ impl State {
         self.snapshot.load_full()
     }
 
-    /// Swaps in a validated config; returns the new generation.
-    pub fn apply(&self, config: Config) -> u64 {
+    /// Swaps in a validated and loaded config; returns the new generation.
+    pub fn apply(&self, ready: LoadedConfig) -> u64 {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let previous = self.snapshot.load_full();
         let resolved = self.resolved();
         let next = Snapshot::build_resolved(
-            config,
+            Arc::new(ready.config),
+            Arc::new(ready.loaded),
             &resolved,
             Some(&previous),
             &self.stream_root,
@@ -101,7 +102,8 @@ impl State {
         }
         let previous = self.snapshot.load_full();
         let next = Snapshot::build_resolved(
-            (*previous.config).clone(),
+            Arc::clone(&previous.config),
+            Arc::clone(&previous.loaded),
             &resolved,
             Some(&previous),
             &self.stream_root,

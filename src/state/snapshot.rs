@@ -1,4 +1,5 @@
-//! One immutable snapshot of the configuration and the pools built from it.
+//! One immutable snapshot of the configuration, what its files held when it was loaded
+//! (certificates, the admin token, seal keys), and the pools built from it.
 //!
 //! A request loads the snapshot once and sees that one config from start to end. Backends are
 //! reused across snapshots by address, so counters, health and pooled connections survive.
@@ -12,7 +13,7 @@ use std::time::Instant;
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Loaded, LoadedConfig};
 use crate::mcp::seal::Sealer;
 use crate::upstream::backend::{Backend, PoolLimits};
 use crate::upstream::balance::{self, Member};
@@ -37,6 +38,8 @@ pub struct Draining {
 pub struct Snapshot {
     pub generation: u64,
     pub config: Arc<Config>,
+    /// What `config`'s files held when it was loaded: certificates, the admin token, seal keys.
+    pub loaded: Arc<Loaded>,
     pub pools: Vec<Pool>,
     /// Indexes into `pools` with their share of new work.
     pub active: Vec<(usize, u32)>,
@@ -50,76 +53,34 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the snapshot for `config`, reusing `previous`'s backends where addresses match.
+    /// Builds the snapshot for `ready`, reusing `previous`'s backends where addresses match.
     pub fn build(
-        config: Config,
+        ready: LoadedConfig,
         previous: Option<&Snapshot>,
         stream_root: &CancellationToken,
         now: Instant,
     ) -> Snapshot {
-        Snapshot::build_resolved(config, &Resolved::default(), previous, stream_root, now)
+        Snapshot::build_resolved(
+            Arc::new(ready.config),
+            Arc::new(ready.loaded),
+            &Resolved::default(),
+            previous,
+            stream_root,
+            now,
+        )
     }
 
     /// Like [`Snapshot::build`], with hostname pool entries expanded to the addresses `resolved`
     /// holds for them (DNS discovery).
     pub fn build_resolved(
-        config: Config,
+        config: Arc<Config>,
+        loaded: Arc<Loaded>,
         resolved: &Resolved,
         previous: Option<&Snapshot>,
         stream_root: &CancellationToken,
         now: Instant,
     ) -> Snapshot {
-        let probing = config.health.probes.is_some();
-        let reuse = |address: &str, discovered: bool| {
-            previous
-                .and_then(|p| p.backends.get(address).cloned())
-                .or_else(|| {
-                    let backend = Backend::new(address, stream_root)?;
-                    // An address DNS reveals to a pool already serving joins once its probes
-                    // pass, not on sight: a pod that resolves is not yet a pod that serves.
-                    // (At the first lookup there is nothing to protect, and waiting would be
-                    // an outage.)
-                    if discovered && probing {
-                        backend.set_healthy(false);
-                    }
-                    Some(backend)
-                })
-        };
-        let mut backends: FxHashMap<Arc<str>, Arc<Backend>> = FxHashMap::default();
-        let mut pools = Vec::with_capacity(config.pools.len());
-        for (name, pool) in &config.pools {
-            let mut members = Vec::with_capacity(pool.backends.len());
-            let pool_was_serving = previous
-                .and_then(|p| p.pools.iter().find(|q| *q.name == *name.as_str()))
-                .is_some_and(|q| !q.members.is_empty());
-            let addresses = pool.backends.iter().flat_map(|b| {
-                crate::upstream::discovery::expand(b, &config.discovery, resolved)
-                    .into_iter()
-                    .map(move |address| {
-                        let discovered = pool_was_serving && address != b.address;
-                        (address, b.weight, discovered)
-                    })
-            });
-            for (address, weight, discovered) in addresses {
-                // Validation guarantees the address parses.
-                let Some(backend) = reuse(&address, discovered) else {
-                    continue;
-                };
-                // A name can resolve to an address also listed as such: one member each.
-                if members
-                    .iter()
-                    .any(|m: &Member| Arc::ptr_eq(&m.backend, &backend))
-                {
-                    continue;
-                }
-                backends.insert(Arc::clone(&backend.address), Arc::clone(&backend));
-                members.push(Member { backend, weight });
-            }
-            pools.push(Pool {
-                name: Arc::from(name.as_str()),
-                members,
-            });
-        }
+        let (pools, backends) = build_pools(&config, resolved, previous, stream_root);
         let active: Vec<(usize, u32)> = config
             .active
             .iter()
@@ -131,12 +92,13 @@ impl Snapshot {
         let active_weight = active.iter().map(|(_, w)| *w).sum();
         let mut snapshot = Snapshot {
             generation: previous.map_or(1, |p| p.generation + 1),
-            sealer: Sealer::from_setting(&config.sessions.seal).map(Arc::new),
+            sealer: Sealer::from_setting(&loaded.seal).map(Arc::new),
             pool_limits: PoolLimits {
                 max_idle: config.upstream.max_idle_per_backend,
                 idle_timeout: config.upstream.idle_timeout,
             },
-            config: Arc::new(config),
+            config,
+            loaded,
             pools,
             active,
             active_weight,
@@ -212,6 +174,7 @@ impl Snapshot {
         let next = Snapshot {
             generation: self.generation,
             config: Arc::clone(&self.config),
+            loaded: Arc::clone(&self.loaded),
             pools: self.pools.clone(),
             active: self.active.clone(),
             active_weight: self.active_weight,
@@ -347,17 +310,79 @@ impl Snapshot {
     }
 }
 
+/// The pools of `config` with their members, and every configured backend by address: reused from
+/// `previous` where the address matches, so counters, health and pooled connections carry over.
+fn build_pools(
+    config: &Config,
+    resolved: &Resolved,
+    previous: Option<&Snapshot>,
+    stream_root: &CancellationToken,
+) -> (Vec<Pool>, FxHashMap<Arc<str>, Arc<Backend>>) {
+    let probing = config.health.probes.is_some();
+    let reuse = |address: &str, discovered: bool| {
+        previous
+            .and_then(|p| p.backends.get(address).cloned())
+            .or_else(|| {
+                let backend = Backend::new(address, stream_root)?;
+                // An address DNS reveals to a pool already serving joins once its probes
+                // pass, not on sight: a pod that resolves is not yet a pod that serves.
+                // (At the first lookup there is nothing to protect, and waiting would be
+                // an outage.)
+                if discovered && probing {
+                    backend.set_healthy(false);
+                }
+                Some(backend)
+            })
+    };
+    let mut backends: FxHashMap<Arc<str>, Arc<Backend>> = FxHashMap::default();
+    let mut pools = Vec::with_capacity(config.pools.len());
+    for (name, pool) in &config.pools {
+        let mut members = Vec::with_capacity(pool.backends.len());
+        let pool_was_serving = previous
+            .and_then(|p| p.pools.iter().find(|q| *q.name == *name.as_str()))
+            .is_some_and(|q| !q.members.is_empty());
+        let addresses = pool.backends.iter().flat_map(|b| {
+            crate::upstream::discovery::expand(b, &config.discovery, resolved)
+                .into_iter()
+                .map(move |address| {
+                    let discovered = pool_was_serving && address != b.address;
+                    (address, b.weight, discovered)
+                })
+        });
+        for (address, weight, discovered) in addresses {
+            // Validation guarantees the address parses.
+            let Some(backend) = reuse(&address, discovered) else {
+                continue;
+            };
+            // A name can resolve to an address also listed as such: one member each.
+            if members
+                .iter()
+                .any(|m: &Member| Arc::ptr_eq(&m.backend, &backend))
+            {
+                continue;
+            }
+            backends.insert(Arc::clone(&backend.address), Arc::clone(&backend));
+            members.push(Member { backend, weight });
+        }
+        pools.push(Pool {
+            name: Arc::from(name.as_str()),
+            members,
+        });
+    }
+    (pools, backends)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use std::path::Path;
 
-    fn config(blue: &str, green: &str, active: &str) -> Config {
+    fn config(blue: &str, green: &str, active: &str) -> LoadedConfig {
         let text = format!(
             "[[listener]]\nbind = \"127.0.0.1:0\"\n[pools.blue]\nbackends = [{blue}]\n[pools.green]\nbackends = [{green}]\n[routing]\nactive = \"{active}\"\n"
         );
-        Config::parse(&text, Path::new("t.toml")).unwrap()
+        LoadedConfig::from_config(Config::parse(&text, Path::new("t.toml")).unwrap()).unwrap()
     }
 
     #[test]

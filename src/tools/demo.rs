@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, LoadedConfig};
 use crate::control::server::Proxy;
 use crate::tools::backend::{self, BackendArgs};
 
@@ -96,8 +96,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), Demo
         path: config_path.clone(),
         source,
     })?;
-    let config = Config::parse(&text, &config_path)?;
-    let proxy = Proxy::start(config, shutdown.clone()).await?;
+    let ready = LoadedConfig::from_config(Config::parse(&text, &config_path)?)?;
+    let proxy = Proxy::start_loaded(ready, shutdown.clone()).await?;
     let listeners = proxy.listeners().to_vec();
     let admin = proxy.admin().unwrap_or(admin);
     println!(

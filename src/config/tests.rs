@@ -1,0 +1,379 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+use super::*;
+
+const MINIMAL: &str = r#"
+[[listener]]
+bind = "127.0.0.1:8080"
+
+[pools.blue]
+backends = ["127.0.0.1:3001", "127.0.0.1:3002", { address = "127.0.0.1:3003", weight = 2 }]
+
+[pools.green]
+backends = ["127.0.0.1:3101"]
+
+[routing]
+active = "blue"
+"#;
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(text, Path::new("t.toml")).map_err(|e| e.to_string())
+}
+
+/// Parses, validates and loads the files, as a start or a reload does.
+fn load(text: &str) -> Result<LoadedConfig, String> {
+    load_at(text, Path::new("t.toml"))
+}
+
+fn load_at(text: &str, source: &Path) -> Result<LoadedConfig, String> {
+    let config = Config::parse(text, source).map_err(|e| e.to_string())?;
+    LoadedConfig::from_config(config).map_err(|e| e.to_string())
+}
+
+#[test]
+fn minimal_shape_parses_with_defaults() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.pools["blue"].backends.len(), 3);
+    assert_eq!(config.pools["blue"].backends[2].weight, 2);
+    assert_eq!(config.active, vec![("blue".to_string(), 1)]);
+    assert_eq!(config.timeouts.sse_keepalive, Some(Duration::from_secs(15)));
+}
+
+#[test]
+fn unknown_key_names_line_and_column() {
+    let text = MINIMAL.replace("active = \"blue\"", "active = \"blue\"\nactiv = 1");
+    let err = parse(&text).unwrap_err();
+    assert!(err.starts_with("t.toml:13:1: "), "{err}");
+    assert!(err.contains("activ"), "{err}");
+}
+
+#[test]
+fn unknown_active_pool_is_refused_at_its_place() {
+    let err = parse(&MINIMAL.replace("active = \"blue\"", "active = \"purple\"")).unwrap_err();
+    assert!(err.starts_with("t.toml:12:10: "), "{err}");
+    assert!(err.contains("`purple`"), "{err}");
+}
+
+#[test]
+fn durations_and_bad_durations() {
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert!(parse_duration("30").is_err());
+    assert!(parse_duration("3 s").is_err());
+    let text = format!("{MINIMAL}\n[timeouts]\nconnect = \"soon\"\n");
+    let err = parse(&text).unwrap_err();
+    assert!(err.starts_with("t.toml:15:11: "), "{err}");
+}
+
+#[test]
+fn zero_keepalive_turns_it_off() {
+    let config = parse(&format!("{MINIMAL}\n[timeouts]\nsse_keepalive = \"0s\"\n")).unwrap();
+    assert_eq!(config.timeouts.sse_keepalive, None);
+}
+
+#[test]
+fn canary_split_and_trusted_proxies() {
+    let text = MINIMAL.replace(
+        "active = \"blue\"",
+        "active = { blue = 90, green = 10 }\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]",
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        config.active,
+        vec![("blue".into(), 90), ("green".into(), 10)]
+    );
+    assert!(config.trusted_proxies[0].contains("10.1.2.3".parse().unwrap()));
+    assert!(!config.trusted_proxies[0].contains("11.1.2.3".parse().unwrap()));
+    assert!(config.trusted_proxies[1].contains("::1".parse().unwrap()));
+}
+
+#[test]
+fn bad_backends_are_refused() {
+    for (bad, why) in [
+        ("\"127.0.0.1\"", "needs a port"),
+        ("{ address = \"127.0.0.1:1\", weight = 0 }", "weight"),
+        ("\"127.0.0.1:3101\", \"127.0.0.1:3101\"", "twice"),
+    ] {
+        let text = MINIMAL.replace("[\"127.0.0.1:3101\"]", &format!("[{bad}]"));
+        let err = parse(&text).unwrap_err();
+        assert!(err.contains(why), "{bad}: {err}");
+        assert!(err.starts_with("t.toml:9:"), "{err}");
+    }
+}
+
+#[test]
+fn health_defaults_probes_only_with_a_health_table() {
+    let config = parse(MINIMAL).unwrap();
+    assert!(config.health.probes.is_none());
+    assert_eq!(config.health.max_fails, 3);
+    assert!(!config.health.fail_open);
+    let config = parse(&format!("{MINIMAL}\n[health]\n")).unwrap();
+    let probes = config.health.probes.unwrap();
+    assert_eq!(probes.path, "/healthz");
+    assert_eq!(probes.interval, Duration::from_secs(5));
+    assert_eq!(probes.jitter, Duration::from_millis(500));
+    assert_eq!((probes.rise, probes.fall), (2, 3));
+    assert_eq!(probes.expect_status, (200, 399));
+    let off = parse(&format!("{MINIMAL}\n[health]\ninterval = \"0s\"\n")).unwrap();
+    assert!(off.health.probes.is_none());
+}
+
+#[test]
+fn bad_health_settings_are_refused_at_their_place() {
+    for (bad, why) in [
+        ("expect_status = \"399-200\"", "range of statuses"),
+        ("expect_status = \"ok\"", "range of statuses"),
+        ("rise = 0", "rise must be"),
+        ("path = \"healthz\"", "not a path"),
+        ("timeout = \"0s\"", "above 0"),
+        ("fail_open = 1", "invalid type"),
+    ] {
+        let err = parse(&format!("{MINIMAL}\n[health]\n{bad}\n")).unwrap_err();
+        assert!(err.contains(why), "{bad}: {err}");
+        assert!(err.starts_with("t.toml:15:"), "{bad}: {err}");
+    }
+    assert_eq!(values::parse_status_range("204"), Ok((204, 204)));
+}
+
+#[test]
+fn sealing_defaults_off_and_reads_keys() {
+    use crate::mcp::seal::{SealKey, SealSetting};
+    assert_eq!(load(MINIMAL).unwrap().loaded.seal, SealSetting::Off);
+    let with = |extra: &str| load(&format!("{MINIMAL}\n[sessions]\n{extra}\n"));
+    assert_eq!(
+        with("seal = true").unwrap().loaded.seal,
+        SealSetting::Ephemeral
+    );
+    let dir = std::env::temp_dir().join(format!("switchyard-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("seal.keys");
+    let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    std::fs::write(&file, format!("# new first\n{key}\n\n{key}\n")).unwrap();
+    let config = with(&format!("seal_keys_file = \"{}\"", file.display())).unwrap();
+    assert_eq!(
+        config.loaded.seal,
+        SealSetting::Keys(vec![SealKey([1; 32]), SealKey([1; 32])])
+    );
+    let off = with(&format!(
+        "seal = false\nseal_keys_file = \"{}\"",
+        file.display()
+    ));
+    assert_eq!(off.unwrap().loaded.seal, SealSetting::Off);
+
+    std::fs::write(&file, format!("{key}\nshort\n")).unwrap();
+    let err = with(&format!("seal_keys_file = \"{}\"", file.display())).unwrap_err();
+    assert!(err.starts_with("t.toml:15:18: "), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+    let err = with("seal_keys_file = \"/nonexistent/seal.keys\"").unwrap_err();
+    assert!(err.contains("cannot read key file"), "{err}");
+    let err = with("seal_keys_env = \"SWITCHYARD_TEST_SURELY_UNSET\"").unwrap_err();
+    assert!(err.contains("is not set"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn discovery_settings_and_hostname_entries() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.discovery.interval, Some(Duration::from_secs(10)));
+    assert_eq!(config.discovery.resolver, None);
+    let text = format!("{MINIMAL}\n[discovery]\ninterval = \"0s\"\nresolver = \"10.0.0.53\"\n");
+    let config = parse(&text).unwrap();
+    assert_eq!(config.discovery.interval, None);
+    assert_eq!(
+        config.discovery.resolver,
+        Some("10.0.0.53:53".parse().unwrap())
+    );
+    let err = parse(&format!("{MINIMAL}\n[discovery]\nresolver = \"dns\"\n")).unwrap_err();
+    assert!(err.starts_with("t.toml:15:12: "), "{err}");
+    let entry = |address: &str| BackendConfig {
+        address: address.into(),
+        weight: 1,
+    };
+    assert_eq!(
+        entry("fleet.internal:3000").hostname(),
+        Some(("fleet.internal", 3000))
+    );
+    assert_eq!(entry("10.0.0.1:3000").hostname(), None);
+    assert_eq!(entry("[::1]:3000").hostname(), None);
+    assert_eq!(entry("https://api.example.com:443").hostname(), None);
+}
+
+#[test]
+fn syntax_error_and_missing_sections() {
+    assert!(parse("[[listener]\n").unwrap_err().starts_with("t.toml:1:"));
+    assert!(parse("").unwrap_err().contains("no [[listener]]"));
+}
+
+fn with_admin(admin: &str) -> String {
+    format!("{MINIMAL}\n[admin]\n{admin}\n")
+}
+
+#[test]
+fn admin_off_loopback_needs_a_token_file() {
+    assert!(parse(&with_admin("bind = \"127.0.0.1:9901\"")).is_ok());
+    assert!(parse(&with_admin("bind = \"[::1]:9901\"")).is_ok());
+    let err = parse(&with_admin("bind = \"0.0.0.0:9901\"")).unwrap_err();
+    assert!(err.starts_with("t.toml:15:8: "), "{err}");
+    assert!(err.contains("token_file"), "{err}");
+}
+
+#[test]
+fn admin_token_is_read_relative_to_the_config_and_never_printed() {
+    let dir = std::env::temp_dir().join(format!("switchyard-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("token"), "  s3cret-token-0123456789\n").unwrap();
+    std::fs::write(dir.join("short"), "abc\n").unwrap();
+    let source = dir.join("switchyard.toml");
+    let text = with_admin("bind = \"0.0.0.0:9901\"\ntoken_file = \"token\"");
+    let config = load_at(&text, &source).unwrap();
+    let token = config.loaded.admin_token.as_ref().unwrap();
+    assert!(token.matches(b"s3cret-token-0123456789"));
+    assert!(!token.matches(b"s3cret-token-012345678"));
+    assert!(!token.matches(b"s3cret-token-0123456780"));
+    assert!(!format!("{config:?}").contains("s3cret"));
+    assert_eq!(token.authorization(), "Bearer s3cret-token-0123456789");
+    let short = with_admin("bind = \"0.0.0.0:9901\"\ntoken_file = \"short\"");
+    let err = load_at(&short, &source).unwrap_err();
+    assert!(err.contains("at least 16"), "{err}");
+    let missing = with_admin("bind = \"127.0.0.1:9901\"\ntoken_file = \"nope\"");
+    let err = load_at(&missing, &source).unwrap_err();
+    assert!(
+        err.contains(":16:14: cannot read admin token file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn log_level_is_validated() {
+    assert_eq!(parse(MINIMAL).unwrap().log.level, "info");
+    let text = format!("{MINIMAL}\n[log]\nlevel = \"warn,switchyard=debug\"\n");
+    assert_eq!(parse(&text).unwrap().log.level, "warn,switchyard=debug");
+    for bad in ["inof", "info,switchyard=loud", "info,["] {
+        let err = parse(&format!("{MINIMAL}\n[log]\nlevel = \"{bad}\"\n")).unwrap_err();
+        assert!(err.starts_with("t.toml:15:9: "), "{bad}: {err}");
+    }
+}
+
+/// Every file-naming setting at once, none of whose files exist.
+fn naming_files(dir: &str) -> String {
+    let config = MINIMAL.replace(
+        "bind = \"127.0.0.1:8080\"",
+        &format!(
+            "bind = \"127.0.0.1:8080\"\ntls = {{ cert = \"{dir}/a.pem\", key = \"{dir}/a.key\" }}"
+        ),
+    );
+    format!(
+        "{config}\n[admin]\nbind = \"127.0.0.1:9901\"\ntoken_file = \"{dir}/token\"\n\
+         \n[upstream]\nca = \"{dir}/ca.pem\"\n\n[sessions]\nseal_keys_file = \"{dir}/seal.keys\"\n"
+    )
+}
+
+#[test]
+fn the_same_text_gives_equal_configs() {
+    assert_eq!(parse(MINIMAL).unwrap(), parse(MINIMAL).unwrap());
+    // Validation reads no file, so a config naming missing ones still validates, and equally.
+    let text = naming_files("/nonexistent");
+    let config = parse(&text).unwrap();
+    assert_eq!(config, parse(&text).unwrap());
+    assert_eq!(config.clone(), config);
+    let other = parse(&MINIMAL.replace("weight = 2", "weight = 3")).unwrap();
+    assert_ne!(parse(MINIMAL).unwrap(), other);
+    let elsewhere = Config::parse(MINIMAL, Path::new("other/t.toml")).unwrap();
+    assert_ne!(parse(MINIMAL).unwrap(), elsewhere);
+}
+
+#[test]
+fn file_references_keep_their_path_and_place() {
+    let config = Config::parse(&naming_files("certs"), Path::new("conf/t.toml")).unwrap();
+    let tls = config.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.pairs[0].pair.cert, Path::new("conf/certs/a.pem"));
+    assert_eq!(
+        tls.pairs[0].at,
+        Place {
+            line: 4,
+            column: 16
+        }
+    );
+    let token = config.admin.as_ref().unwrap().token_file.as_ref().unwrap();
+    assert_eq!(token.path, Path::new("conf/certs/token"));
+    assert_eq!(
+        token.at,
+        Place {
+            line: 17,
+            column: 14
+        }
+    );
+    let ca = config.upstream.tls.as_ref().unwrap().ca.as_ref().unwrap();
+    assert_eq!(
+        ca.at,
+        Place {
+            line: 20,
+            column: 6
+        }
+    );
+    let SealConfig::KeysFile(keys) = &config.sessions.seal else {
+        panic!("{:?}", config.sessions.seal);
+    };
+    assert_eq!(
+        keys.at,
+        Place {
+            line: 23,
+            column: 18
+        }
+    );
+}
+
+#[test]
+fn loading_errors_keep_file_line_and_column() {
+    let text = naming_files("/nonexistent");
+    let err = load(&text).unwrap_err();
+    assert!(
+        err.starts_with("t.toml:4:16: `/nonexistent/a.pem`: cannot read certificate"),
+        "{err}"
+    );
+    let no_tls = text.replace(
+        "tls = { cert = \"/nonexistent/a.pem\", key = \"/nonexistent/a.key\" }",
+        "",
+    );
+    let err = load(&no_tls).unwrap_err();
+    assert!(
+        err.starts_with("t.toml:17:14: cannot read admin token file `/nonexistent/token`"),
+        "{err}"
+    );
+    let no_token = no_tls.replace("token_file = \"/nonexistent/token\"", "");
+    let err = load(&no_token).unwrap_err();
+    assert!(
+        err.starts_with("t.toml:20:6: `/nonexistent/ca.pem`: cannot read certificate"),
+        "{err}"
+    );
+    let no_ca = no_token.replace("ca = \"/nonexistent/ca.pem\"", "");
+    let err = load(&no_ca).unwrap_err();
+    assert!(
+        err.starts_with("t.toml:23:18: cannot read key file /nonexistent/seal.keys"),
+        "{err}"
+    );
+    let env = no_ca.replace(
+        "seal_keys_file = \"/nonexistent/seal.keys\"",
+        "seal_keys_env = \"SWITCHYARD_TEST_SURELY_UNSET\"",
+    );
+    let err = load(&env).unwrap_err();
+    assert_eq!(
+        err,
+        "t.toml:23:17: environment variable `SWITCHYARD_TEST_SURELY_UNSET` is not set"
+    );
+}
+
+#[test]
+fn an_extra_certificate_is_refused_at_its_entry() {
+    let text = MINIMAL.replace(
+        "bind = \"127.0.0.1:8080\"",
+        "bind = \"127.0.0.1:8080\"\n\
+         tls = { certificates = [{ cert = \"/nonexistent/b.pem\", key = \"/nonexistent/b.key\" }] }",
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.listeners[0].tls.as_ref().unwrap().pairs.len(), 1);
+    let err = load(&text).unwrap_err();
+    assert!(
+        err.starts_with("t.toml:4:25: `/nonexistent/b.pem`: cannot read certificate"),
+        "{err}"
+    );
+}
