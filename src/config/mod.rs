@@ -1196,7 +1196,6 @@ impl fmt::Display for Cidr {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     const MINIMAL: &str = r#"

@@ -349,7 +349,6 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use std::path::Path;
 
