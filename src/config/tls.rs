@@ -197,7 +197,6 @@ impl ResolvesServerCert for SniResolver {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]

@@ -321,7 +321,6 @@ fn error(status: StatusCode, message: &str) -> Response<ResponseBody> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]

@@ -64,7 +64,6 @@ pub fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &s
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use http::HeaderValue;
 

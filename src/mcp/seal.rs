@@ -291,7 +291,6 @@ pub fn with_session_id(url: &str, id: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn key(byte: u8) -> SealKey {

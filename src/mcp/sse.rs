@@ -149,7 +149,6 @@ fn parse_event(block: &str) -> Option<(&str, String)> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]

@@ -7,6 +7,6 @@ pub mod headers;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod request;
-pub mod serve;
 pub mod respond;
+pub mod serve;
 pub mod websocket;

@@ -89,7 +89,6 @@ fn client_address(header: &[u8]) -> Result<Option<SocketAddr>, ProxyHeaderError>
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     async fn read(bytes: &[u8]) -> (Result<Option<SocketAddr>, ProxyHeaderError>, Vec<u8>) {

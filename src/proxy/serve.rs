@@ -58,7 +58,6 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-
 pub type SharedBuilder = Arc<auto::Builder<TokioExecutor>>;
 
 pub async fn serve<IO>(

@@ -374,7 +374,6 @@ fn build_pools(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use std::path::Path;
 

@@ -81,7 +81,6 @@ pub fn pick_least_loaded(members: &[Member], usable: impl Fn(&Backend) -> bool) 
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use crate::mcp::hash::stable_hash;
     use std::net::Ipv4Addr;

@@ -108,7 +108,6 @@ impl Lookup {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn entry(address: &str) -> BackendConfig {

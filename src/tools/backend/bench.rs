@@ -99,7 +99,6 @@ fn internal_error() -> Response<BoxBody<Bytes, Infallible>> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]

@@ -423,7 +423,6 @@ async fn join_all(tasks: Vec<tokio::task::JoinHandle<ConnStats>>) -> Vec<ConnSta
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::post::json_body;
     use super::*;
 

@@ -1,8 +1,5 @@
 //! TLS termination: handshakes against a test CA, SNI, ALPN h2, certificate reload with open
 //! streams, client certificates, redirect listeners, https backends, and config errors.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use support::*;
 use switchyard::config::{Config, LoadedConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;

@@ -1,11 +1,9 @@
 //! Test fixtures: real sockets on 127.0.0.1:0, a small programmable HTTP backend, the real proxy.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -521,8 +519,6 @@ pub async fn read_events(
     }
     events
 }
-
-pub type Pinned<T> = Pin<Box<T>>;
 
 /// A child process killed when the test ends, pass or fail, so no stray proxy outlives it.
 pub struct KillOnDrop(pub Option<std::process::Child>);

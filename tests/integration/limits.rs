@@ -1,15 +1,12 @@
 //! Hardened listeners: PROXY protocol, slowloris and idle keep-alive, header and body limits, the
 //! connection limit, and HTTP/2 rapid reset.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
 use http::StatusCode;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,8 +1,5 @@
 //! Scale-out: several proxy replicas sharing nothing but config and a sealing key, restarts,
 //! key rotation, forged tokens, and DNS discovery against a nameserver the test controls.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -10,13 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{
+    TestBackend, TestProxy, client, config_for, eventually, get_sse, get_text, session_of,
+};
 use futures_util::StreamExt;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
-use support::{
-    TestBackend, TestProxy, client, config_for, eventually, get_sse, get_text, session_of,
-};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 

@@ -1,14 +1,12 @@
 //! The reference MCP backend, directly and through the proxy to three of them: every transport
 //! with an MCP client, sessions landing on their owner, bad input, draining, bench routes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use rmcp::model::{
     CallToolRequestParams, ClientRequest, NumberOrString, ProgressNotificationParam, ProgressToken,
@@ -18,7 +16,6 @@ use rmcp::service::{NotificationContext, PeerRequestOptions, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
-use support::*;
 use switchyard::tools::backend::{BackendArgs, run};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;

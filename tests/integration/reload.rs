@@ -1,7 +1,4 @@
 //! Hot reload, blue/green cutover, drain, and graceful shutdown.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -9,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use futures_util::StreamExt;
-use support::*;
 
 fn owner_of(session: &str) -> &str {
     session.split('-').next().unwrap()

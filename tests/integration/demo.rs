@@ -1,18 +1,15 @@
 //! `switchyard demo` as a user runs it: a child process that starts the fleet and the proxy,
 //! serves MCP sessions (over HTTPS too, when the build has TLS listeners), and stops on a signal.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::*;
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use support::*;
 
 struct RunningDemo {
     child: KillOnDrop,

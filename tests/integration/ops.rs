@@ -1,8 +1,5 @@
 //! Operating the proxy: Prometheus metrics, JSON access logs, the admin API and its token,
 //! drain/undrain by API, and the configs shipped for Docker and Kubernetes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -10,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const TOKEN: &str = "ops-test-token-0123456789abcdef";
 

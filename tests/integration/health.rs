@@ -1,15 +1,12 @@
 //! Upstream health end to end: probes, passive ejection, readiness, streams of dying backends.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use futures_util::StreamExt;
-use support::*;
 use switchyard::upstream::backend::Backend;
 use tokio::io::AsyncReadExt;
 

@@ -1,5 +1,4 @@
 //! The `switchyard` binary's commands, run as a user would run them.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
 

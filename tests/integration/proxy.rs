@@ -1,14 +1,11 @@
 //! The proxy end to end: real proxy, real backends, real sockets on 127.0.0.1:0.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::*;
 use futures_util::StreamExt;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn three_backends() -> (TestBackend, TestBackend, TestBackend) {

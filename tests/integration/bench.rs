@@ -1,5 +1,4 @@
 //! The benchmark routes of the reference backend and `switchyard loadgen` against them.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

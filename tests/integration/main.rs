@@ -1,0 +1,18 @@
+//! The integration tests, one binary: the real proxy and real backends on 127.0.0.1:0, and the
+//! `switchyard` binary run as a user runs it. One module per area; fixtures in `support`.
+#![cfg(test)]
+
+mod support;
+
+mod architecture;
+mod backend;
+mod bench;
+mod cli;
+mod demo;
+mod health;
+mod limits;
+mod ops;
+mod proxy;
+mod reload;
+mod scale;
+mod tls;
