@@ -1,0 +1,115 @@
+//! The proxy's Prometheus/OpenMetrics exposition: it parses, its counters move with traffic,
+//! and a backend removed by a reload leaves no stale series behind.
+
+use std::time::Duration;
+
+use super::{call, initialize, scrape, total};
+use crate::support::*;
+
+#[tokio::test]
+async fn metrics_parse_and_move_with_traffic() {
+    let a = TestBackend::start("b1").await;
+    let proxy = TestProxy::start(&config_for(&[("blue", &[&a])], "\"blue\"", "")).await;
+    let backend = a.address.to_string();
+    let before = scrape(&proxy).await;
+    let message = [("class", "message"), ("status", "200"), ("pool", "blue")];
+    assert_eq!(total(&before, "switchyard_requests_total", &message), 0.0);
+    assert_eq!(total(&before, "switchyard_config_generation", &[]), 1.0);
+    let labels = [("pool", "blue"), ("backend", backend.as_str())];
+    assert_eq!(total(&before, "switchyard_backend_healthy", &labels), 1.0);
+
+    let session = initialize(&proxy).await;
+    for _ in 0..3 {
+        assert_eq!(call(&proxy, &session).await.0, 200);
+    }
+    assert_eq!(call(&proxy, "nobody").await.0, 404);
+    let stream = get_sse(&client(), &proxy.url("/ticks?count=2&every_ms=10")).await;
+    assert_eq!(stream.text().await.unwrap().matches("data:").count(), 2);
+
+    let after = eventually(
+        // The stream's connection goes back to the pool just after its last byte.
+        "the stream finished and its connection is idle",
+        Duration::from_secs(5),
+        async || {
+            let samples = scrape(&proxy).await;
+            let streams = total(
+                &samples,
+                "switchyard_stream_duration_seconds_count",
+                &[("class", "sse")],
+            );
+            let idle = total(&samples, "switchyard_backend_idle_connections", &labels);
+            (streams == 1.0 && idle >= 1.0).then_some(samples)
+        },
+    )
+    .await;
+    assert_eq!(total(&after, "switchyard_requests_total", &message), 4.0);
+    assert_eq!(
+        total(
+            &after,
+            "switchyard_requests_total",
+            &[("class", "message"), ("status", "404")]
+        ),
+        1.0
+    );
+    assert_eq!(total(&after, "switchyard_sessions_learned_total", &[]), 1.0);
+    assert_eq!(total(&after, "switchyard_sessions_tracked", &[]), 1.0);
+    assert_eq!(total(&after, "switchyard_sessions_lost_total", &[]), 1.0);
+    assert_eq!(total(&after, "switchyard_backend_sessions", &labels), 1.0);
+    assert_eq!(
+        total(
+            &after,
+            "switchyard_upstream_response_seconds_count",
+            &labels
+        ),
+        5.0
+    );
+    assert!(total(&after, "switchyard_bytes_in_total", &[]) > 0.0);
+    assert!(total(&after, "switchyard_bytes_out_total", &[]) > 0.0);
+    assert_eq!(total(&after, "switchyard_backend_in_flight", &labels), 0.0);
+}
+
+#[tokio::test]
+async fn removed_backends_leave_no_stale_series() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let drain = "[timeouts]\ndrain = \"200ms\"\n";
+    let proxy = TestProxy::start(&config_for(&[("blue", &[&a, &b])], "\"blue\"", drain)).await;
+    let b_labels = [("backend", &*b.address.to_string())];
+    let samples = scrape(&proxy).await;
+    assert_eq!(
+        total(
+            &samples,
+            "switchyard_backend_draining",
+            &[("pool", "blue"), b_labels[0]]
+        ),
+        0.0
+    );
+    assert_eq!(
+        total(&samples, "switchyard_backend_healthy", &b_labels),
+        1.0
+    );
+
+    proxy
+        .reload(&config_for(&[("blue", &[&a])], "\"blue\"", drain))
+        .unwrap();
+    let samples = scrape(&proxy).await;
+    assert_eq!(total(&samples, "switchyard_config_generation", &[]), 2.0);
+    let removed = [("pool", "(removed)"), b_labels[0]];
+    assert_eq!(
+        total(&samples, "switchyard_backend_draining", &removed),
+        1.0
+    );
+    eventually(
+        "the removed backend's series go away",
+        Duration::from_secs(5),
+        async || {
+            let samples = scrape(&proxy).await;
+            let left = samples
+                .iter()
+                .filter(|s| s.name.starts_with("switchyard_backend_"))
+                .any(|s| s.labels.get("backend") == Some(&b.address.to_string()));
+            (!left).then_some(())
+        },
+    )
+    .await;
+}
