@@ -121,6 +121,9 @@ pub struct AdminConfig {
     pub bind: SocketAddr,
     /// The bearer token every admin request but `/healthz` and `/readyz` needs, when set.
     pub token_file: Option<FileRef>,
+    /// Admin connections at once, apart from the client listeners' `max_connections`, so that
+    /// neither can use up the other's file descriptors.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +200,9 @@ pub struct Timeouts {
     pub stream_idle: Option<Duration>,
     pub sse_keepalive: Option<Duration>,
     pub drain: Duration,
+    /// Longest silence between two reads of a client's request body (nginx
+    /// `client_body_timeout`); `None`: no limit.
+    pub client_body: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

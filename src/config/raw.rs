@@ -82,6 +82,7 @@ pub(super) struct RawCertPair {
 pub(super) struct RawAdmin {
     pub(super) bind: Spanned<String>,
     pub(super) token_file: Option<Spanned<String>>,
+    pub(super) max_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -146,6 +147,7 @@ pub(super) struct RawTimeouts {
     pub(super) stream_idle: RawDuration,
     pub(super) sse_keepalive: RawDuration,
     pub(super) drain: RawDuration,
+    pub(super) client_body: RawDuration,
 }
 
 #[derive(Deserialize, Default)]

@@ -70,6 +70,26 @@ fn zero_keepalive_turns_it_off() {
 }
 
 #[test]
+fn client_body_timeout_defaults_to_a_minute_and_zero_turns_it_off() {
+    let client_body = |line: &str| parse(&format!("{MINIMAL}\n[timeouts]\n{line}\n"));
+    assert_eq!(
+        parse(MINIMAL).unwrap().timeouts.client_body,
+        Some(Duration::from_secs(60))
+    );
+    let config = client_body("client_body = \"5s\"").unwrap();
+    assert_eq!(config.timeouts.client_body, Some(Duration::from_secs(5)));
+    assert_eq!(
+        client_body("client_body = \"0s\"")
+            .unwrap()
+            .timeouts
+            .client_body,
+        None
+    );
+    let err = client_body("client_body = \"60\"").unwrap_err();
+    assert!(err.starts_with("t.toml:15:15: "), "{err}");
+}
+
+#[test]
 fn canary_split_and_trusted_proxies() {
     let text = MINIMAL.replace(
         "active = \"blue\"",
@@ -213,6 +233,18 @@ fn admin_off_loopback_needs_a_token_file() {
     let err = parse(&with_admin("bind = \"0.0.0.0:9901\"")).unwrap_err();
     assert!(err.starts_with("t.toml:15:8: "), "{err}");
     assert!(err.contains("token_file"), "{err}");
+}
+
+#[test]
+fn admin_connection_cap_has_a_small_default_and_a_range() {
+    let admin = |text: &str| parse(&with_admin(text));
+    let config = admin("bind = \"127.0.0.1:9901\"").unwrap();
+    assert_eq!(config.admin.unwrap().max_connections, 64);
+    let config = admin("bind = \"127.0.0.1:9901\"\nmax_connections = 8").unwrap();
+    assert_eq!(config.admin.unwrap().max_connections, 8);
+    let err = admin("bind = \"127.0.0.1:9901\"\nmax_connections = 0").unwrap_err();
+    assert!(err.starts_with("t.toml:16:19: "), "{err}");
+    assert!(err.contains("1..=65536"), "{err}");
 }
 
 #[test]

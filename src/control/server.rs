@@ -57,6 +57,8 @@ impl Proxy {
             .collect::<Result<Vec<_>, _>>()?;
         let admin = config.admin.as_ref().map(|a| bind(a.bind)).transpose()?;
         let max_connections = config.limits.max_connections;
+        let admin_cap = config.admin.as_ref().map_or(0, |a| a.max_connections);
+        crate::control::open_files::raise_and_log(max_connections, admin_cap);
         let state = Arc::new(State::new(ready));
         let background = CancellationToken::new();
         // Before accepting: hostname pools must have their addresses when the first request comes.
@@ -78,7 +80,8 @@ impl Proxy {
                 shutdown.clone(),
             ));
         }
-        let admin_address = admin.and_then(|listener| spawn_admin(listener, &state, &background));
+        let admin_address =
+            admin.and_then(|listener| spawn_admin(listener, admin_cap, &state, &background));
         spawn_background(&state, &background);
         for address in &addresses {
             tracing::info!(%address, "listening");
@@ -131,6 +134,7 @@ impl Proxy {
 /// Serves the admin API on `listener` until `stop`; returns the address it is bound to.
 fn spawn_admin(
     listener: tokio::net::TcpListener,
+    max_connections: usize,
     state: &Arc<State>,
     stop: &CancellationToken,
 ) -> Option<SocketAddr> {
@@ -140,6 +144,7 @@ fn spawn_admin(
     }
     tokio::spawn(crate::control::admin::serve(
         listener,
+        max_connections,
         Arc::clone(state),
         stop.clone(),
     ));

@@ -19,7 +19,7 @@ use crate::mcp::seal::{Opened, Unsealed, unseal_request};
 use crate::mcp::session::{session_id, session_tag};
 use crate::state::{Snapshot, State};
 use crate::upstream::backend::{Backend, Exchange, InFlightGuard, UpstreamError};
-use crate::upstream::body::{BodyError, RequestBody};
+use crate::upstream::body::{BodyError, BodyLimits, RequestBody};
 
 use super::body::ResponseBody;
 use super::error::ProxyError;
@@ -113,7 +113,11 @@ async fn proxy(
     let client_upgrade =
         (meta.class == RouteClass::WebSocket).then(|| hyper::upgrade::on(&mut request));
     let bytes_in = state.metrics.bytes_in.clone();
-    let outgoing = upstream_request(request, conn, client_ip, config, body_limit, bytes_in);
+    let limits = BodyLimits {
+        max: body_limit,
+        idle: config.timeouts.client_body,
+    };
+    let outgoing = upstream_request(request, conn, client_ip, config, limits, bytes_in);
     let (guard, exchange) = send_with_retry(state, snapshot, &route, outgoing).await?;
     Ok(respond::shape(
         state,
@@ -263,6 +267,11 @@ fn note_send_failure(
     backend: &Arc<Backend>,
     error: &UpstreamError,
 ) {
+    // A client whose body broke a limit or stalled: its own 413 or 408, no backend's failure.
+    if let Some(cause) = error.client_body_error() {
+        tracing::debug!(backend = %backend.address, %cause, "request abandoned: the client's body failed");
+        return;
+    }
     tracing::warn!(backend = %backend.address, %error, "upstream request failed");
     state
         .metrics
@@ -281,11 +290,12 @@ fn note_send_failure(
 }
 
 impl From<UpstreamError> for ProxyError {
-    /// A client body that broke the size limit mid-stream is the client's `413`, not the
-    /// backend's failure.
+    /// A client body that broke the size limit mid-stream is the client's `413`, one that went
+    /// quiet its `408`: not the backend's failure.
     fn from(error: UpstreamError) -> ProxyError {
         match error.client_body_error() {
             Some(BodyError::TooLarge { limit }) => ProxyError::BodyTooLarge { limit: *limit },
+            Some(BodyError::Idle { timeout }) => ProxyError::BodyTimeout { timeout: *timeout },
             _ => ProxyError::Upstream(error),
         }
     }
