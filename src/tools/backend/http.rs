@@ -172,8 +172,9 @@ async fn validated_message(
 
 /// The SDK answers a session `DELETE` with `202 Accepted`. The Python SDK (2.3.0) takes only 200
 /// or 204 as success and logs `Session termination failed: 202` on every close; the TypeScript
-/// SDK (1.x) takes any 2xx. `204 No Content` satisfies both and says what happened: the session
-/// is gone and there is nothing to send back. Other answers (404, 400, 405) pass unchanged.
+/// SDK (1.32) takes any 2xx, and 405. `204 No Content` satisfies both and says what happened: the
+/// session is gone and there is nothing to send back. Other answers (404, 400, 405) pass as they
+/// are.
 fn session_ended(response: HttpResponse) -> HttpResponse {
     if response.status() != StatusCode::ACCEPTED {
         return response;

@@ -69,7 +69,8 @@ fn line(mode: &str, elapsed: Duration, total: Option<Duration>, live: &Live, rat
     } else {
         String::new()
     };
-    let total = total.map_or(String::new(), |t| format!("/{}s", t.as_secs()));
+    // Rounded: the ticker starts a moment after the run's clock, so 3 s would floor to 2.
+    let total = total.map_or(String::new(), |t| format!("/{:.0}s", t.as_secs_f64()));
     format!(
         "{mode}  {}s{total}  {} ok  {rate:.0}/s  {} errors{open}",
         elapsed.as_secs(),
@@ -90,7 +91,7 @@ mod tests {
         let text = line(
             "post",
             Duration::from_millis(4200),
-            Some(Duration::from_secs(11)),
+            Some(Duration::from_millis(10_990)),
             &live,
             3086.4,
         );
