@@ -56,8 +56,23 @@ fn unknown_active_pool_is_refused_at_its_place() {
 fn durations_and_bad_durations() {
     assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
     assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-    assert!(parse_duration("30").is_err());
-    assert!(parse_duration("3 s").is_err());
+    assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    // Compound values and days.
+    assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+    assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+    assert_eq!(parse_duration("1h 15m"), Ok(Duration::from_secs(4500)));
+    assert_eq!(
+        parse_duration("30"),
+        Err("`30` needs a unit: write \"30s\", \"30ms\" or \"30m\"".to_string())
+    );
+    assert!(
+        parse_duration("soon")
+            .unwrap_err()
+            .contains("write e.g. \"30s\"")
+    );
+    assert!(parse_duration("").is_err());
+    assert!(parse_duration("-1s").is_err());
     let text = format!("{MINIMAL}\n[timeouts]\nconnect = \"soon\"\n");
     let err = parse(&text).unwrap_err();
     assert!(err.starts_with("t.toml:15:11: "), "{err}");

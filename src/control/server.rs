@@ -16,11 +16,35 @@ pub enum StartError {
     /// A file the config names could not be loaded (`FILE:LINE:COL: message`).
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot listen on {address}: {source}")]
+    /// The OS error is in the message (with what to do about it), not a `source`: a caller that
+    /// prints the chain would repeat it.
+    #[error("{}", bind_failure(*address, error))]
     Bind {
         address: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+/// Why binding `address` failed, and what to do instead: the proxy's listeners and the reference
+/// backend say the same.
+pub fn bind_failure(address: SocketAddr, error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let port = address.port();
+    match error.kind() {
+        ErrorKind::AddrInUse => format!(
+            "cannot listen on {address}: another process already listens there \
+             (`ss -ltnp 'sport = :{port}'` shows which); stop it or choose another port"
+        ),
+        ErrorKind::PermissionDenied => format!(
+            "cannot listen on {address}: permission denied; ports below 1024 need root or \
+             CAP_NET_BIND_SERVICE: choose a port of 1024 or above, or grant the capability"
+        ),
+        ErrorKind::AddrNotAvailable => format!(
+            "cannot listen on {address}: no interface of this machine has that address; \
+             use one of its own addresses, 127.0.0.1, or 0.0.0.0 for all of them"
+        ),
+        _ => format!("cannot listen on {address}: {error}"),
+    }
 }
 
 /// A started proxy. Dropping it does not stop it: cancel the shutdown token, then [`Proxy::wait`].
@@ -48,7 +72,7 @@ impl Proxy {
         let config = &ready.config;
         let bind = |address: SocketAddr| {
             crate::proxy::listener::bind(address)
-                .map_err(|source| StartError::Bind { address, source })
+                .map_err(|error| StartError::Bind { address, error })
         };
         let listeners = config
             .listeners
@@ -68,9 +92,9 @@ impl Proxy {
         let mut addresses = Vec::new();
         let mut accept_loops = JoinSet::new();
         for (index, listener) in listeners.into_iter().enumerate() {
-            addresses.push(listener.local_addr().map_err(|source| StartError::Bind {
+            addresses.push(listener.local_addr().map_err(|error| StartError::Bind {
                 address: SocketAddr::from(([0, 0, 0, 0], 0)),
-                source,
+                error,
             })?);
             accept_loops.spawn(crate::proxy::listener::accept_loop(
                 listener,

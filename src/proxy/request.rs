@@ -313,7 +313,7 @@ fn answer_error(state: &State, meta: &RequestMeta, error: ProxyError) -> Respons
         status = status.as_u16(),
         backend = "",
         pool = "",
-        duration_ms = meta.started.elapsed().as_secs_f64() * 1000.0,
+        duration_us = u64::try_from(meta.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         bytes = 0u64,
         session = meta.session.as_deref().map(session_tag).unwrap_or_default(),
         error = %status.canonical_reason().unwrap_or("error"),
