@@ -51,6 +51,26 @@ pub struct TransitionLabels {
     pub to: &'static str,
 }
 
+/// One MCP call: its method (a known one, `other` or `unknown`) and tool (bounded: see
+/// [`Metrics::tool_label`]), and the HTTP status that answered it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub method: &'static str,
+    pub tool: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolLabels {
+    pub method: &'static str,
+    pub tool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -88,6 +108,12 @@ pub struct Metrics {
     pub health_probes: Family<ProbeLabels, Counter>,
     pub health_transitions: Family<TransitionLabels, Counter>,
     pub ejections: Family<BackendLabels, Counter>,
+    pub mcp_calls: Family<CallLabels, Counter>,
+    pub mcp_call_duration: Family<ToolLabels, Histogram, fn() -> Histogram>,
+    pub policy_denials: Family<ReasonLabels, Counter>,
+    pub jwks_refreshes: Family<OutcomeLabels, Counter>,
+    /// Tool names that have a label of their own, at most the configured number.
+    tools_labelled: std::sync::Mutex<rustc_hash::FxHashSet<Box<str>>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -149,6 +175,11 @@ impl Metrics {
             health_probes: Family::default(),
             health_transitions: Family::default(),
             ejections: Family::default(),
+            mcp_calls: Family::default(),
+            mcp_call_duration: Family::new_with_constructor(latency_histogram),
+            policy_denials: Family::default(),
+            jwks_refreshes: Family::default(),
+            tools_labelled: std::sync::Mutex::default(),
             registry: Registry::default(),
         };
         let r = registry.sub_registry_with_prefix("switchyard");
@@ -319,6 +350,28 @@ impl Metrics {
             "Backends ejected because real traffic failed past health.max_fails",
             m.ejections.clone(),
         );
+        r.register(
+            "mcp_calls",
+            "MCP calls (each element of a batch), by JSON-RPC method, tool and HTTP status; only \
+             with [policy]",
+            m.mcp_calls.clone(),
+        );
+        r.register(
+            "mcp_call_duration_seconds",
+            "Time from an MCP call's request to the end of its response, by method and tool",
+            m.mcp_call_duration.clone(),
+        );
+        r.register(
+            "policy_denials",
+            "Requests refused by [policy], by reason (unauthorized, forbidden, rate_limited, \
+             mismatch, ambiguous)",
+            m.policy_denials.clone(),
+        );
+        r.register(
+            "jwks_refreshes",
+            "Fetches of the token signing keys (JWKS), by outcome (success, failure)",
+            m.jwks_refreshes.clone(),
+        );
         m.start_at_zero();
         Metrics { registry, ..m }
     }
@@ -347,6 +400,23 @@ impl Metrics {
                 let _created = family.get_or_create(&OutcomeLabels { outcome });
             }
         }
+    }
+
+    /// The label of tool `name`: itself while fewer than `max` distinct names have labels (a
+    /// name once labelled keeps its label), else `other`, so clients cannot grow the series.
+    pub fn tool_label(&self, name: &str, max: usize) -> String {
+        let mut labelled = self
+            .tools_labelled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if labelled.contains(name) {
+            return name.to_string();
+        }
+        if labelled.len() < max {
+            labelled.insert(name.into());
+            return name.to_string();
+        }
+        "other".to_string()
     }
 
     /// Held while a scrape rebuilds the per-backend gauges and encodes them.

@@ -3,14 +3,17 @@
 //! picked up by a reload, and a file that went missing refuses the reload like a syntax error
 //! would. Errors point at the place the file was named, as validation errors do.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use jsonwebtoken::jwk::JwkSet;
 
 use crate::mcp::seal::{SealKey, SealSetting};
 
 use super::tls;
-use super::{Config, ConfigError, FileRef, Place, SealConfig, TlsFiles, UpstreamTls};
+use super::{Config, ConfigError, FileRef, JwksSource, Place, SealConfig, TlsFiles, UpstreamTls};
 
 /// What the files of one [`Config`] hold, ready to serve.
 #[derive(Debug, Clone)]
@@ -23,6 +26,8 @@ pub struct Loaded {
     pub admin_token: Option<AdminToken>,
     /// Whether and with which keys session ids are sealed.
     pub seal: SealSetting,
+    /// The key sets `jwks_file` names, by path.
+    pub jwks_files: BTreeMap<PathBuf, Arc<JwkSet>>,
 }
 
 impl Loaded {
@@ -74,7 +79,43 @@ fn read_all(config: &Config) -> Result<Loaded, Failure> {
             .transpose()?,
         upstream_tls: config.upstream.tls.as_ref().map(upstream_tls).transpose()?,
         seal: seal_setting(&config.sessions.seal)?,
+        jwks_files: jwks_files(config)?,
     })
+}
+
+fn jwks_files(config: &Config) -> Result<BTreeMap<PathBuf, Arc<JwkSet>>, Failure> {
+    let files = config
+        .policy
+        .iter()
+        .filter_map(|p| p.auth.as_ref())
+        .filter_map(|a| match &a.jwks {
+            JwksSource::File(file) => Some(file),
+            JwksSource::Url(_) => None,
+        });
+    let mut sets = BTreeMap::new();
+    for file in files {
+        let set = read_jwks(&file.path).map_err(|why| (file.at, why))?;
+        sets.insert(file.path.clone(), Arc::new(set));
+    }
+    Ok(sets)
+}
+
+/// Reads a JWKS file (RFC 7517 `{"keys": [...]}`), as loading and every refresh do.
+pub fn read_jwks(path: &Path) -> Result<JwkSet, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read JWKS file `{shown}`: {e}"))?;
+    parse_jwks(text.as_bytes()).map_err(|why| format!("JWKS file `{shown}`: {why}"))
+}
+
+/// A key set as served or stored: `{"keys": [...]}` with at least one key.
+pub fn parse_jwks(bytes: &[u8]) -> Result<JwkSet, String> {
+    let set: JwkSet = serde_json::from_slice(bytes)
+        .map_err(|e| format!("not a JSON Web Key Set ({{\"keys\": [...]}}): {e}"))?;
+    if set.keys.is_empty() {
+        return Err("holds no key".into());
+    }
+    Ok(set)
 }
 
 /// A loading failure before it is given the config file's name: where, and what.

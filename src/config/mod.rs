@@ -15,6 +15,7 @@
 //! serve; a reload runs all three and changes nothing unless every one succeeds.
 
 mod load;
+mod policy;
 mod raw;
 mod summary;
 pub mod tls;
@@ -30,7 +31,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use load::{AdminToken, Loaded, LoadedConfig, load_files};
+pub use load::{AdminToken, Loaded, LoadedConfig, load_files, parse_jwks, read_jwks};
+pub use policy::{
+    AllowRule, AuthConfig, Grant, JwksSource, JwtAlgorithm, LimitConfig, LimitKey, PolicyConfig,
+    ResourceMetadata,
+};
 
 /// A configuration that passed validation: every pool exists, every address parses. Files it names
 /// are referenced, not read: see [`load_files`].
@@ -53,6 +58,8 @@ pub struct Config {
     pub health: HealthConfig,
     pub log: LogConfig,
     pub discovery: DiscoveryConfig,
+    /// `[policy]`: MCP call metrics, rate limits, authentication; `None`: requests pass blind.
+    pub policy: Option<PolicyConfig>,
 }
 
 /// Where something was written in the config file, 1-based; errors about it point here.

@@ -32,6 +32,7 @@ pub(super) struct RawConfig {
     pub(super) log: RawLog,
     #[serde(default)]
     pub(super) discovery: RawDiscovery,
+    pub(super) policy: Option<super::policy::RawPolicy>,
 }
 
 #[derive(Deserialize, Default)]

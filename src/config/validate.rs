@@ -19,8 +19,8 @@ use super::values::{
 };
 use super::{
     AdminConfig, CertPairRef, Cidr, Config, ConfigError, DiscoveryConfig, FileRef, ListenerConfig,
-    LogConfig, Place, PoolConfig, Redirect, SealConfig, SessionConfig, Timeouts, TlsFiles,
-    UpstreamConfig, UpstreamTls,
+    LogConfig, Place, PolicyConfig, PoolConfig, Redirect, SealConfig, SessionConfig, Timeouts,
+    TlsFiles, UpstreamConfig, UpstreamTls,
 };
 
 pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -125,6 +125,12 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Invalid> {
     let active = validate_active(&routing.active, &pools)?;
     let upstream = validate_upstream(&raw.upstream, &pools, source)?;
     let health = validate_health(raw.health.as_ref())?;
+    let policy = raw
+        .policy
+        .as_ref()
+        .map(|p| super::policy::validate_policy(p, &|path| source.file(path)))
+        .transpose()?;
+    let upstream = with_jwks_tls(upstream, policy.as_ref());
     let trusted_proxies = routing
         .trusted_proxies
         .iter()
@@ -146,7 +152,19 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Invalid> {
         health,
         log,
         discovery: validate_discovery(&raw.discovery)?,
+        policy,
     })
+}
+
+/// A JWKS URL is fetched with the TLS client of `https://` backends: it needs one too.
+fn with_jwks_tls(mut upstream: UpstreamConfig, policy: Option<&PolicyConfig>) -> UpstreamConfig {
+    let fetches = policy
+        .and_then(|p| p.auth.as_ref())
+        .is_some_and(|a| matches!(a.jwks, super::JwksSource::Url(_)));
+    if fetches && upstream.tls.is_none() {
+        upstream.tls = Some(UpstreamTls { ca: None });
+    }
+    upstream
 }
 
 fn validate_discovery(raw: &RawDiscovery) -> Result<DiscoveryConfig, Invalid> {

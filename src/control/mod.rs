@@ -6,5 +6,6 @@ pub mod discovery;
 pub mod health;
 pub mod open_files;
 pub mod periodic;
+pub mod policy;
 pub mod reload;
 pub mod server;

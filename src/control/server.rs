@@ -189,6 +189,10 @@ fn spawn_background(state: &Arc<State>, stop: &CancellationToken) {
         Arc::clone(state),
         stop.clone(),
     ));
+    tokio::spawn(crate::control::policy::upkeep(
+        Arc::clone(state),
+        stop.clone(),
+    ));
 }
 
 /// Periodic upkeep: session expiry and drain deadlines.

@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod hash;
+pub mod identity;
 pub mod seal;
 pub mod session;
 pub mod sse;

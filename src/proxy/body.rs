@@ -36,6 +36,8 @@ pub struct AccessRecord {
     pub started: Instant,
     pub bytes: u64,
     pub stream: bool,
+    /// The request's MCP calls, when `[policy]` watched them.
+    pub mcp: Option<Arc<super::policy::observe::Observed>>,
 }
 
 impl AccessRecord {
@@ -51,6 +53,10 @@ impl AccessRecord {
                 })
                 .observe(elapsed.as_secs_f64());
         }
+        let mcp = self
+            .mcp
+            .as_ref()
+            .map(|o| o.finish(&self.state.metrics, self.status, elapsed));
         tracing::info!(
             target: "access",
             method = %self.method,
@@ -63,6 +69,9 @@ impl AccessRecord {
             bytes = self.bytes,
             session = self.session.as_deref().unwrap_or(""),
             outcome,
+            mcp_method = mcp.as_ref().map(|m| m.method.as_str()),
+            mcp_tool = mcp.as_ref().map(|m| m.tool.as_str()),
+            subject = mcp.as_ref().map(|m| m.subject.as_str()),
         );
     }
 }

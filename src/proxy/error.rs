@@ -21,6 +21,9 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("the proxy is shutting down")]
     ShuttingDown,
+    /// Turned away by `[policy]`: unauthenticated, forbidden, over a limit, or unverifiable.
+    #[error("{0}")]
+    Refused(Box<super::policy::Refusal>),
 }
 
 impl ProxyError {
@@ -34,12 +37,14 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Refused(refusal) => refusal.status,
         }
     }
 
     pub fn into_response(self) -> Response<ResponseBody> {
         let status = self.status();
         let body = match self {
+            ProxyError::Refused(refusal) => return refusal.into_response(),
             // MCP clients re-initialise on 404 with a JSON-RPC error (spec: session management).
             ProxyError::SessionNotFound => {
                 r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#

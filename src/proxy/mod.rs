@@ -6,6 +6,7 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod listener;
+pub mod policy;
 pub mod proxy_protocol;
 pub mod request;
 pub mod respond;

@@ -45,6 +45,8 @@ pub(super) struct RequestMeta {
     pub sealed: Option<(String, Opened)>,
     /// The client named a session whose token does not open: never routed.
     pub forged: bool,
+    /// What `[policy]` learned of the request's MCP calls, for the log and metrics.
+    pub mcp: Option<Arc<super::policy::observe::Observed>>,
 }
 
 impl RequestMeta {
@@ -66,6 +68,7 @@ impl RequestMeta {
             started: Instant::now(),
             sealed,
             forged,
+            mcp: None,
         }
     }
 }
@@ -85,8 +88,8 @@ pub async fn handle(
     mut request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let snapshot = state.snapshot();
-    let meta = RequestMeta::read(&snapshot, &mut request);
-    match proxy(&state, &snapshot, &conn, request, &meta).await {
+    let mut meta = RequestMeta::read(&snapshot, &mut request);
+    match proxy(&state, &snapshot, &conn, request, &mut meta).await {
         Ok(response) => response,
         Err(error) => answer_error(&state, &meta, error),
     }
@@ -97,7 +100,7 @@ async fn proxy(
     snapshot: &Snapshot,
     conn: &ConnInfo,
     mut request: Request<Incoming>,
-    meta: &RequestMeta,
+    meta: &mut RequestMeta,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &snapshot.config;
     // A body announced too large is refused before any backend is involved; one that grows too
@@ -109,6 +112,15 @@ async fn proxy(
         return Err(ProxyError::BodyTooLarge { limit });
     }
     let client_ip = client_ip(conn.peer.ip(), request.headers(), &config.trusted_proxies);
+    let admitted = match &snapshot.policy {
+        Some(policy) => {
+            if let Some(document) = super::policy::metadata_document(policy, &request) {
+                return Ok(document);
+            }
+            Some(admit(state, snapshot, policy, client_ip, meta, &mut request).await?)
+        }
+        None => None,
+    };
     let route = route(state, snapshot, meta, client_ip)?;
     let client_upgrade =
         (meta.class == RouteClass::WebSocket).then(|| hyper::upgrade::on(&mut request));
@@ -117,7 +129,10 @@ async fn proxy(
         max: body_limit,
         idle: config.timeouts.client_body,
     };
-    let outgoing = upstream_request(request, conn, client_ip, config, limits, bytes_in);
+    let mut outgoing = upstream_request(request, conn, client_ip, config, limits, bytes_in);
+    if let Some(admitted) = admitted {
+        admitted.attach(outgoing.body_mut());
+    }
     let (guard, exchange) = send_with_retry(state, snapshot, &route, outgoing).await?;
     Ok(respond::shape(
         state,
@@ -127,6 +142,28 @@ async fn proxy(
         exchange,
         client_upgrade,
     ))
+}
+
+/// Phase 1b, with `[policy]` only: authenticate, learn the calls, apply allow-lists and limits.
+async fn admit(
+    state: &State,
+    snapshot: &Snapshot,
+    policy: &crate::state::policy::PolicyState,
+    client_ip: std::net::IpAddr,
+    meta: &mut RequestMeta,
+    request: &mut Request<Incoming>,
+) -> Result<super::policy::Admitted, ProxyError> {
+    let session = meta.session.as_deref();
+    match super::policy::admit(state, snapshot, policy, client_ip, session, request).await {
+        Ok(admitted) => {
+            meta.mcp = admitted.observed.clone();
+            Ok(admitted)
+        }
+        Err((refusal, observed)) => {
+            meta.mcp = observed;
+            Err(ProxyError::Refused(Box::new(refusal)))
+        }
+    }
 }
 
 /// Phase 2: a request naming a session goes to its owner or gets `404`; anything else is new
@@ -303,8 +340,17 @@ impl From<UpstreamError> for ProxyError {
 
 /// The answer when no backend response came: logged and counted like any other request.
 fn answer_error(state: &State, meta: &RequestMeta, error: ProxyError) -> Response<ResponseBody> {
+    if let ProxyError::Refused(refusal) = &error {
+        let reason = refusal.reason;
+        let labels = crate::metrics::ReasonLabels { reason };
+        state.metrics.policy_denials.get_or_create(&labels).inc();
+    }
     let response = error.into_response();
     let status = response.status();
+    let mcp = meta
+        .mcp
+        .as_ref()
+        .map(|o| o.finish(&state.metrics, status.as_u16(), meta.started.elapsed()));
     tracing::info!(
         target: "access",
         method = %meta.method,
@@ -318,6 +364,9 @@ fn answer_error(state: &State, meta: &RequestMeta, error: ProxyError) -> Respons
         session = meta.session.as_deref().map(session_tag).unwrap_or_default(),
         error = %status.canonical_reason().unwrap_or("error"),
         outcome = "proxy_error",
+        mcp_method = mcp.as_ref().map(|m| m.method.as_str()),
+        mcp_tool = mcp.as_ref().map(|m| m.tool.as_str()),
+        subject = mcp.as_ref().map(|m| m.subject.as_str()),
     );
     respond::count_request(state, meta.class, status, "", "");
     response

@@ -54,6 +54,7 @@ pub(super) fn shape(
         started: meta.started,
         bytes: 0,
         stream: is_sse || upgraded,
+        mcp: meta.mcp.clone(),
     };
     if upgraded && let Some(client) = client_upgrade {
         let upstream = hyper::upgrade::on(&mut response);

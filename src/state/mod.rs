@@ -18,6 +18,7 @@ use crate::upstream::discovery::Resolved;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
+pub mod policy;
 pub mod snapshot;
 
 pub use snapshot::Snapshot;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Loaded, LoadedConfig};
 use crate::mcp::seal::Sealer;
+use crate::state::policy::PolicyState;
 use crate::upstream::backend::{Backend, PoolLimits};
 use crate::upstream::balance::{self, Member};
 use crate::upstream::discovery::Resolved;
@@ -50,6 +51,8 @@ pub struct Snapshot {
     pub pool_limits: PoolLimits,
     /// Seals and opens session tokens; `None` when sealing is off.
     pub sealer: Option<Arc<Sealer>>,
+    /// `[policy]`'s limiters and keys; `None`: requests pass blind.
+    pub policy: Option<Arc<PolicyState>>,
 }
 
 impl Snapshot {
@@ -90,7 +93,12 @@ impl Snapshot {
             })
             .collect();
         let active_weight = active.iter().map(|(_, w)| *w).sum();
+        let policy = config.policy.as_ref().map(|p| {
+            let before = previous.and_then(|s| s.policy.as_deref());
+            Arc::new(PolicyState::build(p, &loaded, before))
+        });
         let mut snapshot = Snapshot {
+            policy,
             generation: previous.map_or(1, |p| p.generation + 1),
             sealer: Sealer::from_setting(&loaded.seal).map(Arc::new),
             pool_limits: PoolLimits {
@@ -182,6 +190,7 @@ impl Snapshot {
             draining: keep,
             pool_limits: self.pool_limits,
             sealer: self.sealer.clone(),
+            policy: self.policy.clone(),
         };
         Some((next, due.len()))
     }

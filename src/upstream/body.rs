@@ -1,6 +1,7 @@
 //! The body of a request on its way to a backend: the client's body, streamed frame by frame and
 //! cut at the size limit or when the client goes quiet, or nothing (health probes).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -32,6 +33,16 @@ pub struct RequestBody {
     /// Counts bytes received from clients (`switchyard_bytes_in_total`).
     bytes_in: Option<Counter>,
     idle: Option<IdleTimer>,
+    /// Frames read from `inner` before the request was sent (a policy needed the body's head),
+    /// given out first.
+    head: VecDeque<Frame<Bytes>>,
+    tap: Option<Box<dyn Tap>>,
+}
+
+/// Sees a request body's data as it passes to the backend, and its end.
+pub trait Tap: std::fmt::Debug + Send + Sync {
+    fn data(&mut self, data: &[u8]);
+    fn end(&mut self);
 }
 
 /// What a client's body may do: grow to `max` bytes, pause `idle` between reads.
@@ -49,6 +60,8 @@ impl RequestBody {
             received: 0,
             bytes_in: None,
             idle: None,
+            head: VecDeque::new(),
+            tap: None,
         }
     }
 
@@ -59,7 +72,19 @@ impl RequestBody {
             received: 0,
             bytes_in: Some(bytes_in),
             idle: limits.idle.map(IdleTimer::new),
+            head: VecDeque::new(),
+            tap: None,
         }
+    }
+
+    /// Frames already read from the body, to be sent before the rest.
+    pub fn put_back(&mut self, frames: Vec<Frame<Bytes>>) {
+        self.head.extend(frames);
+    }
+
+    /// Shows every data frame (and the end) to `tap` as it passes.
+    pub fn tap(&mut self, tap: Box<dyn Tap>) {
+        self.tap = Some(tap);
     }
 }
 
@@ -72,12 +97,17 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let frame = match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => return this.poll_idle(cx),
+        let frame = match this.head.pop_front() {
+            Some(frame) => Some(Ok(frame)),
+            None => {
+                let Some(inner) = this.inner.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match Pin::new(inner).poll_frame(cx) {
+                    Poll::Ready(frame) => frame,
+                    Poll::Pending => return this.poll_idle(cx),
+                }
+            }
         };
         if let Some(idle) = &mut this.idle {
             idle.waiting_since = None;
@@ -92,18 +122,42 @@ impl Body for RequestBody {
                 this.inner = None;
                 return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
             }
+            if let (Some(tap), Some(data)) = (this.tap.as_mut(), data) {
+                tap.data(data);
+            }
+        }
+        if frame.is_none()
+            && let Some(tap) = this.tap.as_mut()
+        {
+            tap.end();
         }
         Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.head.is_empty() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
+        let rest = self
+            .inner
             .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        if self.head.is_empty() {
+            return rest;
+        }
+        let held: u64 = self
+            .head
+            .iter()
+            .filter_map(Frame::data_ref)
+            .map(|d| d.len() as u64)
+            .sum();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + held);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint
     }
 }
 

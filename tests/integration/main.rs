@@ -13,6 +13,7 @@ mod health;
 mod hostile;
 mod limits;
 mod ops;
+mod policy;
 mod proxy;
 mod reload;
 mod scale;

@@ -430,7 +430,13 @@ impl Drop for TestProxy {
 impl TestProxy {
     /// Starts the proxy on `config` (TOML), with every listener on port 0.
     pub async fn start(config: &str) -> TestProxy {
-        let config = Config::parse(config, Path::new("test.toml")).unwrap();
+        TestProxy::start_as(config, Path::new("test.toml")).await
+    }
+
+    /// Like [`TestProxy::start`], for a config read as if from `source` (relative paths in it
+    /// are relative to its directory).
+    pub async fn start_as(config: &str, source: &Path) -> TestProxy {
+        let config = Config::parse(config, source).unwrap();
         let shutdown = CancellationToken::new();
         let proxy = Proxy::start(config, shutdown.clone()).await.unwrap();
         let address = proxy.listeners()[0];

@@ -141,7 +141,7 @@ fn parse_labels(mut text: &str, line: &str) -> BTreeMap<String, String> {
 }
 
 /// The sum of samples named `name` whose labels include all of `with`.
-fn total(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
+pub(crate) fn total(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|s| s.name == name)
@@ -153,7 +153,7 @@ fn total(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn scrape(proxy: &TestProxy) -> Vec<Sample> {
+pub(crate) async fn scrape(proxy: &TestProxy) -> Vec<Sample> {
     let response = client()
         .get(proxy.admin_url("/metrics"))
         .send()

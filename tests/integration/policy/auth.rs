@@ -1,0 +1,256 @@
+//! Bearer tokens: a valid one reaches the backend as an identity header without the token; every
+//! way of being invalid is `401` with `WWW-Authenticate` pointing at the metadata document, which
+//! is served; an unknown key id makes the proxy look at the key set again; tool allow-lists are
+//! `403`.
+
+use serde_json::json;
+
+use super::*;
+
+struct Setup {
+    backend: TestBackend,
+    proxy: TestProxy,
+    dir: std::path::PathBuf,
+}
+
+async fn setup(test: &str, signers: &[&Signer], extra: &str) -> Setup {
+    let dir = temp_dir(test);
+    let jwks = write_jwks(&dir, signers);
+    let backend = TestBackend::start("b").await;
+    let policy = format!("[policy]\n{}", auth_table(&jwks, extra));
+    let config = config_for(&[("blue", &[&backend])], "\"blue\"", &policy);
+    let proxy = TestProxy::start(&config).await;
+    Setup {
+        backend,
+        proxy,
+        dir,
+    }
+}
+
+async fn get_headers(proxy: &TestProxy, token: Option<&str>) -> reqwest::Response {
+    let mut request = client().get(proxy.url("/headers"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+/// Asserts a `401` whose challenge points at the metadata document.
+async fn assert_unauthorized(response: reqwest::Response, why: &str) {
+    assert_eq!(response.status(), 401, "{why}");
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.starts_with("Bearer resource_metadata=\"http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp\""),
+        "{why}: {challenge}"
+    );
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], -32010, "{why}: {answer}");
+}
+
+#[tokio::test]
+async fn a_valid_token_reaches_the_backend_as_an_identity() {
+    let signer = Signer::example();
+    let s = setup("valid", &[&signer], "").await;
+    let token = signer.sign(&claims("alice"));
+    let response = get_headers(&s.proxy, Some(&token)).await;
+    assert_eq!(response.status(), 200);
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["x-switchyard-subject"], "alice", "{seen}");
+    assert!(
+        seen.get("authorization").is_none(),
+        "the token is not forwarded: {seen}"
+    );
+    // A client cannot claim an identity of its own.
+    let forged = client()
+        .get(s.proxy.url("/headers"))
+        .bearer_auth(&token)
+        .header("x-switchyard-subject", "mallory")
+        .send()
+        .await
+        .unwrap();
+    let seen: Value = forged.json().await.unwrap();
+    assert_eq!(seen["x-switchyard-subject"], "alice", "{seen}");
+}
+
+#[tokio::test]
+async fn pass_token_forwards_it() {
+    let signer = Signer::example();
+    let s = setup(
+        "pass",
+        &[&signer],
+        "pass_token = true\nidentity_header = \"x-user\"",
+    )
+    .await;
+    let token = signer.sign(&claims("bob"));
+    let seen: Value = get_headers(&s.proxy, Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["authorization"], format!("Bearer {token}"));
+    assert_eq!(seen["x-user"], "bob");
+}
+
+#[tokio::test]
+async fn invalid_tokens_are_401_with_the_metadata_challenge() {
+    let signer = Signer::example();
+    let stranger = Signer::ec("demo-1");
+    let s = setup("invalid", &[&signer], "leeway = \"5s\"").await;
+    let expired = claims_with("a", &[("exp", seconds_from_now(-60))]);
+    let not_yet = claims_with("a", &[("nbf", seconds_from_now(120))]);
+    let audience = claims_with("a", &[("aud", json!("someone-else"))]);
+    let issuer = claims_with("a", &[("iss", json!("https://evil.example"))]);
+    let no_exp = claims_with("a", &[("exp", Value::Null)]);
+    let good = signer.sign(&claims("a"));
+    let (head, rest) = good.split_once('.').unwrap();
+    let (payload, _) = rest.split_once('.').unwrap();
+    let mut tampered_sig = good.clone();
+    tampered_sig.replace_range(good.len() - 6.., "AAAAAA");
+    // `alg: none`, unsigned, in its usual shape.
+    let none_head = base64_url(br#"{"alg":"none","typ":"JWT"}"#);
+    let cases = [
+        (None, "no token"),
+        (Some(signer.sign(&expired)), "expired"),
+        (Some(signer.sign(&not_yet)), "not yet valid"),
+        (Some(signer.sign(&audience)), "wrong audience"),
+        (Some(signer.sign(&issuer)), "wrong issuer"),
+        (Some(signer.sign(&no_exp)), "no exp"),
+        (
+            Some(signer.sign_as("who-knows", &claims("a"))),
+            "unknown kid",
+        ),
+        (
+            Some(stranger.sign(&claims("a"))),
+            "another key under a known kid",
+        ),
+        (Some(tampered_sig), "bad signature"),
+        (Some(format!("{head}.{payload}.")), "signature removed"),
+        (Some(format!("{none_head}.{payload}.")), "alg none"),
+        (Some("garbage".to_string()), "not a JWT"),
+    ];
+    for (token, why) in cases {
+        assert_unauthorized(get_headers(&s.proxy, token.as_deref()).await, why).await;
+    }
+    assert_eq!(
+        s.backend.requests(),
+        0,
+        "no refused request reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn every_accepted_algorithm_verifies() {
+    let (rsa, ec, ed) = (Signer::example(), Signer::ec("ec-1"), Signer::ed("ed-1"));
+    let s = setup("algorithms", &[&rsa, &ec, &ed], "").await;
+    for signer in [&rsa, &ec, &ed] {
+        let response = get_headers(&s.proxy, Some(&signer.sign(&claims(&signer.kid)))).await;
+        assert_eq!(response.status(), 200, "{}", signer.kid);
+    }
+    // Narrowed to RS256, the others are refused.
+    let t = setup("only-rs256", &[&rsa, &ec], "algorithms = [\"RS256\"]").await;
+    let response = get_headers(&t.proxy, Some(&ec.sign(&claims("x")))).await;
+    assert_unauthorized(response, "ES256 not accepted").await;
+}
+
+#[tokio::test]
+async fn an_unknown_kid_makes_the_proxy_read_the_keys_again() {
+    let old = Signer::example();
+    let s = setup("rotation", &[&old], "").await;
+    // The issuer rotates: its new key is in the file before any token names it.
+    let rotated = Signer::ed("rotated-1");
+    write_jwks(&s.dir, &[&old, &rotated]);
+    let response = get_headers(&s.proxy, Some(&rotated.sign(&claims("r")))).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "the new key was fetched on sight of its kid"
+    );
+    let refreshes = metric(
+        &s.proxy,
+        "switchyard_jwks_refreshes_total",
+        &[("outcome", "success")],
+    );
+    assert_eq!(refreshes.await, 1.0);
+    // A made-up kid right after: still 401, and no second look within the cooldown.
+    let made_up = get_headers(&s.proxy, Some(&rotated.sign_as("made-up", &claims("r")))).await;
+    assert_unauthorized(made_up, "unknown kid").await;
+    let refreshes = metric(&s.proxy, "switchyard_jwks_refreshes_total", &[]);
+    assert_eq!(refreshes.await, 1.0);
+}
+
+#[tokio::test]
+async fn tool_allow_lists_answer_403() {
+    let signer = Signer::example();
+    let rules = "[[policy.auth.allow]]\ntools = [\"echo\"]\n\n\
+                 [[policy.auth.allow]]\ntools = [\"*\"]\nscope = \"mcp:admin\"\n\n\
+                 [[policy.auth.allow]]\ntools = [\"sleep\"]\nclaim = \"groups\"\nvalue = \"ops\"\n";
+    let s = setup("allow", &[&signer], rules).await;
+    let plain = signer.sign(&claims("p"));
+    let admin = signer.sign(&claims_with("adm", &[("scope", json!("openid mcp:admin"))]));
+    let ops = signer.sign(&claims_with("o", &[("groups", json!(["dev", "ops"]))]));
+    let bearer = |token: &str| format!("Bearer {token}");
+    let status = async |token: &str, tool: &str| {
+        let body = tool_call(7, tool).to_string();
+        post(
+            &s.proxy.url("/echo"),
+            &body,
+            &[("authorization", &bearer(token))],
+        )
+        .await
+    };
+    assert_eq!(status(&plain, "echo").await.status(), 200);
+    let refused = status(&plain, "countdown").await;
+    assert_eq!(refused.status(), 403);
+    let challenge = refused.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.contains("insufficient_scope") && challenge.contains("mcp:admin"),
+        "{challenge}"
+    );
+    let answer: Value = refused.json().await.unwrap();
+    assert_eq!(
+        (answer["id"].clone(), answer["error"]["code"].clone()),
+        (json!(7), json!(-32011))
+    );
+    assert_eq!(status(&admin, "countdown").await.status(), 200);
+    assert_eq!(status(&plain, "sleep").await.status(), 403);
+    assert_eq!(status(&ops, "sleep").await.status(), 200);
+    // Other methods are not tool calls: allowed for any valid token.
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string();
+    let listed = post(
+        &s.proxy.url("/echo"),
+        &list,
+        &[("authorization", &bearer(&plain))],
+    )
+    .await;
+    assert_eq!(listed.status(), 200);
+}
+
+#[tokio::test]
+async fn the_metadata_document_is_served() {
+    let signer = Signer::example();
+    let s = setup(
+        "metadata",
+        &[&signer],
+        "authorization_servers = [\"https://auth.example.test\"]",
+    )
+    .await;
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let response = client().get(s.proxy.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let document: Value = response.json().await.unwrap();
+        assert_eq!(document["resource"], "http://127.0.0.1:8080/mcp");
+        assert_eq!(document["authorization_servers"], json!([ISSUER]));
+        assert_eq!(document["scopes_supported"], json!(["mcp:tools"]));
+        assert_eq!(document["bearer_methods_supported"], json!(["header"]));
+    }
+    assert_eq!(s.backend.requests(), 0, "served by the proxy itself");
+}
