@@ -6,6 +6,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard::config::LoadedConfig;
 use switchyard::control::server::Proxy;
+use switchyard::control::upgrade::{self, UpgradeError};
+use switchyard::proxy::listener::Inherited;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +37,10 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Take over the listening sockets of the Switchyard running with this config (found
+        /// through its upgrade socket); it drains and exits once this one accepts.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration file, like `nginx -t`.
     Check {
@@ -65,8 +71,10 @@ fn main() -> ExitCode {
             init_logging(cli.log_format, DEFAULT_LOG_LEVEL);
             check(&config)
         }
-        Command::Run { config } => {
-            runtime().and_then(|rt| rt.block_on(run(&config, cli.log_format)))
+        Command::Run { config, upgrade } => {
+            // Before the runtime's threads exist: it reads and clears LISTEN_FDS.
+            let activated = switchyard::control::upgrade::systemd_sockets();
+            runtime().and_then(|rt| rt.block_on(run(&config, upgrade, activated, cli.log_format)))
         }
         Command::Reload { config, admin } => {
             init_logging(cli.log_format, DEFAULT_LOG_LEVEL);
@@ -123,6 +131,11 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     match LoadedConfig::load(path) {
         Ok(ready) => {
             print!("{}", ready.summary());
+            let upgrade = switchyard::control::upgrade::socket_path(&ready.config);
+            println!(
+                "upgrade   {} (run --upgrade finds this process here)",
+                upgrade.display()
+            );
             println!("{}: configuration is valid", path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -167,7 +180,12 @@ async fn reload(
     })
 }
 
-async fn run(path: &std::path::Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+async fn run(
+    path: &std::path::Path,
+    upgrade: bool,
+    activated: Result<Vec<Inherited>, UpgradeError>,
+    log_format: LogFormat,
+) -> anyhow::Result<ExitCode> {
     // The config names the log level, so logging starts once it is read.
     let ready = match LoadedConfig::load(path) {
         Ok(ready) => ready,
@@ -177,10 +195,48 @@ async fn run(path: &std::path::Path, log_format: LogFormat) -> anyhow::Result<Ex
         }
     };
     init_logging(log_format, &ready.config.log.level);
+    let mut inherited = activated?;
+    let socket = upgrade::socket_path(&ready.config);
+    let explicit_socket = ready.config.lifecycle.upgrade_socket.is_some();
+    let predecessor = if upgrade {
+        let mut takeover = upgrade::take_over(&socket).await?;
+        inherited.extend(takeover.take_sockets());
+        Some(takeover)
+    } else {
+        upgrade::ensure_not_running(&socket).await?;
+        None
+    };
     let shutdown = CancellationToken::new();
-    let proxy = Proxy::start_loaded(ready, shutdown.clone()).await?;
-    spawn_signal_handlers(Some(Arc::clone(proxy.state())), shutdown)?;
+    // A failed start drops `predecessor`: the old process sees the hand-over end and keeps
+    // serving.
+    let mut proxy = Proxy::start_with(ready, shutdown.clone(), inherited).await?;
+    spawn_signal_handlers(Some(Arc::clone(proxy.state())), shutdown.clone())?;
+    if let Some(takeover) = predecessor {
+        match takeover.confirm().await {
+            Ok(pid) => tracing::info!(old = pid, "took over the listening sockets"),
+            Err(error) => {
+                tracing::error!(%error, "the old process keeps its sockets; this one stops");
+                shutdown.cancel();
+                proxy.wait().await;
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    let offered = match upgrade::offer(&socket, proxy.handover()) {
+        Ok(offered) => {
+            tracing::info!(path = %offered.path().display(), "upgrade socket ready");
+            Some(offered)
+        }
+        Err(error) if !explicit_socket => {
+            tracing::warn!(%error, "no upgrade socket: `run --upgrade` cannot take over from this process");
+            None
+        }
+        Err(error) => return Err(error.into()),
+    };
     proxy.wait().await;
+    if let Some(offered) = offered {
+        offered.remove();
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,14 +1,17 @@
 //! The running proxy: listeners, admin endpoint and background tasks around one shared [`State`].
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, LoadedConfig};
+use crate::proxy::listener::{Inherited, Sockets};
 use crate::state::State;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +24,58 @@ pub enum StartError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "cannot listen on {address}: another process holds this port. To take over from a \
+         running Switchyard without losing a connection, start this one with \
+         `switchyard run --config FILE --upgrade`; to share the port on purpose, set \
+         [lifecycle] reuse_port = true"
+    )]
+    Busy { address: SocketAddr },
+}
+
+impl StartError {
+    fn bind(address: SocketAddr, source: std::io::Error) -> StartError {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::Busy { address }
+        } else {
+            StartError::Bind { address, source }
+        }
+    }
+}
+
+/// A listening socket this process serves, as a hand-over offers it to the process replacing it.
+#[derive(Debug)]
+pub struct Listening {
+    /// As the config wrote it, `127.0.0.1:0` included: the successor matches its own config
+    /// against this.
+    pub configured: SocketAddr,
+    pub local: SocketAddr,
+    pub admin: bool,
+    /// A duplicate of the socket: whoever receives it accepts from the same kernel queue.
+    pub fd: OwnedFd,
+}
+
+/// What handing over needs of a running proxy: its sockets, and the way to step down once the
+/// successor accepts on them.
+#[derive(Debug)]
+pub struct Handover {
+    pub sockets: Vec<Listening>,
+    shutdown: CancellationToken,
+    admin_stop: CancellationToken,
+}
+
+impl Handover {
+    /// The successor accepts on every socket: stop accepting here, the admin API included (so
+    /// readiness is answered by the successor alone), and drain.
+    pub fn step_down(&self) {
+        self.admin_stop.cancel();
+        self.shutdown.cancel();
+    }
+
+    /// The proxy's shutdown token: once cancelled there is nothing left to hand over.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
 }
 
 /// A started proxy. Dropping it does not stop it: cancel the shutdown token, then [`Proxy::wait`].
@@ -32,6 +87,55 @@ pub struct Proxy {
     shutdown: CancellationToken,
     accept_loops: JoinSet<()>,
     background: CancellationToken,
+    admin_stop: CancellationToken,
+    /// Duplicates of the listening sockets for a hand-over; dropped as soon as accepting stops,
+    /// so no socket stays open with nobody accepting from it.
+    handover: Vec<Listening>,
+}
+
+/// The sockets a start opened, in config order.
+struct Opened {
+    listeners: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+    handover: Vec<Listening>,
+}
+
+/// Takes an inherited socket or binds a fresh one for every listener and the admin API.
+fn open_sockets(config: &Config, inherited: Vec<Inherited>) -> Result<Opened, StartError> {
+    let mut sockets = Sockets::new(inherited, config.lifecycle.reuse_port);
+    let mut handover = Vec::new();
+    let mut open = |configured: SocketAddr, admin: bool| {
+        let failed = |source| StartError::bind(configured, source);
+        let (listener, inherited) = sockets.open(configured, admin).map_err(failed)?;
+        let local = listener.local_addr().map_err(failed)?;
+        let fd = listener.as_fd().try_clone_to_owned().map_err(failed)?;
+        tracing::debug!(%configured, %local, inherited, "socket ready");
+        handover.push(Listening {
+            configured,
+            local,
+            admin,
+            fd,
+        });
+        Ok::<_, StartError>(listener)
+    };
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| open(l.bind, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let admin = config
+        .admin
+        .as_ref()
+        .map(|a| open(a.bind, true))
+        .transpose()?;
+    for address in sockets.unused() {
+        tracing::warn!(%address, "an inherited socket matches no [[listener]] or [admin]: closed");
+    }
+    Ok(Opened {
+        listeners,
+        admin,
+        handover,
+    })
 }
 
 impl Proxy {
@@ -45,18 +149,18 @@ impl Proxy {
         ready: LoadedConfig,
         shutdown: CancellationToken,
     ) -> Result<Proxy, StartError> {
-        let config = &ready.config;
-        let bind = |address: SocketAddr| {
-            crate::proxy::listener::bind(address)
-                .map_err(|source| StartError::Bind { address, source })
-        };
-        let listeners = config
-            .listeners
-            .iter()
-            .map(|l| bind(l.bind))
-            .collect::<Result<Vec<_>, _>>()?;
-        let admin = config.admin.as_ref().map(|a| bind(a.bind)).transpose()?;
-        let max_connections = config.limits.max_connections;
+        Proxy::start_with(ready, shutdown, Vec::new()).await
+    }
+
+    /// Like [`Proxy::start_loaded`], serving on `inherited` sockets where they match a listener
+    /// or the admin address, and binding the others.
+    pub async fn start_with(
+        ready: LoadedConfig,
+        shutdown: CancellationToken,
+        inherited: Vec<Inherited>,
+    ) -> Result<Proxy, StartError> {
+        let opened = open_sockets(&ready.config, inherited)?;
+        let max_connections = ready.config.limits.max_connections;
         let state = Arc::new(State::new(ready));
         let background = CancellationToken::new();
         // Before accepting: hostname pools must have their addresses when the first request comes.
@@ -65,11 +169,9 @@ impl Proxy {
 
         let mut addresses = Vec::new();
         let mut accept_loops = JoinSet::new();
-        for (index, listener) in listeners.into_iter().enumerate() {
-            addresses.push(listener.local_addr().map_err(|source| StartError::Bind {
-                address: SocketAddr::from(([0, 0, 0, 0], 0)),
-                source,
-            })?);
+        let local = opened.handover.iter().filter(|l| !l.admin).map(|l| l.local);
+        for (index, (listener, address)) in opened.listeners.into_iter().zip(local).enumerate() {
+            addresses.push(address);
             accept_loops.spawn(crate::proxy::listener::accept_loop(
                 listener,
                 index,
@@ -78,7 +180,10 @@ impl Proxy {
                 shutdown.clone(),
             ));
         }
-        let admin_address = admin.and_then(|listener| spawn_admin(listener, &state, &background));
+        let admin_stop = background.child_token();
+        let admin_address = opened
+            .admin
+            .and_then(|listener| spawn_admin(listener, &state, &admin_stop));
         spawn_background(&state, &background);
         for address in &addresses {
             tracing::info!(%address, "listening");
@@ -90,7 +195,19 @@ impl Proxy {
             shutdown,
             accept_loops,
             background,
+            admin_stop,
+            handover: opened.handover,
         })
+    }
+
+    /// The listening sockets and the means to step down, for handing over to a new process.
+    /// Taken once; later calls give no sockets.
+    pub fn handover(&mut self) -> Handover {
+        Handover {
+            sockets: std::mem::take(&mut self.handover),
+            shutdown: self.shutdown.clone(),
+            admin_stop: self.admin_stop.clone(),
+        }
     }
 
     pub fn state(&self) -> &Arc<State> {
@@ -112,6 +229,7 @@ impl Proxy {
     pub async fn wait(mut self) {
         self.shutdown.cancelled().await;
         self.state.begin_drain();
+        self.handover.clear();
         while self.accept_loops.join_next().await.is_some() {}
         let drain = self.state.snapshot().config.timeouts.drain;
         self.state.tasks.close();

@@ -32,6 +32,9 @@ const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Resets the server itself must send because the client misbehaves (the "MadeYouReset" variant).
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
+/// At shutdown, how long a connection accepted before it may take to send its first request.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
+
 pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper answers 431 itself when the head outgrows the read buffer or has too many fields.
@@ -75,7 +78,10 @@ pub async fn serve<IO>(
     let conn = Arc::new(conn);
     let service_state = Arc::clone(&state);
     let redirect = redirect.map(Arc::new);
+    let first_request = Arc::new(tokio::sync::Notify::new());
+    let requested = Arc::clone(&first_request);
     let service = service_fn(move |request| {
+        requested.notify_one();
         let state = Arc::clone(&service_state);
         let conn = Arc::clone(&conn);
         let redirect = redirect.clone();
@@ -88,13 +94,26 @@ pub async fn serve<IO>(
             })
         })
     });
+    let grace = FIRST_REQUEST_GRACE.min(state.snapshot().config.limits.header_read_timeout);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+            // A client that connected before the shutdown but has not sent its request yet
+            // (a TLS client one round trip behind, or just a slow one) gets it answered.
+            let ended = tokio::select! {
+                result = connection.as_mut() => Some(result),
+                () = first_request.notified() => None,
+                () = tokio::time::sleep(grace) => None,
+            };
+            match ended {
+                Some(result) => result,
+                None => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
         }
     };
     if let Err(error) = result {

@@ -103,3 +103,24 @@ fn run_refuses_an_invalid_config_with_the_same_message() {
         "{run_err}"
     );
 }
+
+/// Two binds of one address would split its traffic (or fail at start): `check` refuses the
+/// config and names both places.
+#[test]
+fn check_names_both_places_of_a_duplicate_address() {
+    let path = write_config(
+        "duplicate.toml",
+        "[[listener]]\nbind = \"127.0.0.1:8080\"\n\n[admin]\nbind = \"127.0.0.1:8080\"\n\n\
+         [pools.blue]\nbackends = [\"127.0.0.1:3001\"]\n\n[routing]\nactive = \"blue\"\n",
+    );
+    let (code, _, stderr) = switchyard(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    let file = path.display();
+    assert!(
+        stderr.contains(&format!(
+            "{file}:5:8: [admin] bind `127.0.0.1:8080` is already claimed by the [[listener]] \
+             bind `127.0.0.1:8080` at {file}:2:8"
+        )),
+        "{stderr}"
+    );
+}
