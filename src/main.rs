@@ -195,6 +195,7 @@ async fn run(
         }
     };
     init_logging(log_format, &ready.config.log.level);
+    let signals = Signals::watch()?;
     let mut inherited = activated?;
     let socket = upgrade::socket_path(&ready.config);
     let explicit_socket = ready.config.lifecycle.upgrade_socket.is_some();
@@ -206,33 +207,21 @@ async fn run(
         upgrade::ensure_not_running(&socket).await?;
         None
     };
+    let prepared = prepare_upgrade_socket(&socket, explicit_socket)?;
     let shutdown = CancellationToken::new();
     // A failed start drops `predecessor`: the old process sees the hand-over end and keeps
     // serving.
     let mut proxy = Proxy::start_with(ready, shutdown.clone(), inherited).await?;
-    spawn_signal_handlers(Some(Arc::clone(proxy.state())), shutdown.clone())?;
-    if let Some(takeover) = predecessor {
-        match takeover.confirm().await {
-            Ok(pid) => tracing::info!(old = pid, "took over the listening sockets"),
-            Err(error) => {
-                tracing::error!(%error, "the old process keeps its sockets; this one stops");
-                shutdown.cancel();
-                proxy.wait().await;
-                return Ok(ExitCode::from(1));
-            }
-        }
+    signals.spawn(Some(Arc::clone(proxy.state())), shutdown.clone());
+    if let Some(takeover) = predecessor
+        && let Err(error) = confirm(takeover, &shutdown).await
+    {
+        tracing::error!(%error, "the old process keeps its sockets; this one stops");
+        shutdown.cancel();
+        proxy.wait().await;
+        return Ok(ExitCode::from(1));
     }
-    let offered = match upgrade::offer(&socket, proxy.handover()) {
-        Ok(offered) => {
-            tracing::info!(path = %offered.path().display(), "upgrade socket ready");
-            Some(offered)
-        }
-        Err(error) if !explicit_socket => {
-            tracing::warn!(%error, "no upgrade socket: `run --upgrade` cannot take over from this process");
-            None
-        }
-        Err(error) => return Err(error.into()),
-    };
+    let offered = prepared.and_then(|prepared| offer_upgrades(prepared, &mut proxy));
     proxy.wait().await;
     if let Some(offered) = offered {
         offered.remove();
@@ -241,43 +230,110 @@ async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Binds the upgrade socket before anything is confirmed, so a configured path that cannot be
+/// created fails the start while the old process still serves. The default path may fail (a
+/// read-only `/tmp`): then this process runs without one.
+fn prepare_upgrade_socket(
+    socket: &std::path::Path,
+    explicit: bool,
+) -> Result<Option<upgrade::Prepared>, UpgradeError> {
+    match upgrade::prepare(socket) {
+        Ok(prepared) => Ok(Some(prepared)),
+        Err(error) if !explicit => {
+            tracing::warn!(%error, "no upgrade socket: `run --upgrade` cannot take over from this process");
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Makes the upgrade socket reachable. Past the hand-over a failure here only costs the next
+/// upgrade, so it is a warning.
+fn offer_upgrades(
+    prepared: upgrade::Prepared,
+    proxy: &mut Proxy,
+) -> Option<upgrade::UpgradeSocket> {
+    match prepared.offer(proxy.handover()) {
+        Ok(offered) => {
+            tracing::info!(path = %offered.path().display(), "upgrade socket ready");
+            Some(offered)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no upgrade socket: `run --upgrade` cannot take over from this process");
+            None
+        }
+    }
+}
+
+/// Tells the old process this one accepts, unless a signal already stopped this one during its
+/// start: then the old one is left serving.
+async fn confirm(
+    takeover: upgrade::TakeOver,
+    shutdown: &CancellationToken,
+) -> Result<(), UpgradeError> {
+    if shutdown.is_cancelled() {
+        return Err(UpgradeError::Protocol(
+            "stopped by a signal while starting".into(),
+        ));
+    }
+    let old = takeover.confirm().await?;
+    tracing::info!(old, "took over the listening sockets");
+    Ok(())
+}
+
 async fn demo(args: switchyard::tools::demo::DemoArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
-    spawn_signal_handlers(None, shutdown.clone())?;
+    Signals::watch()?.spawn(None, shutdown.clone());
     switchyard::tools::demo::run(args, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGTERM/SIGINT start a graceful drain, a second one exits at once; SIGHUP reloads the config
-/// of `reloadable` (the demo has none: it writes its config for the admin API to reload).
-fn spawn_signal_handlers(
-    reloadable: Option<Arc<switchyard::state::State>>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    tokio::spawn(async move {
-        let mut stopping = false;
-        loop {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
-                _ = hangup.recv() => {
-                    if let Some(state) = &reloadable {
-                        let _ = switchyard::control::reload::reload_from_file(state);
+/// The signals the proxy answers, watched from the moment this is created: one that arrives
+/// while the proxy starts is acted on once [`Signals::spawn`] runs, instead of killing it.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn watch() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            hangup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+        })
+    }
+
+    /// SIGTERM/SIGINT start a graceful drain, a second one exits at once; SIGHUP reloads the
+    /// config of `reloadable` (the demo has none: it writes its config for the admin API to
+    /// reload).
+    fn spawn(
+        mut self,
+        reloadable: Option<Arc<switchyard::state::State>>,
+        shutdown: CancellationToken,
+    ) {
+        tokio::spawn(async move {
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    _ = self.terminate.recv() => {}
+                    _ = self.interrupt.recv() => {}
+                    _ = self.hangup.recv() => {
+                        if let Some(state) = &reloadable {
+                            let _ = switchyard::control::reload::reload_from_file(state);
+                        }
+                        continue;
                     }
-                    continue;
                 }
+                if stopping {
+                    tracing::warn!("second signal: exiting now");
+                    std::process::exit(1);
+                }
+                stopping = true;
+                tracing::info!("signal received: draining (send it again to exit at once)");
+                shutdown.cancel();
             }
-            if stopping {
-                tracing::warn!("second signal: exiting now");
-                std::process::exit(1);
-            }
-            stopping = true;
-            tracing::info!("signal received: draining (send it again to exit at once)");
-            shutdown.cancel();
-        }
-    });
-    Ok(())
+        });
+    }
 }

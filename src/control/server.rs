@@ -51,6 +51,8 @@ pub struct Listening {
     pub configured: SocketAddr,
     pub local: SocketAddr,
     pub admin: bool,
+    /// Taken over from the previous process or systemd rather than bound here.
+    pub inherited: bool,
     /// A duplicate of the socket: whoever receives it accepts from the same kernel queue.
     pub fd: OwnedFd,
 }
@@ -109,11 +111,11 @@ fn open_sockets(config: &Config, inherited: Vec<Inherited>) -> Result<Opened, St
         let (listener, inherited) = sockets.open(configured, admin).map_err(failed)?;
         let local = listener.local_addr().map_err(failed)?;
         let fd = listener.as_fd().try_clone_to_owned().map_err(failed)?;
-        tracing::debug!(%configured, %local, inherited, "socket ready");
         handover.push(Listening {
             configured,
             local,
             admin,
+            inherited,
             fd,
         });
         Ok::<_, StartError>(listener)
@@ -169,9 +171,9 @@ impl Proxy {
 
         let mut addresses = Vec::new();
         let mut accept_loops = JoinSet::new();
-        let local = opened.handover.iter().filter(|l| !l.admin).map(|l| l.local);
-        for (index, (listener, address)) in opened.listeners.into_iter().zip(local).enumerate() {
-            addresses.push(address);
+        let sockets = opened.handover.iter().filter(|l| !l.admin);
+        for (index, (listener, socket)) in opened.listeners.into_iter().zip(sockets).enumerate() {
+            addresses.push(socket.local);
             accept_loops.spawn(crate::proxy::listener::accept_loop(
                 listener,
                 index,
@@ -185,8 +187,9 @@ impl Proxy {
             .admin
             .and_then(|listener| spawn_admin(listener, &state, &admin_stop));
         spawn_background(&state, &background);
-        for address in &addresses {
-            tracing::info!(%address, "listening");
+        for socket in opened.handover.iter().filter(|l| !l.admin) {
+            let (address, inherited) = (socket.local, socket.inherited);
+            tracing::info!(%address, inherited, "listening");
         }
         Ok(Proxy {
             state,

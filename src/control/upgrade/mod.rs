@@ -236,41 +236,67 @@ impl UpgradeSocket {
     }
 }
 
-/// Listens at `path` and serves hand-overs of `handover`'s sockets until this process shuts
-/// down or hands over.
-pub fn offer(path: &Path, handover: Handover) -> Result<UpgradeSocket, UpgradeError> {
-    let (listener, identity) = listen(path).map_err(|source| UpgradeError::Listen {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let handed_over = Arc::new(AtomicBool::new(false));
-    tokio::spawn(serve(listener, handover, Arc::clone(&handed_over)));
-    Ok(UpgradeSocket {
-        path: path.to_path_buf(),
-        identity,
-        handed_over,
-    })
+/// An upgrade socket bound under a temporary name and made owner-only, not yet reachable at its
+/// path: binding it can fail before anything is taken over, placing it hardly can.
+#[derive(Debug)]
+pub struct Prepared {
+    listener: Option<std::os::unix::net::UnixListener>,
+    temporary: PathBuf,
+    path: PathBuf,
 }
 
-/// Binds under a temporary name, makes it owner-only, then renames it over `path`: the path
-/// never names a socket others may use, and a stale file (or the predecessor's) is replaced in
-/// one step.
-fn listen(path: &Path) -> std::io::Result<(UnixListener, (u64, u64))> {
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if self.listener.is_some() {
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
+}
+
+/// Binds the upgrade socket for `path` under a temporary name beside it, owner-only.
+pub fn prepare(path: &Path) -> Result<Prepared, UpgradeError> {
+    let failed = |source| UpgradeError::Listen {
+        path: path.to_path_buf(),
+        source,
+    };
     let temporary = path.with_file_name(format!(".{}.new", std::process::id()));
     let _ = std::fs::remove_file(&temporary);
-    let listener = std::os::unix::net::UnixListener::bind(&temporary)?;
-    let placed = std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| std::fs::rename(&temporary, path))
-        .and_then(|()| std::fs::symlink_metadata(path));
-    let meta = match placed {
-        Ok(meta) => meta,
-        Err(error) => {
-            let _ = std::fs::remove_file(&temporary);
-            return Err(error);
-        }
+    let listener = std::os::unix::net::UnixListener::bind(&temporary).map_err(failed)?;
+    let prepared = Prepared {
+        listener: Some(listener),
+        temporary,
+        path: path.to_path_buf(),
     };
-    listener.set_nonblocking(true)?;
-    Ok((UnixListener::from_std(listener)?, (meta.dev(), meta.ino())))
+    std::fs::set_permissions(&prepared.temporary, std::fs::Permissions::from_mode(0o600))
+        .map_err(failed)?;
+    Ok(prepared)
+}
+
+impl Prepared {
+    /// Renames the socket over its path, replacing a stale file or the predecessor's in one
+    /// step, and serves hand-overs of `handover`'s sockets until this process shuts down or
+    /// hands over.
+    pub fn offer(mut self, handover: Handover) -> Result<UpgradeSocket, UpgradeError> {
+        let failed = |source| UpgradeError::Listen {
+            path: self.path.clone(),
+            source,
+        };
+        std::fs::rename(&self.temporary, &self.path).map_err(failed)?;
+        let meta = std::fs::symlink_metadata(&self.path).map_err(failed)?;
+        let listener = self
+            .listener
+            .take()
+            .ok_or_else(|| UpgradeError::Protocol("upgrade socket already offered".into()))?;
+        listener.set_nonblocking(true).map_err(failed)?;
+        let listener = UnixListener::from_std(listener).map_err(failed)?;
+        let handed_over = Arc::new(AtomicBool::new(false));
+        tokio::spawn(serve(listener, handover, Arc::clone(&handed_over)));
+        Ok(UpgradeSocket {
+            path: self.path.clone(),
+            identity: (meta.dev(), meta.ino()),
+            handed_over,
+        })
+    }
 }
 
 /// One hand-over at a time; a failed one leaves this process serving as before.

@@ -123,6 +123,30 @@ fn session_load(
     })
 }
 
+/// Upgrades `current` ten times, 600 ms apart, each new process on the same port and taking
+/// over from the one before; returns the last process and the old ones' exits.
+async fn upgrade_ten_times(
+    mut current: Switchyard,
+    config: &Path,
+    address: SocketAddr,
+) -> (Switchyard, Vec<tokio::task::JoinHandle<Option<i32>>>) {
+    let started = tokio::time::Instant::now();
+    let mut exits = Vec::new();
+    for round in 1..=10u32 {
+        tokio::time::sleep_until(started + Duration::from_millis(600) * round).await;
+        let mut next = Switchyard::run(config, &["--upgrade"]);
+        assert_eq!(next.address().await, address, "upgrade {round}: same port");
+        let took = next.line("took over the listening sockets", WAIT).await;
+        assert_eq!(field(&took, "old"), current.pid.to_string());
+        next.line("upgrade socket ready", WAIT).await;
+        let old = std::mem::replace(&mut current, next);
+        exits.push(tokio::spawn(old.exit(Duration::from_secs(10))));
+    }
+    // Load on the last process for as long as between two upgrades.
+    tokio::time::sleep_until(started + Duration::from_millis(6600)).await;
+    (current, exits)
+}
+
 /// Ten upgrades in a row, 600 ms apart, under clients that open a new connection per request,
 /// sealed sessions and SSE streams: no request fails, no connection is refused or reset, every
 /// old process exits 0 on its own, and streams either finish or get `retry:` at the drain
@@ -135,12 +159,12 @@ async fn ten_upgrades_under_load_lose_nothing() {
     ];
     let dir = test_dir("ten");
     let config = write_config(&dir, &[&backends[0], &backends[1]]);
-    let mut current = Switchyard::run(&config, &[]);
-    let admin: SocketAddr = field(&current.line("admin listening", WAIT).await, "address")
+    let mut first = Switchyard::run(&config, &[]);
+    let admin: SocketAddr = field(&first.line("admin listening", WAIT).await, "address")
         .parse()
         .unwrap();
-    let address = current.address().await;
-    current.line("upgrade socket ready", WAIT).await;
+    let address = first.address().await;
+    first.line("upgrade socket ready", WAIT).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
@@ -149,19 +173,7 @@ async fn ten_upgrades_under_load_lose_nothing() {
     let (short_streams, endless) = streaming_load(address, &stop, &tally);
     load.extend(short_streams);
 
-    let started = tokio::time::Instant::now();
-    let mut exits = Vec::new();
-    for round in 1..=10u32 {
-        tokio::time::sleep_until(started + Duration::from_millis(600) * round).await;
-        let mut next = Switchyard::run(&config, &["--upgrade"]);
-        assert_eq!(next.address().await, address, "upgrade {round}: same port");
-        let took = next.line("took over the listening sockets", WAIT).await;
-        assert_eq!(field(&took, "old"), current.pid.to_string());
-        next.line("upgrade socket ready", WAIT).await;
-        let old = std::mem::replace(&mut current, next);
-        exits.push(tokio::spawn(old.exit(Duration::from_secs(10))));
-    }
-    tokio::time::sleep_until(started + Duration::from_millis(6600)).await;
+    let (current, exits) = upgrade_ten_times(first, &config, address).await;
     // The admin API moved with the rest: the same address answers, ready.
     let ready = client()
         .get(format!("http://{admin}/readyz"))

@@ -46,7 +46,8 @@ async fn a_busy_port_is_a_start_error_unless_every_process_opts_into_reuse_port(
     assert!(matches!(refused, Err(StartError::Busy { .. })));
 }
 
-/// The upgrade socket: `--upgrade` with nothing to take over is a clear error; a crashed
+/// The upgrade socket: a configured one that cannot be created and `--upgrade` with nothing to
+/// take over are clear errors; a crashed
 /// process's socket file does not stop a start; the new one is owner-only, named by `check`,
 /// and removed at a plain shutdown; a second plain start on the same config is refused.
 #[tokio::test]
@@ -69,6 +70,20 @@ async fn the_upgrade_socket_is_private_and_a_stale_one_does_not_block_a_start() 
         summary.contains(&format!("upgrade   {}", socket.display())),
         "{summary}"
     );
+
+    // A configured path that cannot be created is a start error, not a silent loss of upgrades.
+    let nowhere = dir.join("nowhere.toml");
+    write(
+        &nowhere,
+        &config_for(
+            &[("blue", &[&backend])],
+            "\"blue\"",
+            "[lifecycle]\nupgrade_socket = \"missing/up.sock\"\n",
+        ),
+    );
+    let mut refused = Switchyard::run(&nowhere, &[]);
+    refused.line("cannot create the upgrade socket", WAIT).await;
+    assert_eq!(refused.exit(WAIT).await, Some(1));
 
     let mut lonely = Switchyard::run(&config, &["--upgrade"]);
     lonely.line("no running Switchyard answers at", WAIT).await;
@@ -95,6 +110,29 @@ async fn the_upgrade_socket_is_private_and_a_stale_one_does_not_block_a_start() 
     assert!(!socket.exists(), "left behind at a plain shutdown");
 }
 
+/// Starts the proxy as systemd does with a socket unit: `socket` as fd 3, `LISTEN_FDS=1`, and
+/// `LISTEN_PID` the service's own pid.
+fn activated(socket: &std::net::TcpListener, config: &Path) -> Switchyard {
+    let fd = socket.as_raw_fd();
+    let moved = if fd == 3 {
+        String::new()
+    } else {
+        format!(" 3<&{fd} {fd}<&-")
+    };
+    let script = format!("export LISTEN_PID=$$; exec \"$0\" run --config \"$1\"{moved}");
+    // bash: dash takes single-digit descriptors only.
+    let mut command = Command::new("bash");
+    command
+        .args(["-c", &script, env!("CARGO_BIN_EXE_switchyard")])
+        .arg(config)
+        .env("LISTEN_FDS", "1");
+    // Inherited by this one child only: close-on-exec again right after it started.
+    rustix::io::fcntl_setfd(socket, rustix::io::FdFlags::empty()).unwrap();
+    let child = Switchyard::spawn(command);
+    rustix::io::fcntl_setfd(socket, rustix::io::FdFlags::CLOEXEC).unwrap();
+    child
+}
+
 /// systemd socket activation: the proxy serves on the socket systemd passed (`LISTEN_FDS`,
 /// `LISTEN_PID`) instead of binding, so between a stop and the next start the kernel queues
 /// connections instead of refusing them, and the next process answers them.
@@ -113,29 +151,12 @@ async fn systemd_socket_activation_queues_connections_across_a_restart() {
             &config_for(&[("blue", &[&backend])], "\"blue\"", ""),
         ),
     );
-    let activated = || {
-        // As systemd does: the socket as fd 3, LISTEN_PID the service's own pid.
-        let fd = socket.as_raw_fd();
-        let moved = if fd == 3 {
-            String::new()
-        } else {
-            format!(" 3<&{fd} {fd}<&-")
-        };
-        let script = format!("export LISTEN_PID=$$; exec \"$0\" run --config \"$1\"{moved}");
-        // bash: dash takes single-digit descriptors only.
-        let mut command = Command::new("bash");
-        command
-            .args(["-c", &script, env!("CARGO_BIN_EXE_switchyard")])
-            .arg(&config)
-            .env("LISTEN_FDS", "1");
-        // Inherited by this one child only: close-on-exec again right after it started.
-        rustix::io::fcntl_setfd(&socket, rustix::io::FdFlags::empty()).unwrap();
-        let child = Switchyard::spawn(command);
-        rustix::io::fcntl_setfd(&socket, rustix::io::FdFlags::CLOEXEC).unwrap();
-        child
-    };
-    let mut first = activated();
-    assert_eq!(first.address().await, address);
+    let mut first = activated(&socket, &config);
+    let listening = first.line("inherited=", WAIT).await;
+    assert!(
+        listening.contains(&format!("address={address} inherited=true")),
+        "{listening}"
+    );
     assert_eq!(
         request_on_new_connection(address, "/name").await,
         Outcome::Answered
@@ -150,7 +171,7 @@ async fn systemd_socket_activation_queues_connections_across_a_restart() {
         b"GET /name HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
-    let mut second = activated();
+    let mut second = activated(&socket, &config);
     assert_eq!(second.address().await, address);
     queued.set_nonblocking(true).unwrap();
     let mut queued = tokio::net::TcpStream::from_std(queued).unwrap();
