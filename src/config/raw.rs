@@ -32,6 +32,16 @@ pub(super) struct RawConfig {
     pub(super) log: RawLog,
     #[serde(default)]
     pub(super) discovery: RawDiscovery,
+    #[serde(default)]
+    pub(super) lifecycle: RawLifecycle,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLifecycle {
+    pub(super) upgrade_socket: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) reuse_port: bool,
 }
 
 #[derive(Deserialize, Default)]

@@ -9,6 +9,7 @@ mod backend;
 mod bench;
 mod cli;
 mod demo;
+mod handover;
 mod health;
 mod hostile;
 mod limits;
