@@ -2,7 +2,9 @@
 //! cut at the size limit, or nothing (health probes).
 
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -18,6 +20,26 @@ pub enum BodyError {
     Hyper(#[from] hyper::Error),
 }
 
+/// Where a client's upload stands, seen from the request waiting for the response head while
+/// the body streams in the connection task: it tells a stalled client from a stalled backend.
+#[derive(Debug, Clone)]
+pub struct Upload(Arc<AtomicU8>);
+
+const FORWARDING: u8 = 0;
+const AWAITING_CLIENT: u8 = 1;
+const FINISHED: u8 = 2;
+
+impl Upload {
+    /// The proxy is waiting for the client's next body bytes (the backend took all it was given).
+    pub fn awaits_client(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == AWAITING_CLIENT
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Relaxed);
+    }
+}
+
 /// A client's request body on its way to a backend.
 #[derive(Debug)]
 pub struct RequestBody {
@@ -26,6 +48,8 @@ pub struct RequestBody {
     received: u64,
     /// Counts bytes received from clients (`switchyard_bytes_in_total`).
     bytes_in: Option<Counter>,
+    /// Only for bodies that have bytes to come: a request without one cannot stall on its client.
+    upload: Option<Upload>,
 }
 
 impl RequestBody {
@@ -35,15 +59,29 @@ impl RequestBody {
             limit: None,
             received: 0,
             bytes_in: None,
+            upload: None,
         }
     }
 
     pub fn streaming(body: Incoming, limit: Option<u64>, bytes_in: Counter) -> RequestBody {
+        let upload = (!body.is_end_stream()).then(|| Upload(Arc::new(AtomicU8::new(FORWARDING))));
         RequestBody {
             inner: Some(body),
             limit,
             received: 0,
             bytes_in: Some(bytes_in),
+            upload,
+        }
+    }
+
+    /// The handle that tells how far the upload got; `None` for a request without a body.
+    pub fn upload(&self) -> Option<Upload> {
+        self.upload.clone()
+    }
+
+    fn note(&self, state: u8) {
+        if let Some(upload) = &self.upload {
+            upload.set(state);
         }
     }
 }
@@ -60,7 +98,14 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) else {
+            this.note(AWAITING_CLIENT);
+            return Poll::Pending;
+        };
+        this.note(match &frame {
+            Some(Ok(_)) => FORWARDING,
+            None | Some(Err(_)) => FINISHED,
+        });
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
             let len = data.map_or(0, |d| d.len() as u64);
             this.received += len;
@@ -69,6 +114,7 @@ impl Body for RequestBody {
             }
             if let Some(limit) = this.limit.filter(|limit| this.received > *limit) {
                 this.inner = None;
+                this.note(FINISHED);
                 return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
             }
         }
