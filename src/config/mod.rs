@@ -251,8 +251,9 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthConfig {
     pub probes: Option<ProbeConfig>,
-    /// Failures of real traffic (connect errors and timeouts) within `fail_window` that eject a
-    /// backend; 0 turns passive detection off.
+    /// Failures of real traffic that were the backend's doing (see
+    /// `UpstreamError::counts_against_backend`) within `fail_window` that eject a backend; 0 turns
+    /// passive detection off.
     pub max_fails: u32,
     pub fail_window: Duration,
     /// How long an ejected backend takes no traffic; with probes on, it then needs `rise` passes.

@@ -264,7 +264,7 @@ pub(super) type RawDuration = Option<Spanned<String>>;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSessions {
     pub(super) idle_timeout: RawDuration,
-    pub(super) max_sessions: Option<usize>,
+    pub(super) max_sessions: Option<Spanned<usize>>,
     pub(super) seal: Option<Spanned<bool>>,
     pub(super) seal_keys_file: Option<Spanned<String>>,
     pub(super) seal_keys_env: Option<Spanned<String>>,

@@ -53,6 +53,13 @@ fn unknown_active_pool_is_refused_at_its_place() {
 }
 
 #[test]
+fn an_empty_session_table_is_refused() {
+    let err = parse(&format!("{MINIMAL}\n[sessions]\nmax_sessions = 0\n")).unwrap_err();
+    assert!(err.starts_with("t.toml:15:16: "), "{err}");
+    assert!(err.contains("max_sessions must be at least 1"), "{err}");
+}
+
+#[test]
 fn durations_and_bad_durations() {
     assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
     assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));

@@ -240,7 +240,15 @@ fn validate_discovery(raw: &RawDiscovery) -> Result<DiscoveryConfig, Invalid> {
 fn validate_sessions(raw: &RawSessions, source: &Source<'_>) -> Result<SessionConfig, Invalid> {
     Ok(SessionConfig {
         idle_timeout: duration(&raw.idle_timeout, Duration::from_secs(3600))?,
-        max_sessions: raw.max_sessions.unwrap_or(1_000_000),
+        max_sessions: raw.max_sessions.as_ref().map_or(Ok(1_000_000), |max| {
+            match *max.get_ref() {
+                0 => Err(invalid(
+                    max,
+                    "max_sessions must be at least 1 (a full table refuses new sessions)".into(),
+                )),
+                n => Ok(n),
+            }
+        })?,
         seal: seal_config(raw, source)?,
     })
 }

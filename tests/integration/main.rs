@@ -12,6 +12,7 @@ mod demo;
 mod handover;
 mod health;
 mod hostile;
+mod hygiene;
 mod limits;
 mod ops;
 mod proxy;
