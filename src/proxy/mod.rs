@@ -9,6 +9,8 @@ pub mod listener;
 pub mod policy;
 pub mod proxy_protocol;
 pub mod request;
+pub mod request_id;
 pub mod respond;
 pub mod serve;
+mod strict;
 pub mod websocket;

@@ -4,6 +4,8 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +26,26 @@ pub enum BodyError {
     Hyper(#[from] hyper::Error),
 }
 
+/// Where a client's upload stands, seen from the request waiting for the response head while
+/// the body streams in the connection task: it tells a stalled client from a stalled backend.
+#[derive(Debug, Clone)]
+pub struct Upload(Arc<AtomicU8>);
+
+const FORWARDING: u8 = 0;
+const AWAITING_CLIENT: u8 = 1;
+const FINISHED: u8 = 2;
+
+impl Upload {
+    /// The proxy is waiting for the client's next body bytes (the backend took all it was given).
+    pub fn awaits_client(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == AWAITING_CLIENT
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Relaxed);
+    }
+}
+
 /// A client's request body on its way to a backend.
 #[derive(Debug)]
 pub struct RequestBody {
@@ -33,6 +55,8 @@ pub struct RequestBody {
     /// Counts bytes received from clients (`switchyard_bytes_in_total`).
     bytes_in: Option<Counter>,
     idle: Option<IdleTimer>,
+    /// Only for bodies that have bytes to come: a request without one cannot stall on its client.
+    upload: Option<Upload>,
     /// Frames read from `inner` before the request was sent (a policy needed the body's head),
     /// given out first.
     head: VecDeque<Frame<Bytes>>,
@@ -60,20 +84,34 @@ impl RequestBody {
             received: 0,
             bytes_in: None,
             idle: None,
+            upload: None,
             head: VecDeque::new(),
             tap: None,
         }
     }
 
     pub fn streaming(body: Incoming, limits: BodyLimits, bytes_in: Counter) -> RequestBody {
+        let upload = (!body.is_end_stream()).then(|| Upload(Arc::new(AtomicU8::new(FORWARDING))));
         RequestBody {
             inner: Some(body),
             limit: limits.max,
             received: 0,
             bytes_in: Some(bytes_in),
             idle: limits.idle.map(IdleTimer::new),
+            upload,
             head: VecDeque::new(),
             tap: None,
+        }
+    }
+
+    /// The handle that tells how far the upload got; `None` for a request without a body.
+    pub fn upload(&self) -> Option<Upload> {
+        self.upload.clone()
+    }
+
+    fn note(&self, state: u8) {
+        if let Some(upload) = &self.upload {
+            upload.set(state);
         }
     }
 
@@ -105,10 +143,17 @@ impl Body for RequestBody {
                 };
                 match Pin::new(inner).poll_frame(cx) {
                     Poll::Ready(frame) => frame,
-                    Poll::Pending => return this.poll_idle(cx),
+                    Poll::Pending => {
+                        this.note(AWAITING_CLIENT);
+                        return this.poll_idle(cx);
+                    }
                 }
             }
         };
+        this.note(match &frame {
+            Some(Ok(_)) => FORWARDING,
+            None | Some(Err(_)) => FINISHED,
+        });
         if let Some(idle) = &mut this.idle {
             idle.waiting_since = None;
         }
@@ -120,6 +165,7 @@ impl Body for RequestBody {
             }
             if let Some(limit) = this.limit.filter(|limit| this.received > *limit) {
                 this.inner = None;
+                this.note(FINISHED);
                 return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
             }
             if let (Some(tap), Some(data)) = (this.tap.as_mut(), data) {
@@ -170,10 +216,10 @@ impl RequestBody {
         if !idle.expired(cx) {
             return Poll::Pending;
         }
+        let timeout = idle.timeout;
         self.inner = None;
-        Poll::Ready(Some(Err(BodyError::Idle {
-            timeout: idle.timeout,
-        })))
+        self.note(FINISHED);
+        Poll::Ready(Some(Err(BodyError::Idle { timeout })))
     }
 }
 

@@ -6,6 +6,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
 use super::super::body::ResponseBody;
+use super::super::request_id::{RequestId, X_REQUEST_ID};
 
 /// JSON-RPC error codes of refusals. `-32600` is JSON-RPC's own "Invalid Request"; the others
 /// are in the range JSON-RPC leaves to servers.
@@ -67,11 +68,21 @@ impl Refusal {
         .with_id(id)
     }
 
-    pub fn into_response(self) -> Response<ResponseBody> {
+    /// The answer, carrying the request's id in `X-Request-Id` and the error's `data` as every
+    /// answer of the proxy's own does.
+    pub fn into_response(self, request_id: &RequestId) -> Response<ResponseBody> {
+        let id = self
+            .id
+            .as_deref()
+            .and_then(|id| serde_json::from_str::<serde_json::Value>(id).ok());
         let body = serde_json::json!({
             "jsonrpc": "2.0",
-            "id": self.id.as_deref().and_then(|id| serde_json::from_str::<serde_json::Value>(id).ok()),
-            "error": {"code": self.code, "message": self.message},
+            "id": id,
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "data": {"request_id": request_id.as_str()},
+            },
         });
         let mut response = Response::new(ResponseBody::full(body.to_string()));
         *response.status_mut() = self.status;
@@ -80,8 +91,13 @@ impl Refusal {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        headers.insert(&X_REQUEST_ID, request_id.header_value());
         for (name, value) in self.headers {
             headers.append(name, value);
+        }
+        // A body refused before it was read to the end: the connection is not worth keeping.
+        if matches!(self.status.as_u16(), 400 | 408) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
