@@ -33,8 +33,27 @@ impl LoadedConfig {
         out.push_str(&format!("active    {}\n", active.join(", ")));
         out.push_str(&format!("sessions  {}\n", sessions(&self.loaded.seal)));
         out.push_str(&discovery(config));
+        out.push_str(&policy(config));
         out
     }
+}
+
+/// The policy line: what is counted, limited and required; nothing without `[policy]`.
+fn policy(config: &Config) -> String {
+    let Some(policy) = &config.policy else {
+        return String::new();
+    };
+    let mut parts = vec!["MCP calls counted".to_string()];
+    if !policy.limits.is_empty() {
+        parts.push(format!("{} rate limit(s)", policy.limits.len()));
+    }
+    if let Some(auth) = &policy.auth {
+        parts.push(format!("bearer JWT from {} required", auth.issuer));
+        if !auth.allow.is_empty() {
+            parts.push(format!("{} tool allow rule(s)", auth.allow.len()));
+        }
+    }
+    format!("policy    {}\n", parts.join(", "))
 }
 
 fn listeners(config: &Config) -> String {
