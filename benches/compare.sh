@@ -21,6 +21,8 @@
 #   BENCH_FIXED_RATE  POST rate for the latency runs (default: half of nginx's measured maximum)
 #   PROXY_CPU, LOAD_CPU   CPU numbers for taskset (default 0 and 1)
 #   OUT             output directory (default: a new /tmp/switchyard-bench.* directory)
+#   SWITCHYARD_BIN  a switchyard binary to run instead of building this tree (A/B comparisons)
+#   SWITCHYARD_EXTRA  TOML appended to Switchyard's config, e.g. "[policy]"
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -243,6 +245,8 @@ max_idle_per_backend = 128
 
 [limits]
 max_connections = $(ulimit -n)
+
+${SWITCHYARD_EXTRA:-}
 EOF
 }
 
@@ -436,8 +440,12 @@ EOF
 install_missing
 raise_limits
 log "building release"
-(cd "$ROOT" && cargo build --release --quiet)
-BIN="$ROOT/target/release/switchyard"
+if [[ -n ${SWITCHYARD_BIN:-} ]]; then
+    BIN=$SWITCHYARD_BIN
+else
+    (cd "$ROOT" && cargo build --release --quiet)
+    BIN="$ROOT/target/release/switchyard"
+fi
 make_certificates
 write_configs
 TOKIO_WORKER_THREADS=1 start_pinned "$LOAD_CPU" "$OUT/backend.log" \

@@ -2,7 +2,9 @@
 //!
 //! 1. [`handle`] reads what the request is ([`RequestMeta`]: class, session, sealed token, request
 //!    id) from the one snapshot it will see throughout, and [`strict::check`](super::strict::check)
-//!    refuses what a backend could read differently;
+//!    refuses what a backend could read differently; with `[policy]`, [`admit`] then serves the
+//!    protected-resource metadata, authenticates, learns the MCP calls and applies allow-lists and
+//!    rate limits ([`super::policy`]);
 //! 2. [`route`] decides who may take it: the session's owner, or a pick from the active pools;
 //!    a request that may open a session reserves room for it in the table first;
 //! 3. [`send_with_retry`] sends it, to another backend if the first never received it;

@@ -91,6 +91,23 @@ impl Pki {
     }
 }
 
+impl Leaf {
+    /// The server side of this certificate, for a test's own TLS server.
+    pub(crate) fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let pair = switchyard::config::tls::CertPair {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        };
+        switchyard::config::tls::server_config(&[pair], None).unwrap()
+    }
+}
+
+impl Pki {
+    pub(crate) fn ca_path(&self) -> &std::path::Path {
+        &self.ca_path
+    }
+}
+
 pub(crate) fn tls_line(leaf: &Leaf) -> String {
     format!(
         "tls = {{ cert = {:?}, key = {:?} }}",

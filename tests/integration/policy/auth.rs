@@ -3,6 +3,9 @@
 //! is served; an unknown key id makes the proxy look at the key set again; tool allow-lists are
 //! `403`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use serde_json::json;
 
 use super::*;
@@ -253,4 +256,67 @@ async fn the_metadata_document_is_served() {
         assert_eq!(document["bearer_methods_supported"], json!(["header"]));
     }
     assert_eq!(s.backend.requests(), 0, "served by the proxy itself");
+}
+
+/// An HTTPS server answering every request with `jwks`; counts the requests.
+async fn serve_jwks(
+    tls: Arc<rustls::ServerConfig>,
+    jwks: String,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&fetched);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, jwks, count) = (acceptor.clone(), jwks.clone(), Arc::clone(&count));
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                    assert_eq!(request.uri().path(), "/keys/jwks.json");
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let body = http_body_util::Full::new(bytes::Bytes::from(jwks.clone()));
+                    async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (address, fetched)
+}
+
+#[tokio::test]
+async fn keys_are_fetched_from_an_https_url() {
+    let signer = Signer::ed("fetched-1");
+    let dir = temp_dir("jwks-url");
+    let jwks = std::fs::read_to_string(write_jwks(&dir, &[&signer])).unwrap();
+    let pki = crate::tls::Pki::new("jwks-url");
+    let leaf = pki.leaf("issuer", &["localhost"]);
+    let (address, fetched) = serve_jwks(leaf.server_config(), jwks).await;
+    let backend = TestBackend::start("b").await;
+    let policy = format!(
+        "[upstream]\nca = \"{}\"\n\n[policy]\n[policy.auth]\nissuer = \"{ISSUER}\"\n\
+         audience = \"{AUDIENCE}\"\njwks_url = \"https://localhost:{}/keys/jwks.json\"\n\
+         resource = \"http://127.0.0.1:8080/mcp\"\n",
+        pki.ca_path().display(),
+        address.port()
+    );
+    let config = config_for(&[("blue", &[&backend])], "\"blue\"", &policy);
+    let proxy = TestProxy::start(&config).await;
+    // Whichever comes first, the start-up fetch or the token's unknown kid, brings the key.
+    let response = get_headers(&proxy, Some(&signer.sign(&claims("far")))).await;
+    assert_eq!(response.status(), 200);
+    assert!(fetched.load(Ordering::SeqCst) >= 1);
+    let refreshes = metric(
+        &proxy,
+        "switchyard_jwks_refreshes_total",
+        &[("outcome", "success")],
+    );
+    assert!(refreshes.await >= 1.0);
 }
