@@ -21,6 +21,26 @@ pub struct RequestLabels {
     pub backend: String,
 }
 
+/// A route's name as a label value: an `Arc` shared with the snapshot, so counting a request
+/// per route clones a pointer instead of building a `String`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct RouteName(pub std::sync::Arc<str>);
+
+impl prometheus_client::encoding::EncodeLabelValue for RouteName {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: RouteName,
+    pub status: u16,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
     pub pool: String,
@@ -53,6 +73,7 @@ pub struct TransitionLabels {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    pub route_requests: Family<RouteLabels, Counter>,
     pub upstream_latency: Family<BackendLabels, Histogram, fn() -> Histogram>,
     pub upstream_errors: Family<OutcomeLabels, Counter>,
     pub stream_duration: Family<ClassLabels, Histogram, fn() -> Histogram>,
@@ -112,6 +133,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("switchyard");
         let m = Metrics {
             requests: Family::default(),
+            route_requests: Family::default(),
             upstream_latency: Family::new_with_constructor(latency_histogram),
             upstream_errors: Family::default(),
             stream_duration: Family::new_with_constructor(duration_histogram),
@@ -150,6 +172,11 @@ impl Metrics {
             "requests",
             "Requests answered, by route class, status, pool and backend",
             m.requests.clone(),
+        );
+        r.register(
+            "route_requests",
+            "Requests answered, by route and status (route \"\" when no route matched)",
+            m.route_requests.clone(),
         );
         r.register(
             "upstream_response_seconds",

@@ -16,6 +16,7 @@
 
 mod load;
 mod raw;
+mod routes;
 mod summary;
 pub mod tls;
 mod validate;
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use load::{AdminToken, Loaded, LoadedConfig, load_files};
+pub use routes::{HeaderRules, HostMatch, HostPolicy, PathMatch, RouteConfig, RouteTimeouts};
 
 /// A configuration that passed validation: every pool exists, every address parses. Files it names
 /// are referenced, not read: see [`load_files`].
@@ -42,7 +44,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub admin: Option<AdminConfig>,
     pub pools: BTreeMap<String, PoolConfig>,
-    pub active: Vec<(String, u32)>,
+    /// Never empty: without `[[route]]` one route takes every request to `[routing] active`.
+    pub routes: Vec<RouteConfig>,
     pub trusted_proxies: Vec<Cidr>,
     pub sessions: SessionConfig,
     pub timeouts: Timeouts,

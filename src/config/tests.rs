@@ -33,7 +33,7 @@ fn minimal_shape_parses_with_defaults() {
     let config = parse(MINIMAL).unwrap();
     assert_eq!(config.pools["blue"].backends.len(), 3);
     assert_eq!(config.pools["blue"].backends[2].weight, 2);
-    assert_eq!(config.active, vec![("blue".to_string(), 1)]);
+    assert_eq!(config.routes[0].active, vec![("blue".to_string(), 1)]);
     assert_eq!(config.timeouts.sse_keepalive, Some(Duration::from_secs(15)));
 }
 
@@ -77,7 +77,7 @@ fn canary_split_and_trusted_proxies() {
     );
     let config = parse(&text).unwrap();
     assert_eq!(
-        config.active,
+        config.routes[0].active,
         vec![("blue".into(), 90), ("green".into(), 10)]
     );
     assert!(config.trusted_proxies[0].contains("10.1.2.3".parse().unwrap()));

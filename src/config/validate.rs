@@ -10,12 +10,14 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{
-    RawAdmin, RawConfig, RawDiscovery, RawListener, RawSessions, RawTimeouts, RawTls, RawUpstream,
+    RawAdmin, RawConfig, RawDiscovery, RawListener, RawRouting, RawSessions, RawTimeouts, RawTls,
+    RawUpstream,
 };
+use super::routes::{Defaults, validate_routes};
 use super::tls::CertPair;
 use super::values::{
-    duration, nameserver_addr, optional_duration, redirect_base, socket_addr, validate_active,
-    validate_health, validate_limits, validate_log_level, validate_pool,
+    duration, nameserver_addr, optional_duration, redirect_base, socket_addr, validate_health,
+    validate_limits, validate_log_level, validate_pool,
 };
 use super::{
     AdminConfig, CertPairRef, Cidr, Config, ConfigError, DiscoveryConfig, FileRef, ListenerConfig,
@@ -119,10 +121,23 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Invalid> {
         .iter()
         .map(|(name, pool)| Ok((name.clone(), validate_pool(name, pool)?)))
         .collect::<Result<BTreeMap<_, _>, Invalid>>()?;
-    let routing = raw
-        .routing
-        .ok_or_else(|| whole_file("no [routing]: set routing.active to a pool name"))?;
-    let active = validate_active(&routing.active, &pools)?;
+    let routing = raw.routing.unwrap_or(RawRouting {
+        active: None,
+        trusted_proxies: Vec::new(),
+    });
+    if routing.active.is_none() && raw.route.is_empty() {
+        return Err(whole_file(
+            "no [routing] active: set routing.active to a pool name, or add [[route]] entries",
+        ));
+    }
+    let timeouts = validate_timeouts(&raw.timeouts)?;
+    let limits = validate_limits(&raw.limits)?;
+    let defaults = Defaults {
+        pools: &pools,
+        timeouts: &timeouts,
+        limits: &limits,
+    };
+    let routes = validate_routes(&raw.route, routing.active.as_ref(), &defaults)?;
     let upstream = validate_upstream(&raw.upstream, &pools, source)?;
     let health = validate_health(raw.health.as_ref())?;
     let trusted_proxies = routing
@@ -136,12 +151,12 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Invalid> {
         listeners,
         admin,
         pools,
-        active,
+        routes,
         trusted_proxies,
         sessions: validate_sessions(&raw.sessions, source)?,
-        timeouts: validate_timeouts(&raw.timeouts)?,
+        timeouts,
         upstream,
-        limits: validate_limits(&raw.limits)?,
+        limits,
         watch_interval: optional_duration(&raw.reload.watch_interval, Duration::ZERO)?,
         health,
         log,

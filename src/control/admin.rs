@@ -254,8 +254,9 @@ fn status(state: &State) -> serde_json::Value {
         .iter()
         .map(|pool| {
             let active = snapshot
-                .active
+                .routes
                 .iter()
+                .flat_map(|r| &r.active)
                 .any(|(i, _)| snapshot.pool(*i).name == pool.name);
             let backends: Vec<serde_json::Value> = pool
                 .members
@@ -295,9 +296,40 @@ fn status(state: &State) -> serde_json::Value {
         "config": snapshot.config.source.display().to_string(),
         "ready": not_ready_reason(state).is_none(),
         "sessions": state.sessions.len(),
+        "routes": routes(&snapshot),
         "pools": pools,
         "draining": draining,
     })
+}
+
+/// The route table: what each route matches, its pools, and whether it can take new work.
+fn routes(snapshot: &crate::state::Snapshot) -> Vec<serde_json::Value> {
+    snapshot
+        .routes
+        .iter()
+        .map(|route| {
+            let settings = &route.settings;
+            let hosts: Vec<String> = settings.hosts.iter().map(ToString::to_string).collect();
+            let (kind, path) = match &settings.path {
+                crate::config::PathMatch::Prefix(p) => ("prefix", p),
+                crate::config::PathMatch::Exact(p) => ("exact", p),
+            };
+            let active: serde_json::Map<String, serde_json::Value> = route
+                .active
+                .iter()
+                .map(|(i, w)| (snapshot.pool(*i).name.to_string(), (*w).into()))
+                .collect();
+            serde_json::json!({
+                "name": &*route.name,
+                "hosts": hosts,
+                kind: path,
+                "strip_prefix": settings.strip_prefix,
+                "pools": settings.pools,
+                "active": active,
+                "usable": route.has_usable_backend(&snapshot.pools),
+            })
+        })
+        .collect()
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ResponseBody> {

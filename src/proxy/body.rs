@@ -30,6 +30,7 @@ pub struct AccessRecord {
     pub path: String,
     pub class: crate::mcp::classify::RouteClass,
     pub status: u16,
+    pub route: Arc<str>,
     pub backend: Arc<str>,
     pub pool: Arc<str>,
     pub session: Option<String>,
@@ -57,6 +58,7 @@ impl AccessRecord {
             path = %self.path,
             class = self.class.as_str(),
             status = self.status,
+            route = %self.route,
             backend = %self.backend,
             pool = %self.pool,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
@@ -75,9 +77,12 @@ pub struct SseWatch {
     keepalive: Option<(Pin<Box<Sleep>>, Duration)>,
     close: Pin<Box<WaitForCancellationFutureOwned>>,
     closing: bool,
-    /// Set when the endpoint event's session id must be sealed: the stream's head is held back
-    /// in `held` (bounded by the scan limit) until that event is complete, then rewritten.
+    /// Set when the endpoint event's session id must be sealed.
     seal: Option<Arc<crate::mcp::seal::Sealer>>,
+    /// Set when the route stripped this prefix: the endpoint URL gets it back.
+    prefix: Option<Arc<str>>,
+    /// While the endpoint event is rewritten (sealed or prefixed), the stream's head is held
+    /// back here (bounded by the scan limit) until that event is complete.
     held: Vec<u8>,
 }
 
@@ -94,6 +99,7 @@ impl SseWatch {
             close: Box::pin(close.cancelled_owned()),
             closing: false,
             seal: None,
+            prefix: None,
             held: Vec::new(),
         }
     }
@@ -102,6 +108,17 @@ impl SseWatch {
     pub fn sealing(mut self, sealer: Arc<crate::mcp::seal::Sealer>) -> SseWatch {
         self.seal = Some(sealer);
         self
+    }
+
+    /// Puts `prefix` back in front of the legacy `endpoint` event's path as it passes.
+    pub fn prefixing(mut self, prefix: Arc<str>) -> SseWatch {
+        self.prefix = Some(prefix);
+        self
+    }
+
+    /// Whether the endpoint event will be rewritten (and so change length).
+    pub fn rewrites_endpoint(&self) -> bool {
+        self.endpoint.is_some() && (self.seal.is_some() || self.prefix.is_some())
     }
 }
 
@@ -262,15 +279,16 @@ impl UpstreamBody {
         frame
     }
 
-    /// On a sealed legacy stream, keeps the head back until the `endpoint` event is complete,
-    /// then gives it out with the session id sealed. `None` while still holding.
+    /// On a legacy stream whose endpoint is rewritten, keeps the head back until the `endpoint`
+    /// event is complete, then gives it out rewritten. `None` while still holding.
     fn hold_endpoint(&mut self, frame: Frame<Bytes>) -> Option<Frame<Bytes>> {
         let Some(sse) = self.sse.as_mut() else {
             return Some(frame);
         };
-        let (Some(sealer), Some(scanner), Some(data)) =
-            (sse.seal.clone(), sse.endpoint.as_mut(), frame.data_ref())
-        else {
+        if !sse.rewrites_endpoint() {
+            return Some(frame);
+        }
+        let (Some(scanner), Some(data)) = (sse.endpoint.as_mut(), frame.data_ref()) else {
             return Some(frame);
         };
         sse.held.extend_from_slice(data);
@@ -287,29 +305,40 @@ impl UpstreamBody {
             return Some(Frame::data(Bytes::from(held)));
         };
         self.learn_endpoint(&url);
-        let owner = self
-            .guard
-            .as_ref()
-            .map(|g| Arc::clone(&g.backend().address));
-        let rewritten = owner.and_then(|owner| {
-            let id = crate::mcp::session::legacy_session_id(url.split_once('?')?.1)?;
-            let token = sealer.seal(&owner, id)?;
-            let sealed_url = crate::mcp::seal::with_session_id(&url, &token)?;
-            crate::mcp::sse::replace_first(&held, url.as_bytes(), sealed_url.as_bytes())
+        let rewritten = self.rewritten_endpoint(&url).and_then(|new_url| {
+            crate::mcp::sse::replace_first(&held, url.as_bytes(), new_url.as_bytes())
         });
         match rewritten {
             Some(bytes) => Some(Frame::data(Bytes::from(bytes))),
             None => {
-                tracing::warn!("cannot seal the endpoint event's session id; passing it as is");
+                tracing::warn!("cannot rewrite the endpoint event's URL; passing it as is");
                 Some(Frame::data(Bytes::from(held)))
             }
         }
     }
 
+    /// The endpoint URL as the client must see it: its session id sealed, the route's stripped
+    /// prefix put back in front of its path.
+    fn rewritten_endpoint(&self, url: &str) -> Option<String> {
+        let sse = self.sse.as_ref()?;
+        let mut url = url.to_string();
+        if let Some(sealer) = &sse.seal {
+            let owner = &self.guard.as_ref()?.backend().address;
+            let id = crate::mcp::session::legacy_session_id(url.split_once('?')?.1)?;
+            let token = sealer.seal(owner, id)?;
+            url = crate::mcp::seal::with_session_id(&url, &token)?;
+        }
+        if let Some(prefix) = &sse.prefix {
+            url = crate::mcp::sse::prefixed_endpoint(&url, prefix);
+        }
+        Some(url)
+    }
+
     /// Bytes still held when the stream ends before its endpoint event completed.
     fn release_held(&mut self) -> Option<Bytes> {
         let sse = self.sse.as_mut()?;
-        sse.endpoint.take_if(|_| sse.seal.is_some());
+        sse.endpoint
+            .take_if(|_| sse.seal.is_some() || sse.prefix.is_some());
         let held = std::mem::take(&mut sse.held);
         (!held.is_empty()).then(|| Bytes::from(held))
     }

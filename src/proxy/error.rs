@@ -8,6 +8,9 @@ use super::body::ResponseBody;
 pub enum ProxyError {
     #[error("no healthy backend is available")]
     NoBackend,
+    /// No route takes the request's host and path.
+    #[error("no route for this host and path")]
+    NoRoute,
     /// The session names no known owner, or its owner is gone for good.
     #[error("session not found")]
     SessionNotFound,
@@ -26,7 +29,7 @@ impl ProxyError {
         use crate::upstream::backend::UpstreamError as U;
         match self {
             ProxyError::NoBackend | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::SessionNotFound => StatusCode::NOT_FOUND,
+            ProxyError::SessionNotFound | ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Upstream(U::ResponseTimeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -2,7 +2,9 @@
 //!
 //! 1. [`handle`] reads what the request is ([`RequestMeta`]: class, session, sealed token) from
 //!    the one snapshot it will see throughout;
-//! 2. [`route`] decides who may take it: the session's owner, or a pick from the active pools;
+//! 2. [`route`] picks the route by host and path (the snapshot's route table), then who may take
+//!    the request: the session's owner, whatever route it came by, or a pick from the route's
+//!    active pools;
 //! 3. [`send_with_retry`] sends it, to another backend if the first never received it;
 //! 4. [`respond::shape`](super::respond::shape) learns or seals the session and wraps the body
 //!    so that the in-flight guard lives until the last byte.
@@ -14,10 +16,11 @@ use std::time::Instant;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use crate::config::HostPolicy;
 use crate::mcp::classify::{RouteClass, classify};
 use crate::mcp::seal::{Opened, Unsealed, unseal_request};
 use crate::mcp::session::{session_id, session_tag};
-use crate::state::{Snapshot, State};
+use crate::state::{Route, Snapshot, State};
 use crate::upstream::backend::{Backend, Exchange, InFlightGuard, UpstreamError};
 use crate::upstream::body::{BodyError, RequestBody};
 
@@ -32,6 +35,8 @@ pub struct ConnInfo {
     /// The client: the TCP peer, or the address a PROXY protocol header gave.
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The name a TLS client sent in SNI: routes match it when the request names no host.
+    pub sni: Option<Arc<str>>,
 }
 
 /// Everything about the request that the later phases still need once its head is gone.
@@ -70,8 +75,8 @@ impl RequestMeta {
     }
 }
 
-/// Who may take a request: its session's owner, or any backend the active pools offer.
-enum Route {
+/// Who may take a request: its session's owner, or any backend the route's active pools offer.
+enum Target {
     Owner(Arc<Backend>),
     /// New work; `hash_client` is set for streams, which are placed by client address.
     NewWork {
@@ -86,15 +91,24 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let snapshot = state.snapshot();
     let meta = RequestMeta::read(&snapshot, &mut request);
-    match proxy(&state, &snapshot, &conn, request, &meta).await {
+    let Some(route) = find_route(&snapshot, &conn, &request) else {
+        return answer_error(&state, &meta, None, ProxyError::NoRoute);
+    };
+    let mut response = match proxy(&state, &snapshot, route, &conn, request, &meta).await {
         Ok(response) => response,
-        Err(error) => answer_error(&state, &meta, error),
-    }
+        Err(error) => answer_error(&state, &meta, Some(route), error),
+    };
+    route
+        .settings
+        .response_headers
+        .apply(response.headers_mut());
+    response
 }
 
 async fn proxy(
     state: &Arc<State>,
     snapshot: &Snapshot,
+    route: &Route,
     conn: &ConnInfo,
     mut request: Request<Incoming>,
     meta: &RequestMeta,
@@ -102,22 +116,26 @@ async fn proxy(
     let config = &snapshot.config;
     // A body announced too large is refused before any backend is involved; one that grows too
     // large mid-stream is cut by RequestBody and answered 413 when the send fails.
-    let body_limit = config.limits.max_request_body;
+    let body_limit = route.settings.max_request_body;
     if let Some(limit) = body_limit
         && http_body::Body::size_hint(request.body()).lower() > limit
     {
         return Err(ProxyError::BodyTooLarge { limit });
     }
     let client_ip = client_ip(conn.peer.ip(), request.headers(), &config.trusted_proxies);
-    let route = route(state, snapshot, meta, client_ip)?;
+    let target = target(state, snapshot, route, meta, client_ip)?;
+    if let Some(prefix) = route.stripped_prefix() {
+        strip_prefix(request.uri_mut(), prefix)?;
+    }
     let client_upgrade =
         (meta.class == RouteClass::WebSocket).then(|| hyper::upgrade::on(&mut request));
     let bytes_in = state.metrics.bytes_in.clone();
     let outgoing = upstream_request(request, conn, client_ip, config, body_limit, bytes_in);
-    let (guard, exchange) = send_with_retry(state, snapshot, &route, outgoing).await?;
+    let (guard, exchange) = send_with_retry(state, snapshot, route, &target, outgoing).await?;
     Ok(respond::shape(
         state,
         snapshot,
+        route,
         meta,
         guard,
         exchange,
@@ -125,24 +143,66 @@ async fn proxy(
     ))
 }
 
-/// Phase 2: a request naming a session goes to its owner or gets `404`; anything else is new
-/// work for the active pools.
-fn route(
+/// Phase 2, first step: the route for the request's host (`Host`, or HTTP/2's `:authority`, or
+/// the TLS SNI name when it names none) and path.
+fn find_route<'s>(
+    snapshot: &'s Snapshot,
+    conn: &ConnInfo,
+    request: &Request<Incoming>,
+) -> Option<&'s Route> {
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .or(conn.sni.as_deref());
+    snapshot.route(host, request.uri().path())
+}
+
+/// Phase 2, second step: a request naming a session goes to its owner (sessions are global, so
+/// whatever route it came by) or gets `404`; anything else is new work for the route's pools.
+fn target(
     state: &State,
     snapshot: &Snapshot,
+    route: &Route,
     meta: &RequestMeta,
     client_ip: std::net::IpAddr,
-) -> Result<Route, ProxyError> {
+) -> Result<Target, ProxyError> {
     if meta.forged {
         state.metrics.session_tokens_rejected.inc();
         return Err(ProxyError::SessionNotFound);
     }
     if let Some(id) = &meta.session {
         let sealed_owner = meta.sealed.as_ref().map(|(_, o)| o.owner.as_str());
-        return session_owner(state, snapshot, id, sealed_owner).map(Route::Owner);
+        return session_owner(state, snapshot, route, id, sealed_owner).map(Target::Owner);
     }
     let hash_client = meta.class.uses_client_hash().then_some(client_ip);
-    Ok(Route::NewWork { hash_client })
+    Ok(Target::NewWork { hash_client })
+}
+
+/// Removes a route's prefix from the request's path; what is left always starts with `/`.
+fn strip_prefix(uri: &mut http::Uri, prefix: &str) -> Result<(), ProxyError> {
+    let Some(path_and_query) = uri.path_and_query() else {
+        return Ok(());
+    };
+    let rest = path_and_query
+        .path()
+        .strip_prefix(prefix)
+        .unwrap_or(path_and_query.path());
+    let slash = if rest.starts_with('/') { "" } else { "/" };
+    let query = path_and_query
+        .query()
+        .map_or(String::new(), |q| format!("?{q}"));
+    let stripped = format!("{slash}{rest}{query}");
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        stripped
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("unusable request path"))?,
+    );
+    *uri = http::Uri::from_parts(parts)
+        .map_err(|_| ProxyError::BadRequest("unusable request path"))?;
+    Ok(())
 }
 
 /// The backend that owns session `id`, or `404` if it is unknown or its owner is gone for good.
@@ -150,6 +210,7 @@ fn route(
 fn session_owner(
     state: &State,
     snapshot: &Snapshot,
+    route: &Route,
     id: &str,
     sealed_owner: Option<&str>,
 ) -> Result<Arc<Backend>, ProxyError> {
@@ -161,7 +222,9 @@ fn session_owner(
             .and_then(|address| snapshot.backends.get(&address).cloned()),
     };
     match owner {
-        Some(backend) if backend.serves_its_sessions() || snapshot.fail_open_serves(&backend) => {
+        Some(backend)
+            if backend.serves_its_sessions() || snapshot.fail_open_serves(route, &backend) =>
+        {
             Ok(backend)
         }
         found => {
@@ -180,17 +243,18 @@ async fn send_with_retry(
     state: &State,
     snapshot: &Snapshot,
     route: &Route,
+    target: &Target,
     mut outgoing: Request<RequestBody>,
 ) -> Result<(InFlightGuard, Exchange), ProxyError> {
     let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last_error = None;
     loop {
-        let backend = match route {
-            Route::Owner(owner) => Arc::clone(owner),
-            Route::NewWork { hash_client } => {
+        let backend = match target {
+            Target::Owner(owner) => Arc::clone(owner),
+            Target::NewWork { hash_client } => {
                 let picked = snapshot
-                    .pick_new(*hash_client, &tried)
-                    .or_else(|| snapshot.fail_open_pick(*hash_client, &tried));
+                    .pick_new(route, *hash_client, &tried)
+                    .or_else(|| snapshot.fail_open_pick(route, *hash_client, &tried));
                 // Every candidate failed: report the last failure, not an empty pool.
                 let Some(backend) = picked else {
                     return Err(last_error.map_or(ProxyError::NoBackend, ProxyError::from));
@@ -198,11 +262,11 @@ async fn send_with_retry(
                 backend
             }
         };
-        let (error, unsent) = match send_once(state, snapshot, &backend, outgoing).await {
+        let (error, unsent) = match send_once(state, snapshot, route, &backend, outgoing).await {
             Ok(sent) => return Ok(sent),
             Err(failed) => failed,
         };
-        let retry = matches!(route, Route::NewWork { .. })
+        let retry = matches!(target, Target::NewWork { .. })
             && error.request_not_sent()
             && tried.len() < snapshot.config.upstream.retries;
         match unsent {
@@ -223,17 +287,31 @@ type SendFailure = (UpstreamError, Option<Request<RequestBody>>);
 async fn send_once(
     state: &State,
     snapshot: &Snapshot,
+    route: &Route,
     backend: &Arc<Backend>,
-    outgoing: Request<RequestBody>,
+    mut outgoing: Request<RequestBody>,
 ) -> Result<(InFlightGuard, Exchange), SendFailure> {
-    let config = &snapshot.config;
+    // Set per attempt: a retry goes to another backend, with another name.
+    match &route.settings.host {
+        HostPolicy::Client => {}
+        HostPolicy::Backend => {
+            let name = backend.host_header.clone();
+            outgoing.headers_mut().insert(http::header::HOST, name);
+        }
+        HostPolicy::Fixed(name) => {
+            outgoing
+                .headers_mut()
+                .insert(http::header::HOST, name.clone());
+        }
+    }
+    let timeouts = &route.settings.timeouts;
     let guard = backend.start();
     let sent = Instant::now();
     let result = backend
         .send(
             outgoing,
-            config.timeouts.connect,
-            config.timeouts.response,
+            timeouts.connect,
+            timeouts.response,
             snapshot.pool_limits,
             snapshot.loaded.upstream_tls.as_ref(),
         )
@@ -292,7 +370,13 @@ impl From<UpstreamError> for ProxyError {
 }
 
 /// The answer when no backend response came: logged and counted like any other request.
-fn answer_error(state: &State, meta: &RequestMeta, error: ProxyError) -> Response<ResponseBody> {
+fn answer_error(
+    state: &State,
+    meta: &RequestMeta,
+    route: Option<&Route>,
+    error: ProxyError,
+) -> Response<ResponseBody> {
+    let route_name = route.map_or("", |r| &r.name);
     let response = error.into_response();
     let status = response.status();
     tracing::info!(
@@ -301,6 +385,7 @@ fn answer_error(state: &State, meta: &RequestMeta, error: ProxyError) -> Respons
         path = %meta.path,
         class = meta.class.as_str(),
         status = status.as_u16(),
+        route = route_name,
         backend = "",
         pool = "",
         duration_ms = meta.started.elapsed().as_secs_f64() * 1000.0,
@@ -310,5 +395,6 @@ fn answer_error(state: &State, meta: &RequestMeta, error: ProxyError) -> Respons
         outcome = "proxy_error",
     );
     respond::count_request(state, meta.class, status, "", "");
+    respond::count_route(state, route, status);
     response
 }

@@ -12,8 +12,8 @@ use hyper::upgrade::OnUpgrade;
 use crate::mcp::classify::RouteClass;
 use crate::mcp::seal::Sealer;
 use crate::mcp::session::{SESSION_HEADER, session_tag};
-use crate::metrics::RequestLabels;
-use crate::state::{Snapshot, State};
+use crate::metrics::{RequestLabels, RouteLabels, RouteName};
+use crate::state::{Route, Snapshot, State};
 use crate::upstream::backend::{Backend, Exchange, InFlightGuard};
 
 use super::body::{AccessRecord, ResponseBody, SseWatch, UpstreamParts};
@@ -23,6 +23,7 @@ use super::request::RequestMeta;
 pub(super) fn shape(
     state: &Arc<State>,
     snapshot: &Snapshot,
+    route: &Route,
     meta: &RequestMeta,
     mut guard: InFlightGuard,
     exchange: Exchange,
@@ -37,6 +38,7 @@ pub(super) fn shape(
     let session = settle_session(state, snapshot, meta, &backend, &mut response);
     let pool: Arc<str> = Arc::from(snapshot.pool_of(&backend));
     count_request(state, meta.class, status, &pool, &backend.address);
+    count_route(state, Some(route), status);
     let is_sse = is_event_stream(response.headers());
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
     if is_sse || upgraded {
@@ -48,6 +50,7 @@ pub(super) fn shape(
         path: meta.path.clone(),
         class: meta.class,
         status: status.as_u16(),
+        route: Arc::clone(&route.name),
         backend: Arc::clone(&backend.address),
         pool,
         session,
@@ -64,8 +67,8 @@ pub(super) fn shape(
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let sse = is_sse.then(|| sse_watch(snapshot, meta, &backend, &mut parts.headers));
-    let timeouts = &snapshot.config.timeouts;
+    let sse = is_sse.then(|| sse_watch(snapshot, route, meta, &backend, &mut parts.headers));
+    let timeouts = &route.settings.timeouts;
     let idle_timeout = if is_sse {
         timeouts.stream_idle
     } else {
@@ -100,27 +103,48 @@ fn settle_session(
 }
 
 /// What watches an SSE response: keepalives, drain closes, and on a new legacy stream the
-/// `endpoint` event that names its session.
+/// `endpoint` event that names its session (rewritten when its id is sealed or the route strips
+/// a prefix the client's POSTs must carry again).
 fn sse_watch(
     snapshot: &Snapshot,
+    route: &Route,
     meta: &RequestMeta,
     backend: &Backend,
     headers: &mut HeaderMap,
 ) -> SseWatch {
     let learn_endpoint = meta.class == RouteClass::SseStream && meta.session.is_none();
-    let watch = SseWatch::new(
+    let mut watch = SseWatch::new(
         learn_endpoint,
-        snapshot.config.timeouts.sse_keepalive,
+        route.settings.timeouts.sse_keepalive,
         backend.stream_token(),
     );
-    match &snapshot.sealer {
-        Some(sealer) if learn_endpoint => {
-            // The endpoint event grows when its session id is sealed.
-            headers.remove(header::CONTENT_LENGTH);
-            watch.sealing(Arc::clone(sealer))
-        }
-        _ => watch,
+    if !learn_endpoint {
+        return watch;
     }
+    if let Some(sealer) = &snapshot.sealer {
+        watch = watch.sealing(Arc::clone(sealer));
+    }
+    if let Some(prefix) = route.stripped_prefix() {
+        watch = watch.prefixing(Arc::from(prefix));
+    }
+    if watch.rewrites_endpoint() {
+        // The endpoint event changes length when it is rewritten.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    watch
+}
+
+/// Counts a request per route; `None`: no route matched.
+pub(super) fn count_route(state: &State, route: Option<&Route>, status: StatusCode) {
+    let name = route.map_or_else(|| Arc::from(""), |r| Arc::clone(&r.name));
+    state
+        .metrics
+        .route_requests
+        .get_or_create(&RouteLabels {
+            route: RouteName(name),
+            status: status.as_u16(),
+        })
+        .inc();
 }
 
 pub(super) fn count_request(

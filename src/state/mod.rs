@@ -18,8 +18,10 @@ use crate::upstream::discovery::Resolved;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
+pub mod routes;
 pub mod snapshot;
 
+pub use routes::Route;
 pub use snapshot::Snapshot;
 
 /// Everything the request path and the background tasks share.

@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Loaded, LoadedConfig};
 use crate::mcp::seal::Sealer;
 use crate::upstream::backend::{Backend, PoolLimits};
-use crate::upstream::balance::{self, Member};
+use crate::upstream::balance::Member;
 use crate::upstream::discovery::Resolved;
+
+use super::routes::{Route, RouteTable};
 
 #[derive(Debug, Clone)]
 pub struct Pool {
@@ -41,9 +43,10 @@ pub struct Snapshot {
     /// What `config`'s files held when it was loaded: certificates, the admin token, seal keys.
     pub loaded: Arc<Loaded>,
     pub pools: Vec<Pool>,
-    /// Indexes into `pools` with their share of new work.
-    pub active: Vec<(usize, u32)>,
-    active_weight: u32,
+    /// In config order; each holds its active pools as indexes into `pools`.
+    pub routes: Vec<Route>,
+    /// Host and path matchers over `routes`.
+    table: RouteTable,
     /// Every backend that may still serve its sessions: configured ones and draining removed ones.
     pub backends: FxHashMap<Arc<str>, Arc<Backend>>,
     pub draining: Vec<Draining>,
@@ -81,15 +84,12 @@ impl Snapshot {
         now: Instant,
     ) -> Snapshot {
         let (pools, backends) = build_pools(&config, resolved, previous, stream_root);
-        let active: Vec<(usize, u32)> = config
-            .active
+        let routes: Vec<Route> = config
+            .routes
             .iter()
-            .filter_map(|(name, weight)| {
-                let index = pools.iter().position(|p| &*p.name == name.as_str())?;
-                Some((index, *weight))
-            })
+            .map(|r| Route::build(r, &pools))
             .collect();
-        let active_weight = active.iter().map(|(_, w)| *w).sum();
+        let table = RouteTable::build(&config.routes);
         let mut snapshot = Snapshot {
             generation: previous.map_or(1, |p| p.generation + 1),
             sealer: Sealer::from_setting(&loaded.seal).map(Arc::new),
@@ -100,8 +100,8 @@ impl Snapshot {
             config,
             loaded,
             pools,
-            active,
-            active_weight,
+            routes,
+            table,
             backends,
             draining: Vec::new(),
         };
@@ -176,8 +176,8 @@ impl Snapshot {
             config: Arc::clone(&self.config),
             loaded: Arc::clone(&self.loaded),
             pools: self.pools.clone(),
-            active: self.active.clone(),
-            active_weight: self.active_weight,
+            routes: self.routes.clone(),
+            table: self.table.clone(),
             backends,
             draining: keep,
             pool_limits: self.pool_limits,
@@ -190,21 +190,31 @@ impl Snapshot {
         &self.pools[index]
     }
 
+    /// The route for a request to `host` (as the client sent it) and `path`.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        self.table.find(host, path).map(|index| &self.routes[index])
+    }
+
+    /// A backend is active while some route's active pools hold it.
     fn is_active_backend(&self, backend: &Arc<Backend>) -> bool {
-        self.active.iter().any(|(i, _)| {
-            self.pools[*i]
-                .members
-                .iter()
-                .any(|m| Arc::ptr_eq(&m.backend, backend))
+        self.routes.iter().any(|route| {
+            route.active.iter().any(|(i, _)| {
+                self.pools[*i]
+                    .members
+                    .iter()
+                    .any(|m| Arc::ptr_eq(&m.backend, backend))
+            })
         })
     }
 
     pub fn is_active_member(&self, pool: &str, backend: &Arc<Backend>) -> bool {
-        self.active
-            .iter()
-            .any(|(i, _)| &*self.pools[*i].name == pool)
-            && self.is_active_backend(backend)
-            && !backend.is_drained_by_admin()
+        let pool_active = self.routes.iter().any(|route| {
+            route
+                .active
+                .iter()
+                .any(|(i, _)| &*self.pools[*i].name == pool)
+        });
+        pool_active && self.is_active_backend(backend) && !backend.is_drained_by_admin()
     }
 
     /// Every (pool name, member) pair, for metrics and status.
@@ -214,27 +224,7 @@ impl Snapshot {
             .flat_map(|p| p.members.iter().map(move |m| (&*p.name, m)))
     }
 
-    /// The active pool that takes this piece of new work: by client hash for streams (so a client
-    /// keeps landing in the same pool of a canary split), at random by weight otherwise.
-    pub fn choose_active_pool(&self, client: Option<u64>) -> Option<usize> {
-        if self.active.len() == 1 {
-            return Some(self.active[0].0);
-        }
-        let total = self.active_weight.max(1);
-        let mut ticket = match client {
-            Some(hash) => (hash % u64::from(total)) as u32,
-            None => fastrand::u32(..total),
-        };
-        for (index, weight) in &self.active {
-            if ticket < *weight {
-                return Some(*index);
-            }
-            ticket -= weight;
-        }
-        self.active.first().map(|(i, _)| *i)
-    }
-
-    /// Which pool a backend belongs to, for labels and logs (its first active pool if several).
+    /// Which pool a backend belongs to, for labels and logs (its first pool if several).
     pub fn pool_of(&self, backend: &Arc<Backend>) -> &str {
         self.pools
             .iter()
@@ -242,71 +232,61 @@ impl Snapshot {
             .map_or("(removed)", |p| &p.name)
     }
 
-    /// True when some backend of the active pools takes new work (readiness, fail-open).
-    pub fn has_usable_active_backend(&self) -> bool {
-        self.active.iter().any(|(i, _)| {
-            self.pools[*i]
+    /// The probe path of a backend: that of the first route serving from one of its pools that
+    /// sets `health_path`; `None` for `[health] path`.
+    pub fn probe_path(&self, backend: &Arc<Backend>) -> Option<&http::uri::PathAndQuery> {
+        let holds = |pool: &usize| {
+            self.pools[*pool]
                 .members
                 .iter()
-                .any(|m| m.backend.takes_new_work())
-        })
+                .any(|m| Arc::ptr_eq(&m.backend, backend))
+        };
+        self.routes
+            .iter()
+            .filter(|route| route.pools.iter().any(holds))
+            .find_map(|route| route.settings.health_path.as_ref())
     }
 
-    /// Fail-open (Envoy's panic mode): may this unhealthy owner still serve its sessions?
-    pub fn fail_open_serves(&self, owner: &Backend) -> bool {
-        self.config.health.fail_open && !owner.is_gone() && !self.has_usable_active_backend()
+    /// True when some route has a backend that takes new work (readiness).
+    pub fn has_usable_active_backend(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.has_usable_backend(&self.pools))
     }
 
-    /// Fail-open pick for new work when the whole active pool is unhealthy: health is ignored,
-    /// admin drains and removals are not.
+    /// Fail-open (Envoy's panic mode): may this unhealthy owner still serve its sessions, asked
+    /// on `route`?
+    pub fn fail_open_serves(&self, route: &Route, owner: &Backend) -> bool {
+        self.config.health.fail_open && !owner.is_gone() && !route.has_usable_backend(&self.pools)
+    }
+
+    /// Fail-open pick for new work when the route's whole active pool is unhealthy: health is
+    /// ignored, admin drains and removals are not.
     pub fn fail_open_pick(
         &self,
+        route: &Route,
         client_ip: Option<IpAddr>,
         exclude: &[Arc<str>],
     ) -> Option<Arc<Backend>> {
-        if !self.config.health.fail_open || self.has_usable_active_backend() {
+        if !self.config.health.fail_open || route.has_usable_backend(&self.pools) {
             return None;
         }
         let usable = |b: &Backend| {
             !b.is_gone() && !b.is_drained_by_admin() && !exclude.iter().any(|e| **e == *b.address)
         };
-        self.pick_among(client_ip, usable)
+        route.pick_among(&self.pools, client_ip, usable)
     }
 
-    /// Picks a backend for new work of the given kind, skipping `exclude`d addresses.
+    /// Picks a backend of `route` for new work, skipping `exclude`d addresses.
     pub fn pick_new(
         &self,
+        route: &Route,
         client_ip: Option<IpAddr>,
         exclude: &[Arc<str>],
     ) -> Option<Arc<Backend>> {
-        self.pick_among(client_ip, |b: &Backend| {
+        route.pick_among(&self.pools, client_ip, |b: &Backend| {
             b.takes_new_work() && !exclude.iter().any(|e| **e == *b.address)
         })
-    }
-
-    /// Picks among the active pools' backends that `usable` accepts: by client hash when a
-    /// client address is given (streams), least-connections otherwise.
-    pub fn pick_among(
-        &self,
-        client_ip: Option<IpAddr>,
-        usable: impl Fn(&Backend) -> bool,
-    ) -> Option<Arc<Backend>> {
-        let client = client_ip.map(balance::client_hash);
-        let first = self.choose_active_pool(client)?;
-        // The chosen pool first; other active pools only if it has no usable backend.
-        let order = std::iter::once(first)
-            .chain(self.active.iter().map(|(i, _)| *i).filter(|i| *i != first));
-        for index in order {
-            let members = &self.pools[index].members;
-            let picked = match client {
-                Some(hash) => balance::pick_by_hash(members, hash, &usable),
-                None => balance::pick_least_loaded(members, &usable),
-            };
-            if let Some(member) = picked {
-                return Some(Arc::clone(&member.backend));
-            }
-        }
-        None
     }
 }
 

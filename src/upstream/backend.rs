@@ -25,6 +25,8 @@ use crate::upstream::body::{BodyError, RequestBody};
 pub struct Backend {
     pub address: Arc<str>,
     pub authority: Authority,
+    /// `authority` as a `Host` value, for routes that send the backend its own name.
+    pub host_header: http::HeaderValue,
     /// Written `https://host:port`: connections are TLS, verified against the upstream roots.
     pub tls: bool,
     /// Mixed into the client hash by the consistent ring; fixed per address so replicas agree.
@@ -117,7 +119,9 @@ impl Backend {
     pub fn new(address: &str, stream_root: &CancellationToken) -> Option<Arc<Backend>> {
         let tls_address = address.strip_prefix("https://");
         let authority: Authority = tls_address.unwrap_or(address).parse().ok()?;
+        let host_header = http::HeaderValue::from_str(authority.as_str()).ok()?;
         Some(Arc::new(Backend {
+            host_header,
             address: Arc::from(address),
             ring_key: crate::mcp::hash::stable_hash(address.as_bytes()),
             authority,
