@@ -14,5 +14,6 @@ mod limits;
 mod ops;
 mod proxy;
 mod reload;
+mod routes;
 mod scale;
 mod tls;

@@ -271,9 +271,17 @@ async fn route(name: &str, seen: &Arc<Seen>, req: Request<Incoming>) -> Response
                 "{name}-legacy-{}",
                 SESSION_COUNTER.fetch_add(1, Ordering::SeqCst)
             );
+            // `?absolute=1`: an absolute URL built from the Host received, as some servers do.
+            let origin = match query_param(&req, "absolute") {
+                Some(_) => {
+                    let host = req.headers()["host"].to_str().unwrap();
+                    format!("http://{host}")
+                }
+                None => String::new(),
+            };
             let (tx, body) = channel_body(seen);
             tx.send(Bytes::from(format!(
-                "event: endpoint\ndata: /messages?sessionId={id}\n\n"
+                "event: endpoint\ndata: {origin}/messages?sessionId={id}\n\n"
             )))
             .unwrap();
             seen.legacy.lock().unwrap().insert(id, tx);
