@@ -54,6 +54,9 @@ enum Command {
     Backend(switchyard::tools::backend::BackendArgs),
     /// Start 2 blue + 2 green reference backends and the proxy in front of them, on loopback.
     Demo(switchyard::tools::demo::DemoArgs),
+    /// Translate an nginx configuration into a switchyard.toml (printed on stdout; directives
+    /// that could not be translated are listed on stderr and in the file's header).
+    Import(switchyard::tools::import::ImportArgs),
     /// Generate load for benchmarks (see benches/compare.sh); prints one JSON line.
     Loadgen(switchyard::tools::loadgen::LoadgenArgs),
 }
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }),
+        Command::Import(args) => Ok(import(&args)),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo(args))),
         Command::Loadgen(args) => switchyard::tools::loadgen::run_cli(args)
             .map(|line| {
@@ -129,6 +133,29 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         Err(error) => {
             eprintln!("{error}");
             Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// `switchyard import`: exit 0 with the TOML on stdout, 2 when the file cannot be imported.
+fn import(args: &switchyard::tools::import::ImportArgs) -> ExitCode {
+    match switchyard::tools::import::import(&args.file) {
+        Ok(imported) => {
+            print!("{}", imported.toml);
+            if !imported.untranslated.is_empty() {
+                eprintln!(
+                    "switchyard import: {} directive(s) not translated:",
+                    imported.untranslated.len()
+                );
+                for entry in &imported.untranslated {
+                    eprintln!("  {entry}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(2)
         }
     }
 }

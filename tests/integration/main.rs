@@ -10,6 +10,7 @@ mod bench;
 mod cli;
 mod demo;
 mod health;
+mod import;
 mod limits;
 mod ops;
 mod proxy;
