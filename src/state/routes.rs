@@ -237,7 +237,32 @@ fn normalized<'a>(host: &str, buffer: &'a mut [u8; MAX_HOST]) -> Option<&'a str>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
     use std::path::Path;
+
+    /// Counts this thread's allocations, to show that matching a route makes none.
+    struct Counting;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+            // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as for `alloc`.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
 
     fn table(routes: &str) -> (RouteTable, Vec<String>) {
         let text = format!(
@@ -304,5 +329,19 @@ active = "p"
         assert_eq!(find(&t, Some("other.org"), "/"), None);
         let long = "a".repeat(300);
         assert_eq!(find(&t, Some(&long), "/jira/"), Some("jira"));
+
+        let sanity = ALLOCATIONS.with(Cell::get);
+        drop(std::hint::black_box(vec![1u8]));
+        assert!(ALLOCATIONS.with(Cell::get) > sanity, "the counter counts");
+        let before = ALLOCATIONS.with(Cell::get);
+        for (host, path) in [
+            (Some("GitHub.Example.com:443"), "/api/x"),
+            (Some("a.eu.example.com"), "/"),
+            (None, "/jira/ping"),
+            (Some("other.org"), "/"),
+        ] {
+            std::hint::black_box(t.0.find(std::hint::black_box(host), path));
+        }
+        assert_eq!(ALLOCATIONS.with(Cell::get), before, "route matching allocated");
     }
 }
