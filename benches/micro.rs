@@ -166,14 +166,26 @@ fn routes(c: &mut Criterion) {
     );
     let mut group = c.benchmark_group("route");
     let cases = [
-        ("exact_host_prefix", Some("SVC7.example.com:8443"), "/api/v7/mcp"),
-        ("any_host_prefix", Some("127.0.0.1:8080"), "/service9/messages"),
+        (
+            "exact_host_prefix",
+            Some("SVC7.example.com:8443"),
+            "/api/v7/mcp",
+        ),
+        (
+            "any_host_prefix",
+            Some("127.0.0.1:8080"),
+            "/service9/messages",
+        ),
         ("wildcard_host", Some("eu.mcp.example.org"), "/mcp"),
         ("no_route", Some("nobody.example.net"), "/elsewhere"),
     ];
     for (name, host, path) in cases {
         group.bench_function(name, |b| {
-            b.iter(|| snapshot.route(black_box(host), black_box(path)).map(|r| r.pools.len()));
+            b.iter(|| {
+                snapshot
+                    .route(black_box(host), black_box(path))
+                    .map(|r| r.pools.len())
+            });
         });
     }
     group.finish();

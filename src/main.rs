@@ -1,10 +1,10 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
-use switchyard::config::LoadedConfig;
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
+use switchyard::config::{AdminToken, ConfigError, LoadedConfig};
 use switchyard::control::server::Proxy;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
     about = "An MCP-aware streaming reverse proxy and load balancer"
 )]
 struct Cli {
-    /// Log output format.
+    /// Log output format; with `json`, fatal errors (a refused config too) are JSON lines as well.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -33,11 +33,16 @@ enum LogFormat {
 enum Command {
     /// Run the proxy.
     Run {
+        /// The config file (TOML); see config/switchyard.toml for every setting.
         #[arg(long, short)]
         config: PathBuf,
+        /// Write the process id to FILE once listening, remove it on exit (like nginx's `pid`).
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
     },
     /// Validate a configuration file, like `nginx -t`.
     Check {
+        /// The config file to check, and the files it names.
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -49,6 +54,9 @@ enum Command {
         /// The admin listener's address, instead of reading it from the config.
         #[arg(long, conflicts_with = "config")]
         admin: Option<std::net::SocketAddr>,
+        /// File holding the admin token, for `--admin` against a token-protected admin listener.
+        #[arg(long, value_name = "FILE", requires = "admin")]
+        token_file: Option<PathBuf>,
     },
     /// Run the bundled reference MCP server.
     Backend(switchyard::tools::backend::BackendArgs),
@@ -59,41 +67,74 @@ enum Command {
     Import(switchyard::tools::import::ImportArgs),
     /// Generate load for benchmarks (see benches/compare.sh); prints one JSON line.
     Loadgen(switchyard::tools::loadgen::LoadgenArgs),
+    /// Print a shell completion script, e.g. `switchyard completions bash > /etc/bash_completion.d/switchyard`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `switchyard man | man -l -`; `switchyard man run` for one command's.
+    Man {
+        /// A command whose own page to print (`run`, `check`, `reload`, …).
+        command: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = cli.log_format;
     let outcome = match cli.command {
         Command::Check { config } => {
-            init_logging(cli.log_format, DEFAULT_LOG_LEVEL);
-            check(&config)
+            init_logging(format, DEFAULT_LOG_LEVEL);
+            Ok(check(&config, format))
         }
-        Command::Run { config } => {
-            runtime().and_then(|rt| rt.block_on(run(&config, cli.log_format)))
+        Command::Run { config, pid_file } => {
+            runtime().and_then(|rt| rt.block_on(run(&config, pid_file, format)))
         }
-        Command::Reload { config, admin } => {
-            init_logging(cli.log_format, DEFAULT_LOG_LEVEL);
-            runtime().and_then(|rt| rt.block_on(reload(config.as_deref(), admin)))
+        Command::Reload {
+            config,
+            admin,
+            token_file,
+        } => {
+            init_logging(format, DEFAULT_LOG_LEVEL);
+            let target = match (admin, config) {
+                (Some(address), _) => AdminTarget::Address(address, token_file),
+                (None, Some(path)) => AdminTarget::Config(path),
+                (None, None) => AdminTarget::Missing,
+            };
+            runtime().and_then(|rt| rt.block_on(reload(target, format)))
         }
         Command::Backend(args) => runtime().and_then(|rt| {
-            init_logging(cli.log_format, DEFAULT_LOG_LEVEL);
+            init_logging(format, DEFAULT_LOG_LEVEL);
             rt.block_on(switchyard::tools::backend::run_cli(args))
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }),
         Command::Import(args) => Ok(import(&args)),
-        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo(args))),
+        Command::Demo(args) => runtime().and_then(|rt| {
+            init_logging(format, DEFAULT_LOG_LEVEL);
+            rt.block_on(demo(args))
+        }),
         Command::Loadgen(args) => switchyard::tools::loadgen::run_cli(args)
             .map(|line| {
                 println!("{line}");
                 ExitCode::SUCCESS
             })
             .map_err(anyhow::Error::from),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "switchyard",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { command } => man(command.as_deref()),
     };
     match outcome {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("switchyard: {error:#}");
+            report_error(format, &describe(&error), None);
             ExitCode::from(1)
         }
     }
@@ -122,17 +163,50 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-/// Validates the config and loads its files, as a start would, without serving.
-fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    match LoadedConfig::load(path) {
-        Ok(ready) => {
-            print!("{}", ready.summary());
-            println!("{}: configuration is valid", path.display());
-            Ok(ExitCode::SUCCESS)
+/// An error chain as one line. Our error types put their cause in their own message, so a cause
+/// already said is not repeated.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.is_empty() {
+            text = cause;
+        } else if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
         }
-        Err(error) => {
-            eprintln!("{error}");
-            Ok(ExitCode::from(2))
+    }
+    text
+}
+
+/// Writes a fatal error to stderr: `switchyard: MESSAGE` as text, or with `--log-format json` a
+/// JSON line shaped like every log line (so a log shipper sees why the process stopped), with
+/// the config file's place as fields when there is one.
+fn report_error(format: LogFormat, message: &str, config: Option<&ConfigError>) {
+    match format {
+        LogFormat::Text if config.is_some() => eprintln!("{message}"),
+        LogFormat::Text => eprintln!("switchyard: {message}"),
+        LogFormat::Json => {
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_ansi(false)
+                .with_writer(std::io::stderr)
+                .finish();
+            tracing::subscriber::with_default(subscriber, || match config {
+                Some(ConfigError::Invalid {
+                    file, line, column, ..
+                }) => tracing::error!(
+                    target: "config",
+                    file = %file.display(),
+                    line,
+                    column,
+                    "{message}"
+                ),
+                Some(ConfigError::Read { file, .. }) => {
+                    tracing::error!(target: "config", file = %file.display(), "{message}");
+                }
+                None => tracing::error!("{message}"),
+            });
         }
     }
 }
@@ -160,32 +234,55 @@ fn import(args: &switchyard::tools::import::ImportArgs) -> ExitCode {
     }
 }
 
+/// A config that does not load: reported as a config error, exit code 2.
+fn refuse_config(format: LogFormat, error: &ConfigError) -> ExitCode {
+    report_error(format, &error.to_string(), Some(error));
+    ExitCode::from(2)
+}
+
+/// Validates the config and loads its files, as a start would, without serving.
+fn check(path: &Path, format: LogFormat) -> ExitCode {
+    match LoadedConfig::load(path) {
+        Ok(ready) => {
+            print!("{}", ready.summary());
+            println!("{}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => refuse_config(format, &error),
+    }
+}
+
+/// Where `switchyard reload` finds the admin listener.
+enum AdminTarget {
+    Address(std::net::SocketAddr, Option<PathBuf>),
+    Config(PathBuf),
+    Missing,
+}
+
 /// `switchyard reload`: prints the admin listener's answer; exit 0 only if the reload took.
-async fn reload(
-    config: Option<&std::path::Path>,
-    admin: Option<std::net::SocketAddr>,
-) -> anyhow::Result<ExitCode> {
-    let (address, token) = match (admin, config) {
-        (Some(address), _) => (address, None),
-        (None, Some(path)) => {
-            let ready = match LoadedConfig::load(path) {
+async fn reload(target: AdminTarget, format: LogFormat) -> anyhow::Result<ExitCode> {
+    let (address, token) = match target {
+        AdminTarget::Address(address, None) => (address, None),
+        AdminTarget::Address(address, Some(file)) => {
+            let token = AdminToken::from_file(&file).map_err(anyhow::Error::msg)?;
+            (address, Some(token))
+        }
+        AdminTarget::Config(path) => {
+            let ready = match LoadedConfig::load(&path) {
                 Ok(ready) => ready,
-                Err(error) => {
-                    eprintln!("{error}");
-                    return Ok(ExitCode::from(2));
-                }
+                Err(error) => return Ok(refuse_config(format, &error)),
             };
             let admin = ready
                 .config
                 .admin
                 .with_context(|| format!("{} has no [admin] listener to call", path.display()))?;
-            let token = ready.loaded.admin_token.map(|t| t.authorization());
-            (admin.bind, token)
+            (admin.bind, ready.loaded.admin_token)
         }
-        (None, None) => anyhow::bail!("give --config FILE or --admin ADDRESS"),
+        AdminTarget::Missing => anyhow::bail!("give --config FILE or --admin ADDRESS"),
     };
+    let authorization = token.map(|t| t.authorization());
     let (status, body) =
-        switchyard::control::reload::request_reload(address, token.as_deref()).await?;
+        switchyard::control::reload::request_reload(address, authorization.as_deref()).await?;
     println!("{body}");
     Ok(if status.is_success() {
         ExitCode::SUCCESS
@@ -194,36 +291,72 @@ async fn reload(
     })
 }
 
-async fn run(path: &std::path::Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+async fn run(
+    path: &Path,
+    pid_file: Option<PathBuf>,
+    log_format: LogFormat,
+) -> anyhow::Result<ExitCode> {
     // The config names the log level, so logging starts once it is read.
     let ready = match LoadedConfig::load(path) {
         Ok(ready) => ready,
-        Err(error) => {
-            eprintln!("{error}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(error) => return Ok(refuse_config(log_format, &error)),
     };
     init_logging(log_format, &ready.config.log.level);
     let shutdown = CancellationToken::new();
     let proxy = Proxy::start_loaded(ready, shutdown.clone()).await?;
-    spawn_signal_handlers(Some(Arc::clone(proxy.state())), shutdown)?;
+    // Written once the listeners are bound, so a script that waits for the file can reach them.
+    let pid_file = pid_file.map(PidFile::create).transpose()?;
+    let exit_cleanup = pid_file.as_ref().map(|f| f.path.clone());
+    spawn_signal_handlers(Some(Arc::clone(proxy.state())), shutdown, exit_cleanup)?;
     proxy.wait().await;
+    drop(pid_file);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `--pid-file`: holds this process's id while it runs, removed when it stops.
+struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    fn create(path: PathBuf) -> anyhow::Result<PidFile> {
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write the pid file {}", path.display()))?;
+        Ok(PidFile { path })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        remove_pid_file(&self.path);
+    }
+}
+
+/// Removes the pid file only while it still names this process: during a zero-gap restart the
+/// new process has written its own id there, and the old one must not delete it on its way out.
+fn remove_pid_file(path: &Path) {
+    let ours = std::fs::read_to_string(path)
+        .is_ok_and(|text| text.trim() == std::process::id().to_string());
+    if ours && let Err(error) = std::fs::remove_file(path) {
+        tracing::warn!(%error, path = %path.display(), "cannot remove the pid file");
+    }
+}
+
 async fn demo(args: switchyard::tools::demo::DemoArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
-    spawn_signal_handlers(None, shutdown.clone())?;
+    spawn_signal_handlers(None, shutdown.clone(), None)?;
     switchyard::tools::demo::run(args, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGTERM/SIGINT start a graceful drain, a second one exits at once; SIGHUP reloads the config
-/// of `reloadable` (the demo has none: it writes its config for the admin API to reload).
+/// SIGTERM/SIGINT start a graceful drain, a second one exits at once (removing `pid_file`
+/// first); SIGHUP reloads the config of `reloadable` (the demo has none: it writes its config
+/// for the admin API to reload).
 fn spawn_signal_handlers(
     reloadable: Option<Arc<switchyard::state::State>>,
     shutdown: CancellationToken,
+    pid_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -243,6 +376,9 @@ fn spawn_signal_handlers(
             }
             if stopping {
                 tracing::warn!("second signal: exiting now");
+                if let Some(path) = &pid_file {
+                    remove_pid_file(path);
+                }
                 std::process::exit(1);
             }
             stopping = true;
@@ -251,4 +387,28 @@ fn spawn_signal_handlers(
         }
     });
     Ok(())
+}
+
+/// `switchyard man [COMMAND]`: the page of the whole program, or of one command
+/// (`switchyard-run(1)`, …).
+fn man(command: Option<&str>) -> anyhow::Result<ExitCode> {
+    let program = Cli::command();
+    let page = match command {
+        None => program,
+        Some(name) => {
+            let names: Vec<String> = program
+                .get_subcommands()
+                .map(|c| c.get_name().to_string())
+                .collect();
+            program
+                .find_subcommand(name)
+                .cloned()
+                .map(|c| c.name(format!("switchyard-{name}")))
+                .with_context(|| format!("no command `{name}`: one of {}", names.join(", ")))?
+        }
+    };
+    clap_mangen::Man::new(page)
+        .render(&mut std::io::stdout())
+        .context("cannot write the man page")?;
+    Ok(ExitCode::SUCCESS)
 }

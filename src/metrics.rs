@@ -13,6 +13,8 @@ use prometheus_client::registry::Registry;
 
 use std::sync::PoisonError;
 
+mod process;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub class: &'static str,
@@ -88,6 +90,7 @@ pub struct Metrics {
     /// Serialises scrapes: the per-backend gauges are rebuilt from scratch on each one.
     scrape: std::sync::Mutex<()>,
     pub sessions_tracked: Gauge,
+    pub sessions_max: Gauge,
     pub sessions_learned: Counter,
     pub sessions_expired: Counter,
     pub sessions_forgotten: Counter,
@@ -130,7 +133,9 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("switchyard");
+        let mut registry = Registry::default();
+        // Unprefixed, as every client library names them, so stock process dashboards work.
+        registry.register_collector(Box::new(process::ProcessCollector));
         let m = Metrics {
             requests: Family::default(),
             route_requests: Family::default(),
@@ -147,6 +152,7 @@ impl Metrics {
             admin_unauthorized: Counter::default(),
             scrape: std::sync::Mutex::new(()),
             sessions_tracked: Gauge::default(),
+            sessions_max: Gauge::default(),
             sessions_learned: Counter::default(),
             sessions_expired: Counter::default(),
             sessions_forgotten: Counter::default(),
@@ -167,7 +173,12 @@ impl Metrics {
             ejections: Family::default(),
             registry: Registry::default(),
         };
-        let r = &mut registry;
+        let r = registry.sub_registry_with_prefix("switchyard");
+        r.register(
+            "build",
+            "The running build: its version as a label, value 1",
+            prometheus_client::metrics::info::Info::new([("version", env!("CARGO_PKG_VERSION"))]),
+        );
         r.register(
             "requests",
             "Requests answered, by route class, status, pool and backend",
@@ -237,6 +248,12 @@ impl Metrics {
             "sessions_tracked",
             "MCP sessions in the session table",
             m.sessions_tracked.clone(),
+        );
+        r.register(
+            "sessions_max",
+            "Capacity of the session table (sessions.max_sessions); sessions beyond it are not \
+             learned",
+            m.sessions_max.clone(),
         );
         r.register(
             "sessions_learned",
@@ -329,7 +346,34 @@ impl Metrics {
             "Backends ejected because real traffic failed past health.max_fails",
             m.ejections.clone(),
         );
+        m.start_at_zero();
         Metrics { registry, ..m }
+    }
+
+    /// Shows the counters that alerts watch at 0 from the start: `increase()` over a series
+    /// that first appears at 1 is 0, so without this the first refused reload or failed
+    /// handshake would never fire an alert. The outcomes are those the proxy counts (reload,
+    /// TLS accept, `UpstreamError::kind`).
+    fn start_at_zero(&self) {
+        let families = [
+            (&self.reloads, &["success", "failure"][..]),
+            (&self.tls_handshakes, &["success", "failure", "timeout"][..]),
+            (
+                &self.upstream_errors,
+                &[
+                    "connect",
+                    "connect_timeout",
+                    "handshake",
+                    "response_timeout",
+                    "request",
+                ][..],
+            ),
+        ];
+        for (family, outcomes) in families {
+            for &outcome in outcomes {
+                let _created = family.get_or_create(&OutcomeLabels { outcome });
+            }
+        }
     }
 
     /// Held while a scrape rebuilds the per-backend gauges and encodes them.

@@ -137,21 +137,24 @@ impl fmt::Debug for AdminToken {
 }
 
 fn read_token(file: &FileRef) -> Result<AdminToken, Failure> {
-    let path = file.path.display();
-    let text = std::fs::read_to_string(&file.path).map_err(|e| {
-        (
-            file.at,
-            format!("cannot read admin token file `{path}`: {e}"),
-        )
-    })?;
-    let token = text.trim();
-    if token.len() < 16 {
-        return Err((
-            file.at,
-            format!("admin token file `{path}` must hold a token of at least 16 characters"),
-        ));
+    AdminToken::from_file(&file.path).map_err(|message| (file.at, message))
+}
+
+impl AdminToken {
+    /// Reads a token file as `[admin] token_file` names it (also `switchyard reload
+    /// --token-file`): the file's content less surrounding whitespace, at least 16 characters.
+    pub fn from_file(path: &Path) -> Result<AdminToken, String> {
+        let shown = path.display();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read admin token file `{shown}`: {e}"))?;
+        let token = text.trim();
+        if token.len() < 16 {
+            return Err(format!(
+                "admin token file `{shown}` must hold a token of at least 16 characters"
+            ));
+        }
+        Ok(AdminToken(Arc::from(token)))
     }
-    Ok(AdminToken(Arc::from(token)))
 }
 
 fn seal_setting(seal: &SealConfig) -> Result<SealSetting, Failure> {

@@ -124,6 +124,9 @@ pub struct AdminConfig {
     pub bind: SocketAddr,
     /// The bearer token every admin request but `/healthz` and `/readyz` needs, when set.
     pub token_file: Option<FileRef>,
+    /// Admin connections at once, apart from the client listeners' `max_connections`, so that
+    /// neither can use up the other's file descriptors.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +203,9 @@ pub struct Timeouts {
     pub stream_idle: Option<Duration>,
     pub sse_keepalive: Option<Duration>,
     pub drain: Duration,
+    /// Longest silence between two reads of a client's request body (nginx
+    /// `client_body_timeout`); `None`: no limit.
+    pub client_body: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,24 +366,17 @@ impl Config {
     }
 }
 
-/// A duration as written in the config and on the command line: a whole number and a unit, as
-/// in `"250ms"`, `"30s"`, `"5m"` or `"1h"`; `"0s"` means off where allowed.
+/// A duration as written in the config and on the command line: whole numbers with units, one
+/// or several, as in `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"1m30s"` or `"1d"` (units from `ns` to
+/// `d` and `w`; humantime's grammar); `"0s"` means off where allowed. The one parser of both, so
+/// a value that works in a file works on the command line.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` needs a unit: ms, s, m or h (e.g. \"30s\")"))?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like \"30s\""))?;
-    let millis = match unit {
-        "ms" => Some(number),
-        "s" => number.checked_mul(1_000),
-        "m" => number.checked_mul(60_000),
-        "h" => number.checked_mul(3_600_000),
-        _ => return Err(format!("`{text}`: unit must be ms, s, m or h")),
-    };
-    millis
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too long"))
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{text}` needs a unit: write \"{text}s\", \"{text}ms\" or \"{text}m\""
+        ));
+    }
+    humantime::parse_duration(text).map_err(|error| {
+        format!("`{text}` is not a duration ({error}): write e.g. \"30s\", \"1m30s\" or \"250ms\"")
+    })
 }

@@ -2,14 +2,16 @@
 //! refuse keep their place in the file (`Spanned`) so the error can point at them.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "listeners")]
     pub(super) listener: Vec<RawListener>,
     pub(super) admin: Option<RawAdmin>,
     #[serde(default)]
@@ -84,6 +86,7 @@ pub(super) struct RawCertPair {
 pub(super) struct RawAdmin {
     pub(super) bind: Spanned<String>,
     pub(super) token_file: Option<Spanned<String>>,
+    pub(super) max_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -98,19 +101,77 @@ pub(super) struct RawPool {
     pub(super) backends: Spanned<Vec<Spanned<RawBackend>>>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A pool entry: `"HOST:PORT"` or `{ address = "HOST:PORT", weight = N }`. Read by hand rather
+/// than as an untagged enum, whose only error is "did not match any variant": each mistake gets
+/// its own message saying what to write.
 pub(super) enum RawBackend {
     Address(String),
-    Weighted {
-        address: String,
-        #[serde(default = "one")]
-        weight: u32,
-    },
+    Weighted { address: String, weight: u32 },
 }
 
-fn one() -> u32 {
-    1
+const BACKEND_SHAPE: &str = "write \"HOST:PORT\" or { address = \"HOST:PORT\", weight = 2 }";
+
+impl<'de> Deserialize<'de> for RawBackend {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(BackendVisitor)
+    }
+}
+
+struct BackendVisitor;
+
+impl<'de> Visitor<'de> for BackendVisitor {
+    type Value = RawBackend;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a backend: {BACKEND_SHAPE}")
+    }
+
+    fn visit_str<E: de::Error>(self, address: &str) -> Result<RawBackend, E> {
+        Ok(RawBackend::Address(address.to_string()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawBackend, A::Error> {
+        let (mut address, mut weight) = (None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value::<toml::Value>()?;
+            match (key.as_str(), value) {
+                ("address", toml::Value::String(text)) => address = Some(text),
+                ("address", other) => {
+                    return Err(de::Error::custom(format!(
+                        "address = {other} is not a string: write address = \"HOST:PORT\""
+                    )));
+                }
+                ("weight", value) => weight = Some(weight_of(&value).map_err(de::Error::custom)?),
+                (other, _) => {
+                    return Err(de::Error::custom(format!(
+                        "unknown key `{other}` in a backend: {BACKEND_SHAPE}"
+                    )));
+                }
+            }
+        }
+        let address = address.ok_or_else(|| {
+            de::Error::custom(format!("a backend table needs `address`: {BACKEND_SHAPE}"))
+        })?;
+        Ok(RawBackend::Weighted {
+            address,
+            weight: weight.unwrap_or(1),
+        })
+    }
+}
+
+/// A weight or a share: a whole number written without quotes.
+fn weight_of(value: &toml::Value) -> Result<u32, String> {
+    match value {
+        toml::Value::Integer(n) => u32::try_from(*n)
+            .map_err(|_| format!("weight = {n} is out of range: write a whole number 1..=1000")),
+        toml::Value::String(text) if text.trim().parse::<u32>().is_ok() => Err(format!(
+            "weight = \"{text}\" is a string: write the number without quotes, weight = {}",
+            text.trim()
+        )),
+        other => Err(format!(
+            "weight = {other} is not a whole number: write e.g. weight = 2"
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -122,8 +183,8 @@ pub(super) struct RawRouting {
     pub(super) trusted_proxies: Vec<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// `active = "blue"` or `active = { blue = 90, green = 10 }`, read by hand for the same reason as
+/// [`RawBackend`].
 pub(super) enum RawActive {
     One(String),
     Split(BTreeMap<String, u32>),
@@ -171,6 +232,67 @@ pub(super) struct RawHeaderRules {
     pub(super) remove: Vec<Spanned<String>>,
 }
 
+const ACTIVE_SHAPE: &str = "write the pool that takes new work, active = \"blue\", or shares, active = { blue = 90, green = 10 }";
+
+impl<'de> Deserialize<'de> for RawActive {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ActiveVisitor)
+    }
+}
+
+struct ActiveVisitor;
+
+impl<'de> Visitor<'de> for ActiveVisitor {
+    type Value = RawActive;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "routing.active: {ACTIVE_SHAPE}")
+    }
+
+    fn visit_str<E: de::Error>(self, pool: &str) -> Result<RawActive, E> {
+        Ok(RawActive::One(pool.to_string()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawActive, A::Error> {
+        let mut split = BTreeMap::new();
+        while let Some(pool) = map.next_key::<String>()? {
+            let share = weight_of(&map.next_value::<toml::Value>()?)
+                .map_err(|why| de::Error::custom(why.replacen("weight", &pool, 2)))?;
+            split.insert(pool, share);
+        }
+        Ok(RawActive::Split(split))
+    }
+}
+
+/// `[[listener]]` tables. A single `[listener]` table is the usual slip; serde's own message for it
+/// ("invalid type: map, expected a sequence") does not say what to write.
+fn listeners<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<RawListener>, D::Error> {
+    struct Listeners;
+    impl<'de> Visitor<'de> for Listeners {
+        type Value = Vec<RawListener>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("listeners as [[listener]] tables (double brackets, one per listener)")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut listeners = Vec::new();
+            while let Some(listener) = seq.next_element()? {
+                listeners.push(listener);
+            }
+            Ok(listeners)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<Self::Value, A::Error> {
+            Err(de::Error::custom(
+                "[listener] is one table, but listeners are an array of tables: write \
+                 [[listener]] (double brackets), once per listener",
+            ))
+        }
+    }
+    deserializer.deserialize_any(Listeners)
+}
+
 pub(super) type RawDuration = Option<Spanned<String>>;
 
 #[derive(Deserialize, Default)]
@@ -191,6 +313,7 @@ pub(super) struct RawTimeouts {
     pub(super) stream_idle: RawDuration,
     pub(super) sse_keepalive: RawDuration,
     pub(super) drain: RawDuration,
+    pub(super) client_body: RawDuration,
 }
 
 #[derive(Deserialize, Default)]

@@ -56,8 +56,23 @@ fn unknown_active_pool_is_refused_at_its_place() {
 fn durations_and_bad_durations() {
     assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
     assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-    assert!(parse_duration("30").is_err());
-    assert!(parse_duration("3 s").is_err());
+    assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    // Compound values and days.
+    assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+    assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+    assert_eq!(parse_duration("1h 15m"), Ok(Duration::from_secs(4500)));
+    assert_eq!(
+        parse_duration("30"),
+        Err("`30` needs a unit: write \"30s\", \"30ms\" or \"30m\"".to_string())
+    );
+    assert!(
+        parse_duration("soon")
+            .unwrap_err()
+            .contains("write e.g. \"30s\"")
+    );
+    assert!(parse_duration("").is_err());
+    assert!(parse_duration("-1s").is_err());
     let text = format!("{MINIMAL}\n[timeouts]\nconnect = \"soon\"\n");
     let err = parse(&text).unwrap_err();
     assert!(err.starts_with("t.toml:15:11: "), "{err}");
@@ -67,6 +82,26 @@ fn durations_and_bad_durations() {
 fn zero_keepalive_turns_it_off() {
     let config = parse(&format!("{MINIMAL}\n[timeouts]\nsse_keepalive = \"0s\"\n")).unwrap();
     assert_eq!(config.timeouts.sse_keepalive, None);
+}
+
+#[test]
+fn client_body_timeout_defaults_to_a_minute_and_zero_turns_it_off() {
+    let client_body = |line: &str| parse(&format!("{MINIMAL}\n[timeouts]\n{line}\n"));
+    assert_eq!(
+        parse(MINIMAL).unwrap().timeouts.client_body,
+        Some(Duration::from_secs(60))
+    );
+    let config = client_body("client_body = \"5s\"").unwrap();
+    assert_eq!(config.timeouts.client_body, Some(Duration::from_secs(5)));
+    assert_eq!(
+        client_body("client_body = \"0s\"")
+            .unwrap()
+            .timeouts
+            .client_body,
+        None
+    );
+    let err = client_body("client_body = \"60\"").unwrap_err();
+    assert!(err.starts_with("t.toml:15:15: "), "{err}");
 }
 
 #[test]
@@ -213,6 +248,18 @@ fn admin_off_loopback_needs_a_token_file() {
     let err = parse(&with_admin("bind = \"0.0.0.0:9901\"")).unwrap_err();
     assert!(err.starts_with("t.toml:15:8: "), "{err}");
     assert!(err.contains("token_file"), "{err}");
+}
+
+#[test]
+fn admin_connection_cap_has_a_small_default_and_a_range() {
+    let admin = |text: &str| parse(&with_admin(text));
+    let config = admin("bind = \"127.0.0.1:9901\"").unwrap();
+    assert_eq!(config.admin.unwrap().max_connections, 64);
+    let config = admin("bind = \"127.0.0.1:9901\"\nmax_connections = 8").unwrap();
+    assert_eq!(config.admin.unwrap().max_connections, 8);
+    let err = admin("bind = \"127.0.0.1:9901\"\nmax_connections = 0").unwrap_err();
+    assert!(err.starts_with("t.toml:16:19: "), "{err}");
+    assert!(err.contains("1..=65536"), "{err}");
 }
 
 #[test]
@@ -411,7 +458,11 @@ fn routes_resolve_their_settings_against_the_proxys() {
     assert_eq!(route.max_request_body, None, "0 = unlimited");
     assert_eq!(route.timeouts.stream_idle, None, "\"0s\" turns it off");
     assert_eq!(route.timeouts.connect, Duration::from_secs(1));
-    assert_eq!(route.timeouts.response, Duration::from_secs(30), "the proxy's");
+    assert_eq!(
+        route.timeouts.response,
+        Duration::from_secs(30),
+        "the proxy's"
+    );
     assert_eq!(
         route.timeouts.sse_keepalive,
         Some(Duration::from_secs(15)),
@@ -426,31 +477,75 @@ fn routes_resolve_their_settings_against_the_proxys() {
 #[test]
 fn route_mistakes_are_refused_at_their_place() {
     let cases = [
-        ("pools = [\"gh-blue\", \"gh-green\"]", "pools = [\"gh-blue\"]", "add it to the route's pools"),
-        ("pools = [\"gh-blue\", \"gh-green\"]", "pools = [\"gh-blue\", \"nope\"]", "`nope`, which is not defined"),
-        ("prefix = \"/github/\"", "prefix = \"github\"", "is not a path"),
-        ("prefix = \"/github/\"", "exact = \"/github\"", "strip_prefix needs a prefix"),
-        ("host = \"backend\"", "host = \"not a host\"", "write \"client\", \"backend\""),
-        ("name = \"gh\"", "name = \"gh\"\nhosts = [\"a.example.com:443\"]", "no scheme, port or path"),
-        ("name = \"gh\"", "name = \"gh\"\nhosts = [\"*\"]", "not a host name"),
+        (
+            "pools = [\"gh-blue\", \"gh-green\"]",
+            "pools = [\"gh-blue\"]",
+            "add it to the route's pools",
+        ),
+        (
+            "pools = [\"gh-blue\", \"gh-green\"]",
+            "pools = [\"gh-blue\", \"nope\"]",
+            "`nope`, which is not defined",
+        ),
+        (
+            "prefix = \"/github/\"",
+            "prefix = \"github\"",
+            "is not a path",
+        ),
+        (
+            "prefix = \"/github/\"",
+            "exact = \"/github\"",
+            "strip_prefix needs a prefix",
+        ),
+        (
+            "host = \"backend\"",
+            "host = \"not a host\"",
+            "write \"client\", \"backend\"",
+        ),
+        (
+            "name = \"gh\"",
+            "name = \"gh\"\nhosts = [\"a.example.com:443\"]",
+            "no scheme, port or path",
+        ),
+        (
+            "name = \"gh\"",
+            "name = \"gh\"\nhosts = [\"*\"]",
+            "not a host name",
+        ),
     ];
     for (from, to, expected) in cases {
         let err = parse(&TWO_SERVICES.replace(from, to)).unwrap_err();
         assert!(err.contains(expected), "{to}: {err}");
-        assert!(!err.starts_with("t.toml:1:1:"), "{to}: points somewhere: {err}");
+        assert!(
+            !err.starts_with("t.toml:1:1:"),
+            "{to}: points somewhere: {err}"
+        );
     }
-    let clash = format!(
-        "{TWO_SERVICES}\n[[route]]\nprefix = \"/github/\"\nactive = \"gh-blue\"\n"
-    );
+    let clash = format!("{TWO_SERVICES}\n[[route]]\nprefix = \"/github/\"\nactive = \"gh-blue\"\n");
     let err = parse(&clash).unwrap_err();
-    assert!(err.contains("takes the same host and path as route `gh`"), "{err}");
+    assert!(
+        err.contains("takes the same host and path as route `gh`"),
+        "{err}"
+    );
     let renamed = format!("{TWO_SERVICES}\n[[route]]\nname = \"gh\"\nactive = \"gh-blue\"\n");
-    assert!(parse(&renamed).unwrap_err().contains("two routes are named `gh`"));
+    assert!(
+        parse(&renamed)
+            .unwrap_err()
+            .contains("two routes are named `gh`")
+    );
     let nothing = "[[listener]]\nbind = \"127.0.0.1:1\"\n[pools.p]\nbackends = [\"127.0.0.1:2\"]\n";
-    assert!(parse(nothing).unwrap_err().contains("set routing.active to a pool name"));
+    assert!(
+        parse(nothing)
+            .unwrap_err()
+            .contains("set routing.active to a pool name")
+    );
     let bad_header = TWO_SERVICES.replace(
         "host = \"backend\"",
         "host = \"backend\"\nresponse_headers = { set = { \"Bad Name\" = \"x\" } }",
     );
-    assert!(parse(&bad_header).unwrap_err().contains("is not a header name"));
+    assert!(
+        parse(&bad_header)
+            .unwrap_err()
+            .contains("is not a header name")
+    );
 }

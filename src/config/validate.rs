@@ -186,6 +186,7 @@ fn validate_timeouts(raw: &RawTimeouts) -> Result<Timeouts, Invalid> {
         stream_idle: optional_duration(&raw.stream_idle, Duration::from_secs(3600))?,
         sse_keepalive: optional_duration(&raw.sse_keepalive, Duration::from_secs(15))?,
         drain: duration(&raw.drain, Duration::from_secs(30))?,
+        client_body: optional_duration(&raw.client_body, Duration::from_secs(60))?,
     })
 }
 
@@ -283,9 +284,22 @@ fn validate_admin(raw: &RawAdmin, source: &Source<'_>) -> Result<AdminConfig, In
             ),
         ));
     }
+    let max_connections = match &raw.max_connections {
+        None => 64,
+        Some(count) => match *count.get_ref() {
+            c @ 1..=65_536 => c,
+            _ => {
+                return Err(invalid(
+                    count,
+                    "admin max_connections must be 1..=65536".into(),
+                ));
+            }
+        },
+    };
     Ok(AdminConfig {
         bind,
         token_file: raw.token_file.as_ref().map(|file| source.file(file)),
+        max_connections,
     })
 }
 

@@ -3,6 +3,10 @@
 //! Every answer is JSON except `/metrics`. Off loopback the listener requires a bearer token
 //! (config validation refuses otherwise); `/healthz` and `/readyz` stay open so that orchestrator
 //! probes need no secret.
+//!
+//! The listener has its own connection cap (`[admin] max_connections`) and the client listeners'
+//! header timeout, so partial requests on it can neither use up the file descriptors the data
+//! plane needs nor be used up by it.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -11,39 +15,85 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::proxy::admission::{AcceptErrors, Refusals};
 use crate::proxy::body::ResponseBody;
+use crate::proxy::serve::{CurrentHttp, FirstRequest, Http, drive};
 use crate::state::State;
 
 /// Session tags listed per backend by `GET /sessions`; the counts are always complete.
 const SESSIONS_LISTED_PER_BACKEND: usize = 1000;
 
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+/// Serves until `shutdown`, at most `max_connections` connections at once; more get the
+/// client listeners' `503`.
+pub async fn serve(
+    listener: TcpListener,
+    max_connections: usize,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+) {
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let refusals = Refusals::default();
+    let mut errors = AcceptErrors::new("admin");
+    let mut http = CurrentHttp::new(&state.snapshot());
     loop {
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(_) => continue,
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    errors.failed(&error).await;
+                    continue;
+                }
             },
         };
-        let state = Arc::clone(&state);
-        let builder = Arc::clone(&builder);
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(handle(&state, &request)) }
-            });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        errors.succeeded();
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            tracing::debug!("admin connection refused: admin max_connections reached");
+            tokio::spawn(refusals.clone().refuse(stream));
+            continue;
+        };
+        let http = http.of(&state.snapshot());
+        tokio::spawn(serve_one(
+            stream,
+            Arc::clone(&state),
+            http,
+            shutdown.clone(),
+            permit,
+        ));
     }
+}
+
+async fn serve_one(
+    stream: TcpStream,
+    state: Arc<State>,
+    http: Arc<Http>,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let first = FirstRequest::default();
+    let arrived = first.clone();
+    let service = service_fn(move |request| {
+        arrived.arrived();
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(handle(&state, &request)) }
+    });
+    let connection = http
+        .builder()
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    drive(
+        connection,
+        |connection| connection.graceful_shutdown(),
+        &first,
+        http.first_request(),
+        &shutdown,
+    )
+    .await;
 }
 
 /// What an admin request asks for, decided from the path alone.

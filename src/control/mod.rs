@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod discovery;
 pub mod health;
+pub mod open_files;
 pub mod periodic;
 pub mod reload;
 pub mod server;

@@ -16,11 +16,35 @@ pub enum StartError {
     /// A file the config names could not be loaded (`FILE:LINE:COL: message`).
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot listen on {address}: {source}")]
+    /// The OS error is in the message (with what to do about it), not a `source`: a caller that
+    /// prints the chain would repeat it.
+    #[error("{}", bind_failure(*address, error))]
     Bind {
         address: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+/// Why binding `address` failed, and what to do instead: the proxy's listeners and the reference
+/// backend say the same.
+pub fn bind_failure(address: SocketAddr, error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let port = address.port();
+    match error.kind() {
+        ErrorKind::AddrInUse => format!(
+            "cannot listen on {address}: another process already listens there \
+             (`ss -ltnp 'sport = :{port}'` shows which); stop it or choose another port"
+        ),
+        ErrorKind::PermissionDenied => format!(
+            "cannot listen on {address}: permission denied; ports below 1024 need root or \
+             CAP_NET_BIND_SERVICE: choose a port of 1024 or above, or grant the capability"
+        ),
+        ErrorKind::AddrNotAvailable => format!(
+            "cannot listen on {address}: no interface of this machine has that address; \
+             use one of its own addresses, 127.0.0.1, or 0.0.0.0 for all of them"
+        ),
+        _ => format!("cannot listen on {address}: {error}"),
+    }
 }
 
 /// A started proxy. Dropping it does not stop it: cancel the shutdown token, then [`Proxy::wait`].
@@ -48,7 +72,7 @@ impl Proxy {
         let config = &ready.config;
         let bind = |address: SocketAddr| {
             crate::proxy::listener::bind(address)
-                .map_err(|source| StartError::Bind { address, source })
+                .map_err(|error| StartError::Bind { address, error })
         };
         let listeners = config
             .listeners
@@ -57,6 +81,8 @@ impl Proxy {
             .collect::<Result<Vec<_>, _>>()?;
         let admin = config.admin.as_ref().map(|a| bind(a.bind)).transpose()?;
         let max_connections = config.limits.max_connections;
+        let admin_cap = config.admin.as_ref().map_or(0, |a| a.max_connections);
+        crate::control::open_files::raise_and_log(max_connections, admin_cap);
         let state = Arc::new(State::new(ready));
         let background = CancellationToken::new();
         // Before accepting: hostname pools must have their addresses when the first request comes.
@@ -66,9 +92,9 @@ impl Proxy {
         let mut addresses = Vec::new();
         let mut accept_loops = JoinSet::new();
         for (index, listener) in listeners.into_iter().enumerate() {
-            addresses.push(listener.local_addr().map_err(|source| StartError::Bind {
+            addresses.push(listener.local_addr().map_err(|error| StartError::Bind {
                 address: SocketAddr::from(([0, 0, 0, 0], 0)),
-                source,
+                error,
             })?);
             accept_loops.spawn(crate::proxy::listener::accept_loop(
                 listener,
@@ -78,7 +104,8 @@ impl Proxy {
                 shutdown.clone(),
             ));
         }
-        let admin_address = admin.and_then(|listener| spawn_admin(listener, &state, &background));
+        let admin_address =
+            admin.and_then(|listener| spawn_admin(listener, admin_cap, &state, &background));
         spawn_background(&state, &background);
         for address in &addresses {
             tracing::info!(%address, "listening");
@@ -131,6 +158,7 @@ impl Proxy {
 /// Serves the admin API on `listener` until `stop`; returns the address it is bound to.
 fn spawn_admin(
     listener: tokio::net::TcpListener,
+    max_connections: usize,
     state: &Arc<State>,
     stop: &CancellationToken,
 ) -> Option<SocketAddr> {
@@ -140,6 +168,7 @@ fn spawn_admin(
     }
     tokio::spawn(crate::control::admin::serve(
         listener,
+        max_connections,
         Arc::clone(state),
         stop.clone(),
     ));

@@ -147,6 +147,11 @@ impl SessionTable {
         self.len.load(Ordering::Relaxed)
     }
 
+    /// How many sessions the table holds at most.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -61,7 +61,7 @@ impl AccessRecord {
             route = %self.route,
             backend = %self.backend,
             pool = %self.pool,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             bytes = self.bytes,
             session = self.session.as_deref().unwrap_or(""),
             outcome,

@@ -18,6 +18,8 @@ pub enum ProxyError {
     Upstream(crate::upstream::backend::UpstreamError),
     #[error("request body too large (limit {limit} bytes)")]
     BodyTooLarge { limit: u64 },
+    #[error("request body timed out: no data for {timeout:?}")]
+    BodyTimeout { timeout: std::time::Duration },
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("the proxy is shutting down")]
@@ -33,6 +35,7 @@ impl ProxyError {
             ProxyError::Upstream(U::ResponseTimeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }

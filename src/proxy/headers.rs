@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::config::{Cidr, Config};
 use crate::mcp::classify::is_websocket_upgrade;
-use crate::upstream::body::RequestBody;
+use crate::upstream::body::{BodyLimits, RequestBody};
 
 use super::request::ConnInfo;
 
@@ -77,13 +77,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// The client's request rewritten for the backend, its body counted and cut at `limit`.
+/// The client's request rewritten for the backend, its body counted and cut at `limits`.
 pub fn upstream_request(
     request: Request<Incoming>,
     conn: &ConnInfo,
     client_ip: IpAddr,
     config: &Config,
-    limit: Option<u64>,
+    limits: BodyLimits,
     bytes_in: Counter,
 ) -> Request<RequestBody> {
     let (mut parts, body) = request.into_parts();
@@ -113,7 +113,7 @@ pub fn upstream_request(
         .cloned()
         .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
     parts.version = Version::HTTP_11;
-    Request::from_parts(parts, RequestBody::streaming(body, limit, bytes_in))
+    Request::from_parts(parts, RequestBody::streaming(body, limits, bytes_in))
 }
 
 /// `X-Forwarded-*`: appended to when the peer is a trusted proxy, replaced otherwise, so an

@@ -1,12 +1,11 @@
-//! Accepting client connections: bind with `SO_REUSEPORT`, enforce the connection limit, read the
-//! PROXY header and do the TLS handshake where the listener asks for them, then hand the
-//! connection to [`super::serve`].
+//! Accepting client connections: bind with `SO_REUSEPORT`, enforce the connection limit (the
+//! refusal and accept failures are in [`super::admission`]), read the PROXY header and do the TLS
+//! handshake where the listener asks for them, then hand the connection to [`super::serve`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -14,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Redirect;
 use crate::state::State;
 
+use super::admission::{AcceptErrors, Refusals};
 use super::proxy_protocol;
 use super::request::ConnInfo;
-use super::serve::{SharedBuilder, http_builder, serve};
+use super::serve::{CurrentHttp, Http, serve};
 
 /// Binds with `SO_REUSEPORT`, so a new proxy process can bind the same port before the old one
 /// drains (zero-gap restarts).
@@ -45,13 +45,9 @@ pub async fn accept_loop(
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
-    let mut builder: (u64, SharedBuilder) = {
-        let snapshot = state.snapshot();
-        (
-            snapshot.generation,
-            Arc::new(http_builder(&snapshot.config.limits)),
-        )
-    };
+    let mut http = CurrentHttp::new(&state.snapshot());
+    let refusals = Refusals::default();
+    let mut errors = AcceptErrors::new("client");
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -60,25 +56,18 @@ pub async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                errors.failed(&error).await;
                 continue;
             }
         };
+        errors.succeeded();
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             state.metrics.connections_refused.inc();
-            state.tasks.spawn(refuse(stream));
+            state.tasks.spawn(refusals.clone().refuse(stream));
             continue;
         };
         let _ = stream.set_nodelay(true);
         let snapshot = state.snapshot();
-        if snapshot.generation != builder.0 {
-            builder = (
-                snapshot.generation,
-                Arc::new(http_builder(&snapshot.config.limits)),
-            );
-        }
         let Some(settings) = Accepting::of(&snapshot, index) else {
             continue;
         };
@@ -88,7 +77,7 @@ pub async fn accept_loop(
             settings,
             snapshot.config.limits.handshake_timeout,
             Arc::clone(&state),
-            Arc::clone(&builder.1),
+            http.of(&snapshot),
             shutdown.clone(),
             permit,
         );
@@ -124,7 +113,7 @@ async fn handshake_and_serve(
     settings: Accepting,
     handshake_timeout: Duration,
     state: Arc<State>,
-    builder: SharedBuilder,
+    http: Arc<Http>,
     shutdown: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
@@ -151,7 +140,7 @@ async fn handshake_and_serve(
             tls: false,
             sni: None,
         };
-        serve(stream, conn, redirect, state, builder, shutdown, permit).await;
+        serve(stream, conn, redirect, state, http, shutdown, permit).await;
         return;
     };
     let accepted = tokio::time::timeout_at(
@@ -177,24 +166,9 @@ async fn handshake_and_serve(
                 tls: true,
                 sni,
             };
-            serve(stream, conn, redirect, state, builder, shutdown, permit).await;
+            serve(stream, conn, redirect, state, http, shutdown, permit).await;
         }
         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
-}
-
-/// Over the connection limit: a fast, complete `503` instead of a silent queue.
-async fn refuse(mut stream: TcpStream) {
-    const BODY: &str = r#"{"error":{"status":503,"message":"connection limit reached"}}"#;
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
-        BODY.len()
-    );
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        stream.write_all(response.as_bytes()),
-    )
-    .await;
-    let _ = stream.shutdown().await;
 }

@@ -22,7 +22,7 @@ use crate::mcp::seal::{Opened, Unsealed, unseal_request};
 use crate::mcp::session::{session_id, session_tag};
 use crate::state::{Route, Snapshot, State};
 use crate::upstream::backend::{Backend, Exchange, InFlightGuard, UpstreamError};
-use crate::upstream::body::{BodyError, RequestBody};
+use crate::upstream::body::{BodyError, BodyLimits, RequestBody};
 
 use super::body::ResponseBody;
 use super::error::ProxyError;
@@ -130,7 +130,11 @@ async fn proxy(
     let client_upgrade =
         (meta.class == RouteClass::WebSocket).then(|| hyper::upgrade::on(&mut request));
     let bytes_in = state.metrics.bytes_in.clone();
-    let outgoing = upstream_request(request, conn, client_ip, config, body_limit, bytes_in);
+    let limits = BodyLimits {
+        max: body_limit,
+        idle: config.timeouts.client_body,
+    };
+    let outgoing = upstream_request(request, conn, client_ip, config, limits, bytes_in);
     let (guard, exchange) = send_with_retry(state, snapshot, route, &target, outgoing).await?;
     Ok(respond::shape(
         state,
@@ -341,6 +345,11 @@ fn note_send_failure(
     backend: &Arc<Backend>,
     error: &UpstreamError,
 ) {
+    // A client whose body broke a limit or stalled: its own 413 or 408, no backend's failure.
+    if let Some(cause) = error.client_body_error() {
+        tracing::debug!(backend = %backend.address, %cause, "request abandoned: the client's body failed");
+        return;
+    }
     tracing::warn!(backend = %backend.address, %error, "upstream request failed");
     state
         .metrics
@@ -359,11 +368,12 @@ fn note_send_failure(
 }
 
 impl From<UpstreamError> for ProxyError {
-    /// A client body that broke the size limit mid-stream is the client's `413`, not the
-    /// backend's failure.
+    /// A client body that broke the size limit mid-stream is the client's `413`, one that went
+    /// quiet its `408`: not the backend's failure.
     fn from(error: UpstreamError) -> ProxyError {
         match error.client_body_error() {
             Some(BodyError::TooLarge { limit }) => ProxyError::BodyTooLarge { limit: *limit },
+            Some(BodyError::Idle { timeout }) => ProxyError::BodyTimeout { timeout: *timeout },
             _ => ProxyError::Upstream(error),
         }
     }
@@ -388,7 +398,7 @@ fn answer_error(
         route = route_name,
         backend = "",
         pool = "",
-        duration_ms = meta.started.elapsed().as_secs_f64() * 1000.0,
+        duration_us = u64::try_from(meta.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         bytes = 0u64,
         session = meta.session.as_deref().map(session_tag).unwrap_or_default(),
         error = %status.canonical_reason().unwrap_or("error"),

@@ -1,9 +1,17 @@
 //! Serving HTTP on an accepted connection: hyper's HTTP/1.1 and HTTP/2 (ALPN `h2` over TLS, h2c
 //! by prior knowledge in clear) under the configured limits, each request handed to
 //! [`super::request::handle`], or answered `301` on a redirect listener.
+//!
+//! hyper's header timer covers HTTP/1 heads once hyper knows the connection is HTTP/1, but
+//! nothing times the wait before that: reading the HTTP/2 preface (or the first byte that rules
+//! it out), or an HTTP/2 connection that never opens a stream. [`drive`] closes a connection
+//! whose first request head has not arrived within the header timeout.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
@@ -16,7 +24,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Limits, Redirect};
-use crate::state::State;
+use crate::state::{Snapshot, State};
 
 use super::body::ResponseBody;
 use super::request::{self, ConnInfo};
@@ -32,7 +40,54 @@ const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Resets the server itself must send because the client misbehaves (the "MadeYouReset" variant).
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
-pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+/// How a listener serves HTTP: hyper's builder and the time a connection has, from the moment it
+/// is ready to serve (after any PROXY header and TLS handshake), to send its first request head.
+pub struct Http {
+    builder: auto::Builder<TokioExecutor>,
+    first_request: Duration,
+}
+
+impl Http {
+    pub fn new(limits: &Limits) -> Http {
+        Http {
+            builder: http_builder(limits),
+            first_request: limits.header_read_timeout,
+        }
+    }
+
+    pub fn builder(&self) -> &auto::Builder<TokioExecutor> {
+        &self.builder
+    }
+
+    pub fn first_request(&self) -> Duration {
+        self.first_request
+    }
+}
+
+/// The [`Http`] of the snapshot current at each accept: rebuilt only when a reload has changed
+/// the generation, so a reload applies to new connections.
+pub struct CurrentHttp {
+    generation: u64,
+    http: Arc<Http>,
+}
+
+impl CurrentHttp {
+    pub fn new(snapshot: &Snapshot) -> CurrentHttp {
+        CurrentHttp {
+            generation: snapshot.generation,
+            http: Arc::new(Http::new(&snapshot.config.limits)),
+        }
+    }
+
+    pub fn of(&mut self, snapshot: &Snapshot) -> Arc<Http> {
+        if snapshot.generation != self.generation {
+            *self = CurrentHttp::new(snapshot);
+        }
+        Arc::clone(&self.http)
+    }
+}
+
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper answers 431 itself when the head outgrows the read buffer or has too many fields.
     builder
@@ -58,14 +113,12 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-pub type SharedBuilder = Arc<auto::Builder<TokioExecutor>>;
-
 pub async fn serve<IO>(
     io: IO,
     conn: ConnInfo,
     redirect: Option<Redirect>,
     state: Arc<State>,
-    builder: SharedBuilder,
+    http: Arc<Http>,
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
 ) where
@@ -75,7 +128,10 @@ pub async fn serve<IO>(
     let conn = Arc::new(conn);
     let service_state = Arc::clone(&state);
     let redirect = redirect.map(Arc::new);
+    let first = FirstRequest::default();
+    let arrived = first.clone();
     let service = service_fn(move |request| {
+        arrived.arrived();
         let state = Arc::clone(&service_state);
         let conn = Arc::clone(&conn);
         let redirect = redirect.clone();
@@ -88,19 +144,68 @@ pub async fn serve<IO>(
             })
         })
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let connection = http
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    drive(
+        connection,
+        |connection| connection.graceful_shutdown(),
+        &first,
+        http.first_request,
+        &shutdown,
+    )
+    .await;
+    state.metrics.connections_open.dec();
+}
+
+/// Set by the service when it is called: the connection's first request head has arrived.
+#[derive(Debug, Clone, Default)]
+pub struct FirstRequest(Arc<AtomicBool>);
+
+impl FirstRequest {
+    pub fn arrived(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs a hyper connection to its end: closed without an answer if no request head arrived
+/// within `first_request`, shut down gracefully when `shutdown` is cancelled. The timer is
+/// looked at once, when it fires, so requests cost nothing but the service's flag store, and
+/// from then on only hyper's own timers apply.
+pub async fn drive<C, E>(
+    mut connection: Pin<&mut C>,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    first: &FirstRequest,
+    first_request: Duration,
+    shutdown: &CancellationToken,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let first_deadline = tokio::time::sleep(first_request);
+    tokio::pin!(first_deadline);
+    let mut watching = true;
+    let mut shutting_down = false;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            () = shutdown.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                graceful_shutdown(connection.as_mut());
+            }
+            () = first_deadline.as_mut(), if watching => {
+                if !first.0.load(Ordering::Relaxed) {
+                    tracing::debug!(?first_request, "no request head in time; connection closed");
+                    return;
+                }
+                watching = false;
+            }
         }
     };
     if let Err(error) = result {
         tracing::debug!(%error, "client connection ended with an error");
     }
-    state.metrics.connections_open.dec();
 }
 
 /// The `301` of a redirect listener (nginx: `return 301 https://$host$request_uri`).

@@ -182,6 +182,9 @@ impl State {
             );
         }
         metrics.sessions_tracked.set(self.sessions.len() as i64);
+        metrics
+            .sessions_max
+            .set(i64::try_from(self.sessions.max()).unwrap_or(i64::MAX));
         metrics.config_generation.set(snapshot.generation as i64);
         metrics.encode()
     }

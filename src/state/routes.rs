@@ -342,6 +342,10 @@ active = "p"
         ] {
             std::hint::black_box(t.0.find(std::hint::black_box(host), path));
         }
-        assert_eq!(ALLOCATIONS.with(Cell::get), before, "route matching allocated");
+        assert_eq!(
+            ALLOCATIONS.with(Cell::get),
+            before,
+            "route matching allocated"
+        );
     }
 }

@@ -76,7 +76,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), Demo
         let address = SocketAddr::from(([127, 0, 0, 1], 0));
         let listener = TcpListener::bind(address)
             .await
-            .map_err(|source| backend::BackendError::Bind { address, source })?;
+            .map_err(|error| backend::BackendError::Bind { address, error })?;
         let bound = listener.local_addr().map_err(backend::BackendError::Io)?;
         fleet.push((pool, name, bound));
         backends.spawn(backend::run(

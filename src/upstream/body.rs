@@ -1,19 +1,24 @@
 //! The body of a request on its way to a backend: the client's body, streamed frame by frame and
-//! cut at the size limit, or nothing (health probes).
+//! cut at the size limit or when the client goes quiet, or nothing (health probes).
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
+use tokio::time::{Instant, Sleep};
 
 /// Errors a body can yield to hyper.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error("the client sent no request body data for {timeout:?}")]
+    Idle { timeout: Duration },
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
 }
@@ -26,6 +31,14 @@ pub struct RequestBody {
     received: u64,
     /// Counts bytes received from clients (`switchyard_bytes_in_total`).
     bytes_in: Option<Counter>,
+    idle: Option<IdleTimer>,
+}
+
+/// What a client's body may do: grow to `max` bytes, pause `idle` between reads.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max: Option<u64>,
+    pub idle: Option<Duration>,
 }
 
 impl RequestBody {
@@ -35,15 +48,17 @@ impl RequestBody {
             limit: None,
             received: 0,
             bytes_in: None,
+            idle: None,
         }
     }
 
-    pub fn streaming(body: Incoming, limit: Option<u64>, bytes_in: Counter) -> RequestBody {
+    pub fn streaming(body: Incoming, limits: BodyLimits, bytes_in: Counter) -> RequestBody {
         RequestBody {
             inner: Some(body),
-            limit,
+            limit: limits.max,
             received: 0,
             bytes_in: Some(bytes_in),
+            idle: limits.idle.map(IdleTimer::new),
         }
     }
 }
@@ -60,7 +75,13 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        let frame = match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => return this.poll_idle(cx),
+        };
+        if let Some(idle) = &mut this.idle {
+            idle.waiting_since = None;
+        }
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
             let len = data.map_or(0, |d| d.len() as u64);
             this.received += len;
@@ -83,5 +104,62 @@ impl Body for RequestBody {
         self.inner
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl RequestBody {
+    /// The client has nothing for us yet: pending, or an error once it has been quiet too long.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(idle) = self.idle.as_mut() else {
+            return Poll::Pending;
+        };
+        if !idle.expired(cx) {
+            return Poll::Pending;
+        }
+        self.inner = None;
+        Poll::Ready(Some(Err(BodyError::Idle {
+            timeout: idle.timeout,
+        })))
+    }
+}
+
+/// The client body idle timeout, armed lazily: a body that arrives whole never creates a timer,
+/// and a read costs a clock read rather than a timer reset. The one timer, once created, keeps
+/// its deadline; when it fires early (the client has sent more since) it is moved to the
+/// current wait's deadline.
+#[derive(Debug)]
+struct IdleTimer {
+    timeout: Duration,
+    /// When the current wait for client data began; `None` while data is flowing.
+    waiting_since: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration) -> IdleTimer {
+        IdleTimer {
+            timeout,
+            waiting_since: None,
+            timer: None,
+        }
+    }
+
+    /// Whether the current wait has lasted `timeout`; if not, `cx` is woken when it might have.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let now = Instant::now();
+        let deadline = *self.waiting_since.get_or_insert(now) + self.timeout;
+        if now >= deadline {
+            return true;
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        while timer.as_mut().poll(cx).is_ready() {
+            if timer.deadline() >= deadline {
+                return true;
+            }
+            timer.as_mut().reset(deadline);
+        }
+        false
     }
 }

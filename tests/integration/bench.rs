@@ -127,26 +127,39 @@ async fn loadgen_measures_posts_open_loop_and_sse_delivery() {
     assert!(sse["watched_rss_kib"].as_u64().unwrap() > 0, "{sse}");
 }
 
+/// A target that cannot work is refused at once, not after the run: a dead address, and an
+/// `https://` URL (loadgen speaks plain HTTP; `loadgen tls` measures handshakes).
 #[tokio::test]
-async fn loadgen_reports_a_dead_target_as_an_error() {
+async fn loadgen_refuses_a_dead_target_or_an_https_url_at_once() {
     let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = unused.local_addr().unwrap();
     drop(unused);
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args([
-            "loadgen",
-            "post",
-            "--url",
-            &format!("http://{address}/bench/echo"),
-        ])
-        .args(["--connections", "1", "--seconds", "0.2", "--warmup", "0"])
-        .output()
-        .await
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("every connection failed"),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let dead = format!("http://{address}/bench/echo");
+    let https = format!("https://{address}/bench/echo");
+    for (url, expected) in [
+        (dead.as_str(), format!("cannot connect to {address}: ")),
+        (
+            https.as_str(),
+            format!("{https}: this mode speaks http:// only; give the address of a plain listener"),
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["loadgen", "post", "--url", url])
+            .args(["--connections", "1", "--seconds", "30", "--warmup", "0"])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("switchyard: {expected}")),
+            "{stderr}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "refused only after {:?}",
+            started.elapsed()
+        );
+    }
 }

@@ -106,3 +106,139 @@ fn run_refuses_an_invalid_config_with_the_same_message() {
         "{run_err}"
     );
 }
+
+/// The mistakes serde would describe in its own terms ("did not match any variant of untagged
+/// enum", "expected a sequence") are told in the config's terms, with what to write instead.
+#[test]
+fn config_mistakes_say_what_to_write_instead() {
+    let head = "[[listener]]\nbind = \"127.0.0.1:8080\"\n\n[routing]\nactive = \"blue\"\n\n";
+    for (name, text, expected) in [
+        (
+            "addr.toml",
+            format!("{head}[pools.blue]\nbackends = [{{ addr = \"127.0.0.1:3001\" }}]\n"),
+            ":8:13: unknown key `addr` in a backend: write \"HOST:PORT\" or \
+             { address = \"HOST:PORT\", weight = 2 }",
+        ),
+        (
+            "weight.toml",
+            format!(
+                "{head}[pools.blue]\nbackends = [{{ address = \"127.0.0.1:3001\", weight = \"2\" }}]\n"
+            ),
+            ":8:13: weight = \"2\" is a string: write the number without quotes, weight = 2",
+        ),
+        (
+            "single-listener.toml",
+            "[listener]\nbind = \"127.0.0.1:8080\"\n".to_string(),
+            ":1:1: [listener] is one table, but listeners are an array of tables: write \
+             [[listener]] (double brackets), once per listener",
+        ),
+    ] {
+        let path = write_config(name, &text);
+        let (code, _, stderr) = switchyard(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{stderr}");
+        assert_eq!(stderr, format!("{}{expected}\n", path.display()));
+    }
+}
+
+/// A port someone else holds: one line saying so once, and what to do, for the proxy and for
+/// the reference backend alike.
+#[test]
+fn a_taken_port_is_reported_once_with_what_to_do() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = holder.local_addr().unwrap();
+    let expected = format!(
+        "switchyard: cannot listen on {address}: another process already listens there \
+         (`ss -ltnp 'sport = :{}'` shows which); stop it or choose another port\n",
+        address.port()
+    );
+    let path = write_config(
+        "taken.toml",
+        &format!(
+            "[[listener]]\nbind = \"{address}\"\n[pools.blue]\nbackends = [\"127.0.0.1:9\"]\n\
+             [routing]\nactive = \"blue\"\n"
+        ),
+    );
+    let (code, _, stderr) = switchyard(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr, expected);
+    let (code, _, stderr) = switchyard(&["backend", "--listen", &address.to_string()]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr, expected);
+}
+
+/// With `--log-format json`, a refused config is a JSON line like every other log line, with
+/// the place as fields; the text form is unchanged.
+#[test]
+fn a_refused_config_is_a_json_line_with_log_format_json() {
+    let path = write_config(
+        "json-error.toml",
+        "[[listener]]\nbind = \"127.0.0.1:8080\"\n\n[pools.blue]\nbackends = [\"127.0.0.1:3001\"]\n\n[routing]\nactive = \"green\"\n",
+    );
+    for command in ["check", "run"] {
+        let (code, _, stderr) = switchyard(&[
+            "--log-format",
+            "json",
+            command,
+            "--config",
+            path.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 2, "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let line: serde_json::Value = serde_json::from_str(&stderr).expect("a JSON line");
+        assert_eq!(line["level"], "ERROR", "{line}");
+        let message = line["message"].as_str().unwrap();
+        let place = format!("{}:8:10: routing.active names pool `green`", path.display());
+        assert!(message.starts_with(&place), "{line}");
+        assert_eq!(line["file"], path.to_str().unwrap());
+        assert_eq!(
+            (line["line"].as_u64(), line["column"].as_u64()),
+            (Some(8), Some(10))
+        );
+    }
+}
+
+/// Durations take compound values (`1m30s`) and days in the config and on the command line,
+/// from the same parser; a bare number is refused with what to write.
+#[test]
+fn durations_take_compound_values_in_config_and_cli() {
+    let path = write_config(
+        "durations.toml",
+        "[[listener]]\nbind = \"127.0.0.1:8080\"\n[pools.blue]\nbackends = [\"127.0.0.1:3001\"]\n\
+         [routing]\nactive = \"blue\"\n[timeouts]\ndrain = \"1m30s\"\nstream_idle = \"1d\"\n\
+         [sessions]\nidle_timeout = \"2h 30m\"\n",
+    );
+    let (code, stdout, stderr) = switchyard(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, _, stderr) = switchyard(&["backend", "--drain-timeout", "30"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("`30` needs a unit: write \"30s\", \"30ms\" or \"30m\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let (code, stdout, _) = switchyard(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("_switchyard()"), "{stdout}");
+    assert!(stdout.contains("--pid-file"), "subcommand flags complete");
+    for shell in ["zsh", "fish"] {
+        let (code, stdout, _) = switchyard(&["completions", shell]);
+        assert_eq!(code, 0);
+        assert!(stdout.contains("switchyard"), "{shell}: {stdout}");
+    }
+    let (code, page, _) = switchyard(&["man"]);
+    assert_eq!(code, 0);
+    assert!(page.contains(".TH switchyard 1"), "{page}");
+    let (code, page, _) = switchyard(&["man", "run"]);
+    assert_eq!(code, 0);
+    assert!(page.contains(".TH switchyard-run 1"), "{page}");
+    assert!(page.contains("pid\\-file"), "{page}");
+    let (code, _, stderr) = switchyard(&["man", "nope"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no command `nope`: one of run, check"),
+        "{stderr}"
+    );
+}

@@ -13,6 +13,8 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 
 struct RunningDemo {
     child: KillOnDrop,
+    /// Its stderr, line by line: the log.
+    logs: std::sync::mpsc::Receiver<String>,
     plain: String,
     https: (String, String),
     admin: String,
@@ -31,12 +33,20 @@ fn start_demo(tag: &str) -> RunningDemo {
             "127.0.0.1:0",
         ])
         .args(["--admin", "127.0.0.1:0", "--dir", dir.to_str().unwrap()])
+        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut child = KillOnDrop(Some(child));
     let stdout = child.0.as_mut().unwrap().stdout.take().unwrap();
+    let stderr = child.0.as_mut().unwrap().stderr.take().unwrap();
+    let (log_tx, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
     let (lines_tx, lines_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -66,6 +76,7 @@ fn start_demo(tag: &str) -> RunningDemo {
     }
     RunningDemo {
         child,
+        logs,
         plain: plain.expect("an HTTP URL"),
         https: https.expect("an HTTPS URL"),
         admin: admin.expect("an admin URL"),
@@ -105,6 +116,12 @@ async fn session(client: reqwest::Client, url: &str) -> String {
 
 async fn stops_on(signal: &str) {
     let mut demo = start_demo(signal);
+    // The demo logs (proxy and backends) at info level, as `run` does.
+    let listening = demo
+        .logs
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the demo logs");
+    assert!(listening.contains("listening"), "{listening}");
     let owner = session(client(), &demo.plain).await;
     assert!(
         owner.starts_with("blue-"),

@@ -10,6 +10,7 @@ mod bench;
 mod cli;
 mod demo;
 mod health;
+mod hostile;
 mod import;
 mod limits;
 mod ops;

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 /// A directory under the system temp dir, removed when the test ends.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> TempDir {
@@ -46,20 +46,20 @@ impl Drop for TempDir {
 }
 
 /// A test CA that issues leaf certificates into a temp dir.
-struct Pki {
+pub(crate) struct Pki {
     dir: TempDir,
     ca: CertifiedIssuer<'static, KeyPair>,
     ca_path: PathBuf,
 }
 
-struct Leaf {
+pub(crate) struct Leaf {
     cert: PathBuf,
     key: PathBuf,
     der: Vec<u8>,
 }
 
 impl Pki {
-    fn new(tag: &str) -> Pki {
+    pub(crate) fn new(tag: &str) -> Pki {
         let dir = TempDir::new(tag);
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -71,7 +71,7 @@ impl Pki {
         Pki { dir, ca, ca_path }
     }
 
-    fn leaf(&self, stem: &str, names: &[&str]) -> Leaf {
+    pub(crate) fn leaf(&self, stem: &str, names: &[&str]) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let params = CertificateParams::new(names).unwrap();
         let key = KeyPair::generate().unwrap();
@@ -83,7 +83,7 @@ impl Pki {
         }
     }
 
-    fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    pub(crate) fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
         let base = switchyard::config::tls::client_config(Some(&self.ca_path)).unwrap();
         let mut config = (*base).clone();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -91,7 +91,7 @@ impl Pki {
     }
 }
 
-fn tls_line(leaf: &Leaf) -> String {
+pub(crate) fn tls_line(leaf: &Leaf) -> String {
     format!(
         "tls = {{ cert = {:?}, key = {:?} }}",
         leaf.cert.display().to_string(),
@@ -108,7 +108,7 @@ fn with_listener(config: String, keys: &str) -> String {
     )
 }
 
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     address: SocketAddr,
     name: &str,
     config: Arc<rustls::ClientConfig>,

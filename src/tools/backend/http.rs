@@ -86,9 +86,13 @@ impl App {
             (_, "/readyz") => with_body(StatusCode::OK, full("ready\n")),
             (_, "/metrics") => {
                 let mut response = with_body(StatusCode::OK, full(self.stats.render()));
+                // prometheus-client writes OpenMetrics text (`# EOF`, `_total` on counter
+                // samples only), so that is the type to declare, as the proxy's /metrics does.
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
                 );
                 response
             }
@@ -121,6 +125,7 @@ impl App {
                 Ok(request) => count_stream(self.mcp.handle(request).await, &self.stats),
                 Err(refusal) => refusal,
             },
+            (&Method::DELETE, "/mcp") => session_ended(self.mcp.handle(request).await),
             (_, "/mcp") => count_stream(self.mcp.handle(request).await, &self.stats),
             (&Method::GET, "/sse") => {
                 legacy_sse::open(&self.legacy, &self.stats, &self.sessions_end)
@@ -163,6 +168,18 @@ async fn validated_message(
         }
     }
     Ok(Request::from_parts(parts, Full::new(body)))
+}
+
+/// The SDK answers a session `DELETE` with `202 Accepted`. The Python SDK (2.3.0) takes only 200
+/// or 204 as success and logs `Session termination failed: 202` on every close; the TypeScript
+/// SDK (1.32) takes any 2xx, and 405. `204 No Content` satisfies both and says what happened: the
+/// session is gone and there is nothing to send back. Other answers (404, 400, 405) pass as they
+/// are.
+fn session_ended(response: HttpResponse) -> HttpResponse {
+    if response.status() != StatusCode::ACCEPTED {
+        return response;
+    }
+    with_body(StatusCode::NO_CONTENT, http_body_util::Empty::new().boxed())
 }
 
 /// Requests that would open a new session (refused while draining).

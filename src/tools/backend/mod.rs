@@ -69,10 +69,10 @@ impl BackendArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("cannot listen on {address}: {source}")]
+    #[error("{}", crate::control::server::bind_failure(*address, error))]
     Bind {
         address: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -82,25 +82,39 @@ pub enum BackendError {
 pub async fn run_cli(args: BackendArgs) -> Result<(), BackendError> {
     let listener = TcpListener::bind(args.listen)
         .await
-        .map_err(|source| BackendError::Bind {
+        .map_err(|error| BackendError::Bind {
             address: args.listen,
-            source,
+            error,
         })?;
     let address = listener.local_addr()?;
     // Scripts start backends on port 0 and read the bound address from this line.
     println!("listening on {address} as {}", args.name);
     let shutdown = CancellationToken::new();
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let on_signal = shutdown.clone();
+    spawn_signal_handler(shutdown.clone())?;
+    run(listener, args, shutdown).await
+}
+
+/// SIGTERM and SIGINT drain. SIGHUP is logged and ignored: the backend has no config to reload,
+/// and a `kill -HUP` meant for the proxy (or a closed terminal) must not take a fleet down.
+fn spawn_signal_handler(shutdown: CancellationToken) -> Result<(), BackendError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP ignored: the reference backend has no config to reload");
+                }
+            }
         }
         tracing::info!("signal received: draining");
-        on_signal.cancel();
+        shutdown.cancel();
     });
-    run(listener, args, shutdown).await
+    Ok(())
 }
 
 /// Serves on `listener` until `shutdown` is cancelled, then drains: `/readyz` answers 503 at

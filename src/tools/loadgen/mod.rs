@@ -15,7 +15,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::time::sleep_until;
 
+use progress::{Live, Progress};
+
 mod post;
+mod progress;
 mod sse;
 mod tls;
 mod ws;
@@ -126,6 +129,16 @@ struct TlsArgs {
 pub enum LoadgenError {
     #[error("bad url {0:?}: needs scheme://host:port/path")]
     Url(String),
+    #[error(
+        "{url}: this mode speaks {scheme}:// only; give the address of a plain listener \
+         (`loadgen tls` measures TLS handshakes)"
+    )]
+    Scheme { url: String, scheme: &'static str },
+    #[error("cannot connect to {authority}: {error}; is the server running there?")]
+    Connect {
+        authority: String,
+        error: std::io::Error,
+    },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot read CA file {path}: {reason}")]
@@ -256,13 +269,21 @@ fn watch(pids: Vec<u32>, window: &Window) -> tokio::task::JoinHandle<Value> {
     })
 }
 
+#[derive(Debug)]
 struct Target {
     authority: String,
     path: String,
 }
 
-fn target(url: &str) -> Result<Target, LoadgenError> {
+/// The target of `url`, which must use `scheme`: refused before the run, not after it.
+fn target(url: &str, scheme: &'static str) -> Result<Target, LoadgenError> {
     let uri: Uri = url.parse().map_err(|_| LoadgenError::Url(url.to_owned()))?;
+    if uri.scheme_str() != Some(scheme) {
+        return Err(LoadgenError::Scheme {
+            url: url.to_owned(),
+            scheme,
+        });
+    }
     let authority = uri
         .authority()
         .filter(|a| a.port().is_some())
@@ -270,6 +291,18 @@ fn target(url: &str) -> Result<Target, LoadgenError> {
         .to_string();
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     Ok(Target { authority, path })
+}
+
+/// One connection before the run: a server that is not there is an error now, not an
+/// "every connection failed" when the run is over.
+async fn preflight(authority: &str) -> Result<(), LoadgenError> {
+    connect(authority)
+        .await
+        .map(drop)
+        .map_err(|error| LoadgenError::Connect {
+            authority: authority.to_owned(),
+            error,
+        })
 }
 
 async fn connect(authority: &str) -> std::io::Result<TcpStream> {
@@ -284,19 +317,23 @@ struct ConnStats {
     ok: u64,
     errors: u64,
     first_error: Option<String>,
+    live: Arc<Live>,
 }
 
 impl ConnStats {
-    fn new(histogram: &Histogram<u64>) -> ConnStats {
+    fn new(histogram: &Histogram<u64>, live: &Arc<Live>) -> ConnStats {
         ConnStats {
             histogram: histogram.clone(),
             ok: 0,
             errors: 0,
             first_error: None,
+            live: Arc::clone(live),
         }
     }
 
     fn record(&mut self, window: &Window, sent_at: Instant, done: Instant, ok: bool) {
+        let live = if ok { &self.live.ok } else { &self.live.errors };
+        live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !window.counts(sent_at, done) {
             return;
         }
@@ -310,6 +347,9 @@ impl ConnStats {
     }
 
     fn fail(&mut self, error: impl std::fmt::Display) {
+        self.live
+            .errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.errors += 1;
         self.first_error.get_or_insert_with(|| error.to_string());
     }
@@ -386,7 +426,7 @@ impl Schedule {
 /// Runs `connections` scheduled connections (each started by `start`) over one measurement
 /// window and summarises them, with the watched processes' CPU and memory, in one JSON line.
 async fn run_connections(
-    kind: &str,
+    kind: &'static str,
     common: &Common,
     connections: usize,
     rate: Option<f64>,
@@ -395,13 +435,20 @@ async fn run_connections(
     let window = Arc::new(Window::new(common));
     let histogram = new_histogram()?;
     let watcher = watch(common.watch_pid.clone(), &window);
+    let live = Arc::new(Live::default());
+    let progress = Progress::start(kind, Arc::clone(&live), Some(window.end));
     let tasks: Vec<_> = (0..connections.max(1))
         .map(|index| {
             let schedule = Schedule::new(rate, connections.max(1), index, window.start);
-            start(ConnStats::new(&histogram), Arc::clone(&window), schedule)
+            start(
+                ConnStats::new(&histogram, &live),
+                Arc::clone(&window),
+                schedule,
+            )
         })
         .collect();
     let stats = join_all(tasks).await;
+    drop(progress);
     let mut line = summarize(kind, common, &window, stats)?;
     merge(
         &mut line,
@@ -435,9 +482,12 @@ mod tests {
     }
 
     #[test]
-    fn target_needs_an_explicit_port() {
-        assert!(target("http://127.0.0.1/x").is_err());
-        let t = target("http://127.0.0.1:8080/bench/sse?every_ms=5").unwrap();
+    fn target_needs_an_explicit_port_and_the_mode_s_scheme() {
+        assert!(target("http://127.0.0.1/x", "http").is_err());
+        let refused = target("https://127.0.0.1:8443/x", "http").unwrap_err();
+        assert!(refused.to_string().contains("http:// only"), "{refused}");
+        assert!(target("wss://127.0.0.1:8443/ws", "ws").is_err());
+        let t = target("http://127.0.0.1:8080/bench/sse?every_ms=5", "http").unwrap();
         assert_eq!(t.authority, "127.0.0.1:8080");
         assert_eq!(t.path, "/bench/sse?every_ms=5");
     }

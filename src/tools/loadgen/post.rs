@@ -19,7 +19,8 @@ pub(super) fn json_body(size: usize) -> Bytes {
 }
 
 pub(super) async fn post(args: PostArgs) -> Result<Value, LoadgenError> {
-    let target = Arc::new(target(&args.url)?);
+    let target = Arc::new(target(&args.url, "http")?);
+    preflight(&target.authority).await?;
     let body = json_body(args.body_bytes);
     run_connections(
         "post",

@@ -26,10 +26,14 @@ struct SseShared {
     recording: AtomicBool,
     histogram: Mutex<Histogram<u64>>,
     first_error: Mutex<Option<String>>,
+    /// What the progress line shows: events, failed streams, open streams.
+    live: Arc<Live>,
 }
 
 pub(super) async fn sse(args: SseArgs) -> Result<Value, LoadgenError> {
-    let target = Arc::new(target(&args.url)?);
+    let target = Arc::new(target(&args.url, "http")?);
+    preflight(&target.authority).await?;
+    let live = Arc::new(Live::default());
     let shared = Arc::new(SseShared {
         opened: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
@@ -37,7 +41,9 @@ pub(super) async fn sse(args: SseArgs) -> Result<Value, LoadgenError> {
         recording: AtomicBool::new(false),
         histogram: Mutex::new(new_histogram()?),
         first_error: Mutex::new(None),
+        live: Arc::clone(&live),
     });
+    let progress = Progress::start("sse", live, None);
     let before = sample(&args.common.watch_pid);
     let opening = Arc::new(Semaphore::new(args.open_concurrency.max(1)));
     let open_started = Instant::now();
@@ -75,6 +81,7 @@ pub(super) async fn sse(args: SseArgs) -> Result<Value, LoadgenError> {
     for task in &tasks {
         task.abort();
     }
+    drop(progress);
     let histogram = shared
         .histogram
         .lock()
@@ -121,6 +128,7 @@ async fn sse_stream(
 ) {
     let fail = |error: String| {
         shared.failed.fetch_add(1, Ordering::Relaxed);
+        shared.live.errors.fetch_add(1, Ordering::Relaxed);
         shared
             .first_error
             .lock()
@@ -135,6 +143,7 @@ async fn sse_stream(
     };
     drop(permit);
     shared.opened.fetch_add(1, Ordering::Relaxed);
+    shared.live.open.fetch_add(1, Ordering::Relaxed);
     let mut body = response.into_body();
     while let Some(Ok(frame)) = body.frame().await {
         let Some(data) = frame.data_ref() else {
@@ -152,6 +161,7 @@ async fn sse_stream(
                 continue;
             };
             shared.events.fetch_add(1, Ordering::Relaxed);
+            shared.live.ok.fetch_add(1, Ordering::Relaxed);
             if shared.recording.load(Ordering::Relaxed) {
                 let micros = u64::try_from(now.saturating_sub(sent)).unwrap_or(u64::MAX);
                 shared

@@ -11,15 +11,18 @@ pub(super) async fn tls(args: TlsArgs) -> Result<Value, LoadgenError> {
     let connector = tls_connector(&args.ca)?;
     let server_name = rustls::pki_types::ServerName::try_from(args.server_name.clone())
         .map_err(|e| LoadgenError::Tls(e.to_string()))?;
+    preflight(&args.address).await?;
     let address = Arc::new(args.address.clone());
     let window = Arc::new(Window::new(&args.common));
     let histogram = new_histogram()?;
     let watcher = watch(args.common.watch_pid.clone(), &window);
+    let live = Arc::new(Live::default());
+    let progress = Progress::start("tls", Arc::clone(&live), Some(window.end));
     let tasks: Vec<_> = (0..args.connections.max(1))
         .map(|_| {
             let (connector, server_name) = (connector.clone(), server_name.clone());
             let (address, window) = (Arc::clone(&address), Arc::clone(&window));
-            let mut stats = ConnStats::new(&histogram);
+            let mut stats = ConnStats::new(&histogram, &live);
             tokio::spawn(async move {
                 while Instant::now() < window.end {
                     let started = Instant::now();
@@ -34,6 +37,7 @@ pub(super) async fn tls(args: TlsArgs) -> Result<Value, LoadgenError> {
         })
         .collect();
     let stats = join_all(tasks).await;
+    drop(progress);
     let mut line = summarize("tls", &args.common, &window, stats)?;
     merge(&mut line, json!({ "connections": args.connections }));
     merge(&mut line, watcher.await.unwrap_or_default());

@@ -10,7 +10,8 @@ use serde_json::Value;
 use super::*;
 
 pub(super) async fn ws(args: WsArgs) -> Result<Value, LoadgenError> {
-    let target = Arc::new(target(&args.url)?);
+    let target = Arc::new(target(&args.url, "ws")?);
+    preflight(&target.authority).await?;
     let url = Arc::new(args.url.clone());
     run_connections(
         "ws",

@@ -73,13 +73,28 @@ async fn operational_and_bench_routes() {
     assert_eq!(healthz.status(), 200);
     let metrics = client().get(backend.url("/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200);
-    assert!(
-        metrics
-            .text()
-            .await
-            .unwrap()
-            .contains("mcp_backend_open_sessions 0")
+    // The declared type is the format of the body: OpenMetrics (`# EOF`, `_total` samples of
+    // counter families declared without it), which the strict parser checks line by line.
+    let content_type = metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
+    let text = metrics.text().await.unwrap();
+    let samples = crate::ops::parse_exposition(&text);
+    assert!(
+        text.contains("# TYPE mcp_backend_requests counter"),
+        "{text}"
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.name == "mcp_backend_requests_total")
+    );
+    assert!(text.contains("mcp_backend_open_sessions 0"), "{text}");
 
     let echoed = client()
         .post(backend.url("/bench/echo"))
@@ -118,18 +133,26 @@ async fn operational_and_bench_routes() {
 // ---------------------------------------------------------------- the CLI
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backend_cli_prints_its_address_and_drains_on_sigterm() {
+async fn backend_cli_prints_its_address_ignores_sighup_and_drains_on_sigterm() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["backend", "--listen", "127.0.0.1:0", "--name", "cli-1"])
         .args(["--drain-timeout", "3s"])
+        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut child = KillOnDrop(Some(child));
     let stdout = child.0.as_mut().unwrap().stdout.take().unwrap();
+    let stderr = child.0.as_mut().unwrap().stderr.take().unwrap();
+    let (log_tx, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
     let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
@@ -149,12 +172,35 @@ async fn backend_cli_prints_its_address_and_drains_on_sigterm() {
     let session = raw_session(&format!("http://{address}/mcp")).await;
     assert!(!session.is_empty());
 
+    // SIGHUP (a `kill -HUP` meant for the proxy, a closed terminal) is logged and ignored.
     let pid = child.0.as_ref().unwrap().id();
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
+    let kill = |signal: &str| {
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    kill("-HUP");
+    let ignored = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || {
+            logs.iter().find(|line| line.contains("SIGHUP ignored"))
+        }),
+    )
+    .await
+    .expect("a log line about SIGHUP in time")
+    .unwrap();
+    assert!(ignored.is_some(), "the backend died on SIGHUP");
+    assert!(child.0.as_mut().unwrap().try_wait().unwrap().is_none());
+    let health = client()
+        .get(format!("http://{address}/healthz"))
+        .send()
+        .await
         .unwrap();
-    assert!(sent.success());
+    assert_eq!(health.status(), 200);
+
+    kill("-TERM");
     let mut process = child.0.take().unwrap();
     let status = tokio::time::timeout(
         Duration::from_secs(10),

@@ -17,6 +17,20 @@ async fn metrics_parse_and_move_with_traffic() {
     assert_eq!(total(&before, "switchyard_config_generation", &[]), 1.0);
     let labels = [("pool", "blue"), ("backend", backend.as_str())];
     assert_eq!(total(&before, "switchyard_backend_healthy", &labels), 1.0);
+    // The build and the process, under the names stock dashboards use.
+    let version = [("version", env!("CARGO_PKG_VERSION"))];
+    assert_eq!(total(&before, "switchyard_build_info", &version), 1.0);
+    assert!(total(&before, "process_resident_memory_bytes", &[]) > 0.0);
+    assert!(total(&before, "process_open_fds", &[]) > 0.0);
+    assert!(total(&before, "process_max_fds", &[]) >= total(&before, "process_open_fds", &[]));
+    assert!(total(&before, "process_start_time_seconds", &[]) > 1.6e9);
+    assert!(before.iter().any(|s| s.name == "process_cpu_seconds_total"));
+    assert_eq!(total(&before, "switchyard_sessions_max", &[]), 1_000_000.0);
+    // Counters that alerts watch with increase() exist at 0 before their first event.
+    let failure = [("outcome", "failure")];
+    assert!(before.iter().any(|s| s.name == "switchyard_reloads_total"
+        && s.labels.get("outcome").is_some_and(|o| o == "failure")));
+    assert_eq!(total(&before, "switchyard_reloads_total", &failure), 0.0);
 
     let session = initialize(&proxy).await;
     for _ in 0..3 {

@@ -11,8 +11,10 @@ use std::path::PathBuf;
 use crate::support::*;
 
 mod admin;
+mod commands;
 mod logs;
 mod metrics;
+mod monitoring;
 mod shipped_configs;
 
 const TOKEN: &str = "ops-test-token-0123456789abcdef";
@@ -27,15 +29,15 @@ fn write_config(test: &str, text: &str) -> PathBuf {
 
 /// One sample of the Prometheus/OpenMetrics text format.
 #[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
+pub(crate) struct Sample {
+    pub(crate) name: String,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) value: f64,
 }
 
 /// Parses the text exposition format strictly enough to catch a broken encoder: every line is a
 /// well-formed comment or sample, every sample belongs to a declared family, and `# EOF` ends it.
-fn parse_exposition(text: &str) -> Vec<Sample> {
+pub(crate) fn parse_exposition(text: &str) -> Vec<Sample> {
     let mut families: Vec<String> = Vec::new();
     let mut samples = Vec::new();
     let lines: Vec<&str> = text.lines().collect();

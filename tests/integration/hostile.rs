@@ -1,0 +1,329 @@
+//! Clients that try to hold the proxy hostage: connections that never send a request (after a
+//! PROXY header, a TLS handshake or part of the HTTP/2 preface too), partial heads on the admin
+//! listener, request bodies that stall, and clients refused at the connection limit that must
+//! still get to read their `503`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+use crate::tls::{Pki, tls_connect, tls_line};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The `[limits] header_read_timeout` of these tests.
+const HEADER_TIMEOUT: Duration = Duration::from_millis(400);
+/// How late a close may come: timers and scheduling on a loaded 2-core test machine.
+const SLACK: Duration = Duration::from_secs(3);
+
+fn header_timeout(extra: &str) -> String {
+    format!("[limits]\nheader_read_timeout = \"400ms\"\n{extra}\n")
+}
+
+/// `config_for` with extra keys on its (first) client listener.
+fn with_listener(config: String, keys: &str) -> String {
+    config.replacen(
+        "bind = \"127.0.0.1:0\"\n",
+        &format!("bind = \"127.0.0.1:0\"\n{keys}\n"),
+        1,
+    )
+}
+
+/// Reads (and discards) until the server closes `stream`, by EOF or reset: how long that took,
+/// or `None` if it is still open at the header timeout plus slack.
+async fn closed_after<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    let closed = async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(HEADER_TIMEOUT + SLACK, closed)
+        .await
+        .ok()
+        .map(|()| started.elapsed())
+}
+
+fn assert_closed_by_the_header_timeout(what: &str, closed: Option<Duration>) {
+    let Some(after) = closed else {
+        panic!("{what}: still open {SLACK:?} after the header timeout");
+    };
+    assert!(
+        after >= HEADER_TIMEOUT / 2,
+        "{what}: closed after {after:?}, before the header timeout"
+    );
+}
+
+/// Sends raw bytes and reads until the server closes (within 5 s): what a client sees.
+async fn exchange(address: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+const GET_NAME: &[u8] = b"GET /name HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+
+/// The HTTP/2 client preface and an empty SETTINGS frame: a connection that is HTTP/2 now.
+const H2_PREFACE_AND_SETTINGS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+#[tokio::test]
+async fn silent_connections_are_closed_at_the_header_timeout() {
+    let backend = TestBackend::start("b1").await;
+    let config = config_for(&[("blue", &[&backend])], "\"blue\"", &header_timeout(""));
+    let proxy = TestProxy::start(&config).await;
+
+    let cases: [(&str, &[u8]); 4] = [
+        ("nothing sent", b""),
+        ("part of the HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
+        (
+            "HTTP/2 preface and SETTINGS, no stream",
+            H2_PREFACE_AND_SETTINGS,
+        ),
+        ("part of an HTTP/1 request line", b"GET /na"),
+    ];
+    let address = proxy.address;
+    let runs = cases.map(|(what, bytes)| async move {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        (what, closed_after(&mut stream).await)
+    });
+    for (what, closed) in futures_util::future::join_all(runs).await {
+        assert_closed_by_the_header_timeout(what, closed);
+    }
+    assert_eq!(get_text(&proxy.url("/name")).await, "b1");
+}
+
+#[tokio::test]
+async fn after_a_proxy_header_a_silent_connection_is_closed_at_the_header_timeout() {
+    let backend = TestBackend::start("b1").await;
+    let config = with_listener(
+        config_for(
+            &[("blue", &[&backend])],
+            "\"blue\"",
+            &header_timeout("handshake_timeout = \"30s\""),
+        ),
+        "proxy_protocol = true",
+    );
+    let proxy = TestProxy::start(&config).await;
+
+    let mut stream = TcpStream::connect(proxy.address).await.unwrap();
+    stream
+        .write_all(b"PROXY TCP4 203.0.113.9 10.0.0.1 50123 443\r\n")
+        .await
+        .unwrap();
+    assert_closed_by_the_header_timeout("after a PROXY header", closed_after(&mut stream).await);
+}
+
+#[tokio::test]
+async fn after_a_tls_handshake_a_silent_connection_is_closed_at_the_header_timeout() {
+    let pki = Pki::new("hostile");
+    let leaf = pki.leaf("localhost", &["localhost"]);
+    let backend = TestBackend::start("b1").await;
+    let config = with_listener(
+        config_for(
+            &[("blue", &[&backend])],
+            "\"blue\"",
+            &header_timeout("handshake_timeout = \"30s\""),
+        ),
+        &tls_line(&leaf),
+    );
+    let proxy = TestProxy::start(&config).await;
+
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut stream = tls_connect(proxy.address, "localhost", pki.client_config(&[alpn]))
+            .await
+            .unwrap();
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn));
+        let what = format!("after a TLS handshake ({})", String::from_utf8_lossy(alpn));
+        assert_closed_by_the_header_timeout(&what, closed_after(&mut stream).await);
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_at_the_connection_limit_are_reclaimed() {
+    let backend = TestBackend::start("b1").await;
+    let config = config_for(
+        &[("blue", &[&backend])],
+        "\"blue\"",
+        &header_timeout("max_connections = 20"),
+    );
+    let proxy = TestProxy::start(&config).await;
+
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(proxy.address).await.unwrap());
+    }
+    let refused = exchange(proxy.address, GET_NAME).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 503"),
+        "at the limit: {refused}"
+    );
+
+    // The idle connections are closed at the header timeout, which frees their slots.
+    eventually("a request served", HEADER_TIMEOUT + SLACK, async || {
+        let answer = exchange(proxy.address, GET_NAME).await;
+        answer.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+    for stream in &mut idle {
+        assert!(closed_after(stream).await.is_some(), "closed by the proxy");
+    }
+}
+
+#[tokio::test]
+async fn admin_partial_heads_are_closed_and_capped_while_the_data_plane_serves() {
+    let backend = TestBackend::start("b1").await;
+    let config = config_for(&[("blue", &[&backend])], "\"blue\"", &header_timeout("")).replacen(
+        "[admin]\nbind = \"127.0.0.1:0\"\n",
+        "[admin]\nbind = \"127.0.0.1:0\"\nmax_connections = 4\n",
+        1,
+    );
+    let proxy = TestProxy::start(&config).await;
+    let admin = proxy.admin.unwrap();
+
+    let mut partial = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(admin).await.unwrap();
+        stream
+            .write_all(b"GET /status HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        partial.push(stream);
+    }
+    let over = exchange(
+        admin,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        over.starts_with("HTTP/1.1 503"),
+        "over the admin cap: {over}"
+    );
+    assert_eq!(get_text(&proxy.url("/name")).await, "b1");
+
+    for stream in &mut partial {
+        assert!(closed_after(stream).await.is_some(), "partial head closed");
+    }
+    eventually("admin answers again", SLACK, async || {
+        let answer = exchange(
+            admin,
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        answer.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+}
+
+/// A POST of `body` to `/echo` over a raw connection, `pieces` written `pause` apart, then the
+/// answer as read until the server closes (or 5 s).
+async fn post_in_pieces(
+    address: SocketAddr,
+    declared: usize,
+    pieces: &[&[u8]],
+    pause: Duration,
+) -> String {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for piece in pieces {
+        stream.write_all(piece).await.unwrap();
+        tokio::time::sleep(pause).await;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_and_the_backend_is_not_blamed() {
+    let backend = TestBackend::start("b1").await;
+    let extra = "[timeouts]\nclient_body = \"400ms\"\n\n[health]\nmax_fails = 1\n";
+    let proxy = TestProxy::start(&config_for(&[("blue", &[&backend])], "\"blue\"", extra)).await;
+
+    // A body that keeps coming, a byte every 100 ms for longer than the timeout, is never idle
+    // that long: it arrives whole.
+    let pieces: Vec<&[u8]> = (0..12).map(|i| &b"abcdefghijkl"[i..=i]).collect();
+    let answer = post_in_pieces(proxy.address, 12, &pieces, Duration::from_millis(100)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("abcdefghijkl"), "{answer}");
+
+    // A body that stops: 408 at the body timeout, long before `timeouts.response`.
+    let started = Instant::now();
+    let answer = post_in_pieces(proxy.address, 100, &[b"0123456789"], Duration::ZERO).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""status":408"#), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The client's silence is not the backend's failure: with max_fails = 1 it would be ejected.
+    let status: serde_json::Value =
+        serde_json::from_str(&get_text(&proxy.admin_url("/status")).await).unwrap();
+    let entry = &status["pools"][0]["backends"][0];
+    assert_eq!(entry["ejected"], false, "{status}");
+    assert_eq!(entry["healthy"], true, "{status}");
+    assert_eq!(get_text(&proxy.url("/name")).await, "b1");
+}
+
+#[tokio::test]
+async fn the_connection_limit_503_reaches_a_client_still_sending_its_request() {
+    let backend = TestBackend::start("b1").await;
+    let config = config_for(
+        &[("blue", &[&backend])],
+        "\"blue\"",
+        "[limits]\nmax_connections = 1\n",
+    );
+    let proxy = TestProxy::start(&config).await;
+    let mut held = TcpStream::connect(proxy.address).await.unwrap();
+    held.write_all(b"GET /name HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = held.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // A request with a body the proxy never reads: the 503 must still arrive, not a reset.
+    let body = vec![b'x'; 256 * 1024];
+    for attempt in 0..5 {
+        let mut stream = TcpStream::connect(proxy.address).await.unwrap();
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let sent = async {
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(&body).await
+        }
+        .await;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("the refused connection is closed");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            sent.is_ok() && read.is_ok(),
+            "attempt {attempt}: {sent:?} {read:?} {answer}"
+        );
+        assert!(
+            answer.starts_with("HTTP/1.1 503"),
+            "attempt {attempt}: {answer}"
+        );
+    }
+    let response = client()
+        .post(proxy.url("/echo"))
+        .body(body)
+        .send()
+        .await
+        .expect("an answer, not a reset");
+    assert_eq!(response.status(), 503);
+}
