@@ -250,8 +250,9 @@ EOF
 # Starts a target; sets TARGET_PIDS to the processes whose CPU and memory are watched.
 start_target() {
     local name=$1
-    # Switchyard binds with SO_REUSEPORT: a stray process on the port would silently take half
-    # of the connections, so a busy port stops the run.
+    # A stray process on the port would take connections meant for the target (nginx and
+    # HAProxy may share it through SO_REUSEPORT; Switchyard refuses a busy port by itself), so a
+    # busy port stops the run.
     if [[ $name != direct ]] && (exec 3<>"/dev/tcp/127.0.0.1/${HTTP_PORT[$name]}") 2>/dev/null; then
         log "port ${HTTP_PORT[$name]} is already in use; stop whatever listens there first"
         exit 1

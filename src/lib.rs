@@ -15,7 +15,7 @@
 //! | [`upstream`] | backends (atomics, guards), their connection pool, connect (TCP/TLS), balancing, health, DNS discovery | `mcp`, `metrics`, `config` |
 //! | [`state`] | the [`state::Snapshot`] a request reads from start to end, built whole from a config and what its files hold, and swapped whole on reload | the layers above |
 //! | [`proxy`] | accept and the connection limit, PROXY header, TLS handshake, HTTP serving, the request path in phases, bodies, WebSocket tunnels, error answers | the layers above |
-//! | [`control`] | start (and the open-file limit) and shutdown, reload, admin API, background tasks (probes, discovery, drain deadlines, session expiry) | the layers above |
+//! | [`control`] | start (and the open-file limit) and shutdown, hand-over of the listening sockets to a new process (and systemd's), reload, admin API, background tasks (probes, discovery, drain deadlines, session expiry) | the layers above |
 //! | [`tools`] | the reference MCP backend, the demo and the load generator | everything; nothing uses them |
 //!
 //! Two rules keep the request path cheap and honest: whatever can be computed when a snapshot is

@@ -6,6 +6,8 @@ use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use switchyard::config::{AdminToken, ConfigError, LoadedConfig};
 use switchyard::control::server::Proxy;
+use switchyard::control::upgrade::{self, UpgradeError};
+use switchyard::proxy::listener::Inherited;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +41,10 @@ enum Command {
         /// Write the process id to FILE once listening, remove it on exit (like nginx's `pid`).
         #[arg(long, value_name = "FILE")]
         pid_file: Option<PathBuf>,
+        /// Take over the listening sockets of the Switchyard running with this config (found
+        /// through its upgrade socket); it drains and exits once this one accepts.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration file, like `nginx -t`.
     Check {
@@ -87,8 +93,19 @@ fn main() -> ExitCode {
             init_logging(format, DEFAULT_LOG_LEVEL);
             Ok(check(&config, format))
         }
-        Command::Run { config, pid_file } => {
-            runtime().and_then(|rt| rt.block_on(run(&config, pid_file, format)))
+        Command::Run {
+            config,
+            pid_file,
+            upgrade,
+        } => {
+            // Before the runtime's threads exist: it reads and clears LISTEN_FDS.
+            let activated = switchyard::control::upgrade::systemd_sockets();
+            let start = Start {
+                pid_file,
+                upgrade,
+                activated,
+            };
+            runtime().and_then(|rt| rt.block_on(run(&config, start, format)))
         }
         Command::Reload {
             config,
@@ -245,6 +262,11 @@ fn check(path: &Path, format: LogFormat) -> ExitCode {
     match LoadedConfig::load(path) {
         Ok(ready) => {
             print!("{}", ready.summary());
+            let upgrade = switchyard::control::upgrade::socket_path(&ready.config);
+            println!(
+                "upgrade   {} (run --upgrade finds this process here)",
+                upgrade.display()
+            );
             println!("{}: configuration is valid", path.display());
             ExitCode::SUCCESS
         }
@@ -291,24 +313,59 @@ async fn reload(target: AdminTarget, format: LogFormat) -> anyhow::Result<ExitCo
     })
 }
 
-async fn run(
-    path: &Path,
+/// How `run` starts, besides its config: a pid file to write, whether to take over a running
+/// Switchyard's sockets, and the sockets systemd passed.
+struct Start {
     pid_file: Option<PathBuf>,
-    log_format: LogFormat,
-) -> anyhow::Result<ExitCode> {
+    upgrade: bool,
+    activated: Result<Vec<Inherited>, UpgradeError>,
+}
+
+async fn run(path: &Path, start: Start, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     // The config names the log level, so logging starts once it is read.
     let ready = match LoadedConfig::load(path) {
         Ok(ready) => ready,
         Err(error) => return Ok(refuse_config(log_format, &error)),
     };
     init_logging(log_format, &ready.config.log.level);
+    let signals = Signals::watch()?;
+    let mut inherited = start.activated?;
+    let socket = upgrade::socket_path(&ready.config);
+    let explicit_socket = ready.config.lifecycle.upgrade_socket.is_some();
+    let predecessor = if start.upgrade {
+        let mut takeover = upgrade::take_over(&socket).await?;
+        inherited.extend(takeover.take_sockets());
+        Some(takeover)
+    } else {
+        upgrade::ensure_not_running(&socket).await?;
+        None
+    };
+    let prepared = prepare_upgrade_socket(&socket, explicit_socket)?;
     let shutdown = CancellationToken::new();
-    let proxy = Proxy::start_loaded(ready, shutdown.clone()).await?;
+    // A failed start drops `predecessor`: the old process sees the hand-over end and keeps
+    // serving.
+    let mut proxy = Proxy::start_with(ready, shutdown.clone(), inherited).await?;
     // Written once the listeners are bound, so a script that waits for the file can reach them.
-    let pid_file = pid_file.map(PidFile::create).transpose()?;
+    let pid_file = start.pid_file.map(PidFile::create).transpose()?;
     let exit_cleanup = pid_file.as_ref().map(|f| f.path.clone());
-    spawn_signal_handlers(Some(Arc::clone(proxy.state())), shutdown, exit_cleanup)?;
+    signals.spawn(
+        Some(Arc::clone(proxy.state())),
+        shutdown.clone(),
+        exit_cleanup,
+    );
+    if let Some(takeover) = predecessor
+        && let Err(error) = confirm(takeover, &shutdown).await
+    {
+        tracing::error!(%error, "the old process keeps its sockets; this one stops");
+        shutdown.cancel();
+        proxy.wait().await;
+        return Ok(ExitCode::from(1));
+    }
+    let offered = prepared.and_then(|prepared| offer_upgrades(prepared, &mut proxy));
     proxy.wait().await;
+    if let Some(offered) = offered {
+        offered.remove();
+    }
     drop(pid_file);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -343,50 +400,116 @@ fn remove_pid_file(path: &Path) {
     }
 }
 
+/// Binds the upgrade socket before anything is confirmed, so a configured path that cannot be
+/// created fails the start while the old process still serves. The default path may fail (a
+/// read-only `/tmp`): then this process runs without one.
+fn prepare_upgrade_socket(
+    socket: &std::path::Path,
+    explicit: bool,
+) -> Result<Option<upgrade::Prepared>, UpgradeError> {
+    match upgrade::prepare(socket) {
+        Ok(prepared) => Ok(Some(prepared)),
+        Err(error) if !explicit => {
+            tracing::warn!(%error, "no upgrade socket: `run --upgrade` cannot take over from this process");
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Makes the upgrade socket reachable. Past the hand-over a failure here only costs the next
+/// upgrade, so it is a warning.
+fn offer_upgrades(
+    prepared: upgrade::Prepared,
+    proxy: &mut Proxy,
+) -> Option<upgrade::UpgradeSocket> {
+    match prepared.offer(proxy.handover()) {
+        Ok(offered) => {
+            tracing::info!(path = %offered.path().display(), "upgrade socket ready");
+            Some(offered)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no upgrade socket: `run --upgrade` cannot take over from this process");
+            None
+        }
+    }
+}
+
+/// Tells the old process this one accepts, unless a signal already stopped this one during its
+/// start: then the old one is left serving.
+async fn confirm(
+    takeover: upgrade::TakeOver,
+    shutdown: &CancellationToken,
+) -> Result<(), UpgradeError> {
+    if shutdown.is_cancelled() {
+        return Err(UpgradeError::Protocol(
+            "stopped by a signal while starting".into(),
+        ));
+    }
+    let old = takeover.confirm().await?;
+    tracing::info!(old, "took over the listening sockets");
+    Ok(())
+}
+
 async fn demo(args: switchyard::tools::demo::DemoArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
-    spawn_signal_handlers(None, shutdown.clone(), None)?;
+    Signals::watch()?.spawn(None, shutdown.clone(), None);
     switchyard::tools::demo::run(args, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGTERM/SIGINT start a graceful drain, a second one exits at once (removing `pid_file`
-/// first); SIGHUP reloads the config of `reloadable` (the demo has none: it writes its config
-/// for the admin API to reload).
-fn spawn_signal_handlers(
-    reloadable: Option<Arc<switchyard::state::State>>,
-    shutdown: CancellationToken,
-    pid_file: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    tokio::spawn(async move {
-        let mut stopping = false;
-        loop {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
-                _ = hangup.recv() => {
-                    if let Some(state) = &reloadable {
-                        let _ = switchyard::control::reload::reload_from_file(state);
+/// The signals the proxy answers, watched from the moment this is created: one that arrives
+/// while the proxy starts is acted on once [`Signals::spawn`] runs, instead of killing it.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn watch() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            hangup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+        })
+    }
+
+    /// SIGTERM/SIGINT start a graceful drain, a second one exits at once (removing `pid_file`
+    /// first); SIGHUP reloads the config of `reloadable` (the demo has none: it writes its
+    /// config for the admin API to reload).
+    fn spawn(
+        mut self,
+        reloadable: Option<Arc<switchyard::state::State>>,
+        shutdown: CancellationToken,
+        pid_file: Option<PathBuf>,
+    ) {
+        tokio::spawn(async move {
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    _ = self.terminate.recv() => {}
+                    _ = self.interrupt.recv() => {}
+                    _ = self.hangup.recv() => {
+                        if let Some(state) = &reloadable {
+                            let _ = switchyard::control::reload::reload_from_file(state);
+                        }
+                        continue;
                     }
-                    continue;
                 }
-            }
-            if stopping {
-                tracing::warn!("second signal: exiting now");
-                if let Some(path) = &pid_file {
-                    remove_pid_file(path);
+                if stopping {
+                    tracing::warn!("second signal: exiting now");
+                    if let Some(path) = &pid_file {
+                        remove_pid_file(path);
+                    }
+                    std::process::exit(1);
                 }
-                std::process::exit(1);
+                stopping = true;
+                tracing::info!("signal received: draining (send it again to exit at once)");
+                shutdown.cancel();
             }
-            stopping = true;
-            tracing::info!("signal received: draining (send it again to exit at once)");
-            shutdown.cancel();
-        }
-    });
-    Ok(())
+        });
+    }
 }
 
 /// `switchyard man [COMMAND]`: the page of the whole program, or of one command

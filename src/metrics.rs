@@ -55,6 +55,11 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabels {
     pub class: &'static str,
 }
@@ -78,6 +83,7 @@ pub struct Metrics {
     pub route_requests: Family<RouteLabels, Counter>,
     pub upstream_latency: Family<BackendLabels, Histogram, fn() -> Histogram>,
     pub upstream_errors: Family<OutcomeLabels, Counter>,
+    pub client_errors: Family<ReasonLabels, Counter>,
     pub stream_duration: Family<ClassLabels, Histogram, fn() -> Histogram>,
     pub in_flight: Family<BackendLabels, Gauge>,
     pub open_streams: Family<BackendLabels, Gauge>,
@@ -95,6 +101,7 @@ pub struct Metrics {
     pub sessions_expired: Counter,
     pub sessions_forgotten: Counter,
     pub sessions_lost: Counter,
+    pub sessions_refused: Counter,
     pub session_tokens_rejected: Counter,
     pub discovery_lookups: Family<OutcomeLabels, Counter>,
     pub bytes_in: Counter,
@@ -141,6 +148,7 @@ impl Metrics {
             route_requests: Family::default(),
             upstream_latency: Family::new_with_constructor(latency_histogram),
             upstream_errors: Family::default(),
+            client_errors: Family::default(),
             stream_duration: Family::new_with_constructor(duration_histogram),
             in_flight: Family::default(),
             open_streams: Family::default(),
@@ -157,6 +165,7 @@ impl Metrics {
             sessions_expired: Counter::default(),
             sessions_forgotten: Counter::default(),
             sessions_lost: Counter::default(),
+            sessions_refused: Counter::default(),
             session_tokens_rejected: Counter::default(),
             discovery_lookups: Family::default(),
             bytes_in: Counter::default(),
@@ -198,6 +207,11 @@ impl Metrics {
             "upstream_errors",
             "Requests that got no response from a backend, by reason",
             m.upstream_errors.clone(),
+        );
+        r.register(
+            "client_errors",
+            "Requests the proxy refused or gave up on because of the client, by reason",
+            m.client_errors.clone(),
         );
         r.register(
             "stream_duration_seconds",
@@ -272,8 +286,13 @@ impl Metrics {
         );
         r.register(
             "sessions_lost",
-            "Requests answered 404 because their session's owner is gone or unknown",
+            "Requests answered 404 because their session's owner is gone, out or unknown",
             m.sessions_lost.clone(),
+        );
+        r.register(
+            "sessions_refused",
+            "Requests that could open a session answered 503 because the session table is full",
+            m.sessions_refused.clone(),
         );
         r.register(
             "session_tokens_rejected",

@@ -56,6 +56,18 @@ pub struct Config {
     pub health: HealthConfig,
     pub log: LogConfig,
     pub discovery: DiscoveryConfig,
+    pub lifecycle: LifecycleConfig,
+}
+
+/// How this process starts next to, and hands over to, another one (`[lifecycle]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleConfig {
+    /// The Unix socket a `run --upgrade` process reaches this one through; `None`: a path in the
+    /// temporary directory derived from the config file's path (see `control::upgrade`).
+    pub upgrade_socket: Option<FileRef>,
+    /// Bind with `SO_REUSEPORT`, letting other processes bind the same ports and share their
+    /// connections. Off: a busy port is a start error.
+    pub reuse_port: bool,
 }
 
 /// Where something was written in the config file, 1-based; errors about it point here.
@@ -242,8 +254,9 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthConfig {
     pub probes: Option<ProbeConfig>,
-    /// Failures of real traffic (connect errors and timeouts) within `fail_window` that eject a
-    /// backend; 0 turns passive detection off.
+    /// Failures of real traffic that were the backend's doing (see
+    /// `UpstreamError::counts_against_backend`) within `fail_window` that eject a backend; 0 turns
+    /// passive detection off.
     pub max_fails: u32,
     pub fail_window: Duration,
     /// How long an ejected backend takes no traffic; with probes on, it then needs `rise` passes.

@@ -34,6 +34,16 @@ pub(super) struct RawConfig {
     pub(super) log: RawLog,
     #[serde(default)]
     pub(super) discovery: RawDiscovery,
+    #[serde(default)]
+    pub(super) lifecycle: RawLifecycle,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLifecycle {
+    pub(super) upgrade_socket: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) reuse_port: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -299,7 +309,7 @@ pub(super) type RawDuration = Option<Spanned<String>>;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSessions {
     pub(super) idle_timeout: RawDuration,
-    pub(super) max_sessions: Option<usize>,
+    pub(super) max_sessions: Option<Spanned<usize>>,
     pub(super) seal: Option<Spanned<bool>>,
     pub(super) seal_keys_file: Option<Spanned<String>>,
     pub(super) seal_keys_env: Option<Spanned<String>>,

@@ -53,6 +53,13 @@ fn unknown_active_pool_is_refused_at_its_place() {
 }
 
 #[test]
+fn an_empty_session_table_is_refused() {
+    let err = parse(&format!("{MINIMAL}\n[sessions]\nmax_sessions = 0\n")).unwrap_err();
+    assert!(err.starts_with("t.toml:15:16: "), "{err}");
+    assert!(err.contains("max_sessions must be at least 1"), "{err}");
+}
+
+#[test]
 fn durations_and_bad_durations() {
     assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
     assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
@@ -548,4 +555,56 @@ fn route_mistakes_are_refused_at_their_place() {
             .unwrap_err()
             .contains("is not a header name")
     );
+}
+
+#[test]
+fn a_duplicate_address_names_both_places() {
+    let second = format!("{MINIMAL}\n[[listener]]\nbind = \"127.0.0.1:8080\"\n");
+    let err = parse(&second).unwrap_err();
+    assert!(err.starts_with("t.toml:15:8: "), "{err}");
+    assert!(
+        err.contains("[[listener]] bind `127.0.0.1:8080` at t.toml:3:8"),
+        "{err}"
+    );
+    // The admin API on a listener's port, and wildcards covering a listener's address.
+    let err = parse(&with_admin("bind = \"127.0.0.1:8080\"")).unwrap_err();
+    assert!(err.starts_with("t.toml:15:8: [admin] bind"), "{err}");
+    let err = parse(&format!(
+        "{MINIMAL}\n[[listener]]\nbind = \"0.0.0.0:8080\"\n"
+    ))
+    .unwrap_err();
+    assert!(err.contains("at t.toml:3:8"), "{err}");
+    assert!(parse(&format!("{MINIMAL}\n[[listener]]\nbind = \"[::]:8080\"\n")).is_err());
+    // Different ports, another address, or port 0 (a fresh port each) are fine.
+    for fine in ["127.0.0.1:8081", "127.0.0.2:8080", "[::1]:8080"] {
+        let text = format!("{MINIMAL}\n[[listener]]\nbind = \"{fine}\"\n");
+        assert!(parse(&text).is_ok(), "{fine}");
+    }
+    let zero = MINIMAL.replace("127.0.0.1:8080", "127.0.0.1:0");
+    let twice =
+        format!("{zero}\n[[listener]]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n");
+    assert_eq!(parse(&twice).unwrap().listeners.len(), 2);
+}
+
+#[test]
+fn lifecycle_defaults_and_settings() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.lifecycle.upgrade_socket, None);
+    assert!(!config.lifecycle.reuse_port);
+    let text =
+        format!("{MINIMAL}\n[lifecycle]\nupgrade_socket = \"run/up.sock\"\nreuse_port = true\n");
+    let config = Config::parse(&text, Path::new("/etc/switchyard/t.toml")).unwrap();
+    let socket = config.lifecycle.upgrade_socket.unwrap();
+    assert_eq!(socket.path, Path::new("/etc/switchyard/run/up.sock"));
+    assert!(config.lifecycle.reuse_port);
+    let long = format!("/{}", "x".repeat(120));
+    let err = parse(&format!(
+        "{MINIMAL}\n[lifecycle]\nupgrade_socket = \"{long}\"\n"
+    ))
+    .unwrap_err();
+    assert!(err.starts_with("t.toml:15:18: "), "{err}");
+    assert!(err.contains("at most 107"), "{err}");
+    let err = parse(&format!("{MINIMAL}\n[lifecycle]\nupgrade_socket = \"\"\n")).unwrap_err();
+    assert!(err.contains("is empty"), "{err}");
+    assert!(parse(&format!("{MINIMAL}\n[lifecycle]\nreuse = true\n")).is_err());
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{
-    RawAdmin, RawConfig, RawDiscovery, RawListener, RawRouting, RawSessions, RawTimeouts, RawTls,
-    RawUpstream,
+    RawAdmin, RawConfig, RawDiscovery, RawLifecycle, RawListener, RawRouting, RawSessions,
+    RawTimeouts, RawTls, RawUpstream,
 };
 use super::routes::{Defaults, validate_routes};
 use super::tls::CertPair;
@@ -20,9 +20,9 @@ use super::values::{
     validate_limits, validate_log_level, validate_pool,
 };
 use super::{
-    AdminConfig, CertPairRef, Cidr, Config, ConfigError, DiscoveryConfig, FileRef, ListenerConfig,
-    LogConfig, Place, PoolConfig, Redirect, SealConfig, SessionConfig, Timeouts, TlsFiles,
-    UpstreamConfig, UpstreamTls,
+    AdminConfig, CertPairRef, Cidr, Config, ConfigError, DiscoveryConfig, FileRef, LifecycleConfig,
+    ListenerConfig, LogConfig, Place, PoolConfig, Redirect, SealConfig, SessionConfig, Timeouts,
+    TlsFiles, UpstreamConfig, UpstreamTls,
 };
 
 pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -110,6 +110,7 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Invalid> {
         .as_ref()
         .map(|a| validate_admin(a, source))
         .transpose()?;
+    unique_addresses(&raw, source)?;
     let log = LogConfig {
         level: match &raw.log.level {
             Some(level) => validate_log_level(level)?,
@@ -161,6 +162,85 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Invalid> {
         health,
         log,
         discovery: validate_discovery(&raw.discovery)?,
+        lifecycle: validate_lifecycle(&raw.lifecycle, source)?,
+    })
+}
+
+/// Without `SO_REUSEPORT` a second bind of an address fails at start; with it, the two sockets
+/// would silently split the connections. Either way the config is wrong, so `check` says so,
+/// naming both places. Port 0 (a fresh port each time) never collides.
+fn unique_addresses(raw: &RawConfig, source: &Source<'_>) -> Result<(), Invalid> {
+    let binds = raw
+        .listener
+        .iter()
+        .map(|l| ("[[listener]]", &l.bind))
+        .chain(raw.admin.iter().map(|a| ("[admin]", &a.bind)));
+    let mut seen: Vec<(std::net::SocketAddr, &str, Place)> = Vec::new();
+    for (table, text) in binds {
+        let address = socket_addr(text)?;
+        let place = source.place(Some(text.span()));
+        if let Some((earlier, first_table, first)) =
+            seen.iter().find(|(other, ..)| overlaps(*other, address))
+        {
+            return Err(invalid(
+                text,
+                format!(
+                    "{table} bind `{address}` is already claimed by the {first_table} bind \
+                     `{earlier}` at {}:{}:{}: an address can be bound once; give each \
+                     [[listener]] and [admin] a port of its own",
+                    source.path.display(),
+                    first.line,
+                    first.column
+                ),
+            ));
+        }
+        seen.push((address, table, place));
+    }
+    Ok(())
+}
+
+/// Whether binding both addresses would claim the same port: equal, or one a wildcard covering
+/// the other (`[::]` also covers IPv4, as sockets here are dual-stack).
+fn overlaps(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    let covers = |wide: std::net::SocketAddr, other: std::net::SocketAddr| {
+        wide.ip().is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+    };
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
+/// The longest path a Unix socket address holds (`sun_path` less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+fn validate_lifecycle(raw: &RawLifecycle, source: &Source<'_>) -> Result<LifecycleConfig, Invalid> {
+    let upgrade_socket = match &raw.upgrade_socket {
+        None => None,
+        Some(text) if text.get_ref().is_empty() => {
+            return Err(invalid(
+                text,
+                "lifecycle.upgrade_socket is empty: give a path such as \
+                 \"/run/switchyard/upgrade.sock\", or leave it out for the default"
+                    .into(),
+            ));
+        }
+        Some(text) => {
+            let file = source.file(text);
+            let length = file.path.as_os_str().len();
+            if length > MAX_SOCKET_PATH {
+                return Err(invalid(
+                    text,
+                    format!(
+                        "lifecycle.upgrade_socket `{}` is {length} bytes long; a Unix socket path \
+                         holds at most {MAX_SOCKET_PATH}: choose a shorter one",
+                        file.path.display()
+                    ),
+                ));
+            }
+            Some(file)
+        }
+    };
+    Ok(LifecycleConfig {
+        upgrade_socket,
+        reuse_port: raw.reuse_port,
     })
 }
 
@@ -174,7 +254,15 @@ fn validate_discovery(raw: &RawDiscovery) -> Result<DiscoveryConfig, Invalid> {
 fn validate_sessions(raw: &RawSessions, source: &Source<'_>) -> Result<SessionConfig, Invalid> {
     Ok(SessionConfig {
         idle_timeout: duration(&raw.idle_timeout, Duration::from_secs(3600))?,
-        max_sessions: raw.max_sessions.unwrap_or(1_000_000),
+        max_sessions: raw.max_sessions.as_ref().map_or(Ok(1_000_000), |max| {
+            match *max.get_ref() {
+                0 => Err(invalid(
+                    max,
+                    "max_sessions must be at least 1 (a full table refuses new sessions)".into(),
+                )),
+                n => Ok(n),
+            }
+        })?,
         seal: seal_config(raw, source)?,
     })
 }

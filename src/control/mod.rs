@@ -1,5 +1,6 @@
-//! Running the proxy: start and stop, reload, the admin API, and the background tasks that keep
-//! the shared state current (health probes, DNS discovery, drain deadlines, session expiry).
+//! Running the proxy: start and stop, hand-over to a new process, reload, the admin API, and the
+//! background tasks that keep the shared state current (health probes, DNS discovery, drain
+//! deadlines, session expiry).
 
 pub mod admin;
 pub mod discovery;
@@ -8,3 +9,4 @@ pub mod open_files;
 pub mod periodic;
 pub mod reload;
 pub mod server;
+pub mod upgrade;

@@ -1,14 +1,17 @@
 //! The running proxy: listeners, admin endpoint and background tasks around one shared [`State`].
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, LoadedConfig};
+use crate::proxy::listener::{Inherited, Sockets};
 use crate::state::State;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +26,61 @@ pub enum StartError {
         address: SocketAddr,
         error: std::io::Error,
     },
+    /// Another process listens on the address: maybe the Switchyard this one should replace.
+    #[error("{}; if it is a running Switchyard, take over from it without losing a connection \
+             with `switchyard run --config FILE --upgrade`, or share the port on purpose with \
+             [lifecycle] reuse_port = true", bind_failure(*address, &std::io::ErrorKind::AddrInUse.into()))]
+    Busy { address: SocketAddr },
+}
+
+impl StartError {
+    fn bind(address: SocketAddr, source: std::io::Error) -> StartError {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::Busy { address }
+        } else {
+            StartError::Bind {
+                address,
+                error: source,
+            }
+        }
+    }
+}
+
+/// A listening socket this process serves, as a hand-over offers it to the process replacing it.
+#[derive(Debug)]
+pub struct Listening {
+    /// As the config wrote it, `127.0.0.1:0` included: the successor matches its own config
+    /// against this.
+    pub configured: SocketAddr,
+    pub local: SocketAddr,
+    pub admin: bool,
+    /// Taken over from the previous process or systemd rather than bound here.
+    pub inherited: bool,
+    /// A duplicate of the socket: whoever receives it accepts from the same kernel queue.
+    pub fd: OwnedFd,
+}
+
+/// What handing over needs of a running proxy: its sockets, and the way to step down once the
+/// successor accepts on them.
+#[derive(Debug)]
+pub struct Handover {
+    pub sockets: Vec<Listening>,
+    shutdown: CancellationToken,
+    admin_stop: CancellationToken,
+}
+
+impl Handover {
+    /// The successor accepts on every socket: stop accepting here, the admin API included (so
+    /// readiness is answered by the successor alone), and drain.
+    pub fn step_down(&self) {
+        self.admin_stop.cancel();
+        self.shutdown.cancel();
+    }
+
+    /// The proxy's shutdown token: once cancelled there is nothing left to hand over.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
 }
 
 /// Why binding `address` failed, and what to do instead: the proxy's listeners and the reference
@@ -56,6 +114,55 @@ pub struct Proxy {
     shutdown: CancellationToken,
     accept_loops: JoinSet<()>,
     background: CancellationToken,
+    admin_stop: CancellationToken,
+    /// Duplicates of the listening sockets for a hand-over; dropped as soon as accepting stops,
+    /// so no socket stays open with nobody accepting from it.
+    handover: Vec<Listening>,
+}
+
+/// The sockets a start opened, in config order.
+struct Opened {
+    listeners: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+    handover: Vec<Listening>,
+}
+
+/// Takes an inherited socket or binds a fresh one for every listener and the admin API.
+fn open_sockets(config: &Config, inherited: Vec<Inherited>) -> Result<Opened, StartError> {
+    let mut sockets = Sockets::new(inherited, config.lifecycle.reuse_port);
+    let mut handover = Vec::new();
+    let mut open = |configured: SocketAddr, admin: bool| {
+        let failed = |source| StartError::bind(configured, source);
+        let (listener, inherited) = sockets.open(configured, admin).map_err(failed)?;
+        let local = listener.local_addr().map_err(failed)?;
+        let fd = listener.as_fd().try_clone_to_owned().map_err(failed)?;
+        handover.push(Listening {
+            configured,
+            local,
+            admin,
+            inherited,
+            fd,
+        });
+        Ok::<_, StartError>(listener)
+    };
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| open(l.bind, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let admin = config
+        .admin
+        .as_ref()
+        .map(|a| open(a.bind, true))
+        .transpose()?;
+    for address in sockets.unused() {
+        tracing::warn!(%address, "an inherited socket matches no [[listener]] or [admin]: closed");
+    }
+    Ok(Opened {
+        listeners,
+        admin,
+        handover,
+    })
 }
 
 impl Proxy {
@@ -69,19 +176,19 @@ impl Proxy {
         ready: LoadedConfig,
         shutdown: CancellationToken,
     ) -> Result<Proxy, StartError> {
-        let config = &ready.config;
-        let bind = |address: SocketAddr| {
-            crate::proxy::listener::bind(address)
-                .map_err(|error| StartError::Bind { address, error })
-        };
-        let listeners = config
-            .listeners
-            .iter()
-            .map(|l| bind(l.bind))
-            .collect::<Result<Vec<_>, _>>()?;
-        let admin = config.admin.as_ref().map(|a| bind(a.bind)).transpose()?;
-        let max_connections = config.limits.max_connections;
-        let admin_cap = config.admin.as_ref().map_or(0, |a| a.max_connections);
+        Proxy::start_with(ready, shutdown, Vec::new()).await
+    }
+
+    /// Like [`Proxy::start_loaded`], serving on `inherited` sockets where they match a listener
+    /// or the admin address, and binding the others.
+    pub async fn start_with(
+        ready: LoadedConfig,
+        shutdown: CancellationToken,
+        inherited: Vec<Inherited>,
+    ) -> Result<Proxy, StartError> {
+        let opened = open_sockets(&ready.config, inherited)?;
+        let max_connections = ready.config.limits.max_connections;
+        let admin_cap = ready.config.admin.as_ref().map_or(0, |a| a.max_connections);
         crate::control::open_files::raise_and_log(max_connections, admin_cap);
         let state = Arc::new(State::new(ready));
         let background = CancellationToken::new();
@@ -91,11 +198,9 @@ impl Proxy {
 
         let mut addresses = Vec::new();
         let mut accept_loops = JoinSet::new();
-        for (index, listener) in listeners.into_iter().enumerate() {
-            addresses.push(listener.local_addr().map_err(|error| StartError::Bind {
-                address: SocketAddr::from(([0, 0, 0, 0], 0)),
-                error,
-            })?);
+        let sockets = opened.handover.iter().filter(|l| !l.admin);
+        for (index, (listener, socket)) in opened.listeners.into_iter().zip(sockets).enumerate() {
+            addresses.push(socket.local);
             accept_loops.spawn(crate::proxy::listener::accept_loop(
                 listener,
                 index,
@@ -104,11 +209,14 @@ impl Proxy {
                 shutdown.clone(),
             ));
         }
-        let admin_address =
-            admin.and_then(|listener| spawn_admin(listener, admin_cap, &state, &background));
+        let admin_stop = background.child_token();
+        let admin_address = opened
+            .admin
+            .and_then(|listener| spawn_admin(listener, admin_cap, &state, &admin_stop));
         spawn_background(&state, &background);
-        for address in &addresses {
-            tracing::info!(%address, "listening");
+        for socket in opened.handover.iter().filter(|l| !l.admin) {
+            let (address, inherited) = (socket.local, socket.inherited);
+            tracing::info!(%address, inherited, "listening");
         }
         Ok(Proxy {
             state,
@@ -117,7 +225,19 @@ impl Proxy {
             shutdown,
             accept_loops,
             background,
+            admin_stop,
+            handover: opened.handover,
         })
+    }
+
+    /// The listening sockets and the means to step down, for handing over to a new process.
+    /// Taken once; later calls give no sockets.
+    pub fn handover(&mut self) -> Handover {
+        Handover {
+            sockets: std::mem::take(&mut self.handover),
+            shutdown: self.shutdown.clone(),
+            admin_stop: self.admin_stop.clone(),
+        }
     }
 
     pub fn state(&self) -> &Arc<State> {
@@ -139,6 +259,7 @@ impl Proxy {
     pub async fn wait(mut self) {
         self.shutdown.cancelled().await;
         self.state.begin_drain();
+        self.handover.clear();
         while self.accept_loops.join_next().await.is_some() {}
         let drain = self.state.snapshot().config.timeouts.drain;
         self.state.tasks.close();

@@ -3,6 +3,11 @@
 //! Learned from responses (the `Mcp-Session-Id` header, the legacy `endpoint` event), forgotten on
 //! `DELETE` or when the owner says it no longer knows the session, and expired when idle. Sharded
 //! so that concurrent requests of different sessions rarely touch the same lock.
+//!
+//! The table is bounded, and a session is only handed out if it can be kept: a request that may
+//! open one first reserves a [`SessionSlot`], and is refused when none is left. Evicting the least
+//! recently used session instead would let anyone who can initialise break sessions already
+//! admitted; a reservation held by a response that turns out to mint nothing is given back.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -51,8 +56,40 @@ struct Entry {
 pub struct SessionTable {
     shards: Box<[Shard]>,
     epoch: Instant,
+    /// Sessions plus outstanding reservations: what counts against `max`.
     len: AtomicUsize,
+    reserved: AtomicUsize,
     max: usize,
+}
+
+/// Room for one session a response may mint, held until it is learned or the response shows it
+/// mints none (then dropping it gives the room back).
+#[derive(Debug)]
+pub struct SessionSlot {
+    table: Arc<SessionTable>,
+    held: bool,
+}
+
+impl SessionSlot {
+    /// Learns `id` into the room this slot held; a known id gives the room back.
+    pub fn learn(mut self, id: &str, owner: &Arc<str>) -> Learned {
+        let learned = self.table.insert(id, owner, true);
+        if learned == Learned::New {
+            // The reservation became the entry, which `len` already counts.
+            self.table.reserved.fetch_sub(1, Ordering::Relaxed);
+            self.held = false;
+        }
+        learned
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        if self.held {
+            self.table.reserved.fetch_sub(1, Ordering::Relaxed);
+            self.table.len.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What happened to a learned session.
@@ -71,6 +108,7 @@ impl SessionTable {
                 .collect(),
             epoch: Instant::now(),
             len: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
             max,
         }
     }
@@ -95,7 +133,26 @@ impl SessionTable {
         Some(Arc::clone(&entry.owner))
     }
 
+    /// Holds room for one session, or `None` when the table is full.
+    pub fn reserve(self: &Arc<Self>) -> Option<SessionSlot> {
+        self.len
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |len| {
+                (len < self.max).then_some(len + 1)
+            })
+            .ok()?;
+        self.reserved.fetch_add(1, Ordering::Relaxed);
+        Some(SessionSlot {
+            table: Arc::clone(self),
+            held: true,
+        })
+    }
+
+    /// Learns a session minted without a reservation: only while there is room.
     pub fn learn(&self, id: &str, owner: &Arc<str>) -> Learned {
+        self.insert(id, owner, false)
+    }
+
+    fn insert(&self, id: &str, owner: &Arc<str>, reserved: bool) -> Learned {
         let mut shard = self
             .shard(id)
             .write()
@@ -105,7 +162,14 @@ impl SessionTable {
             entry.last_seen.store(self.now(), Ordering::Relaxed);
             return Learned::Known;
         }
-        if self.len.load(Ordering::Relaxed) >= self.max {
+        let room = reserved
+            || self
+                .len
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |len| {
+                    (len < self.max).then_some(len + 1)
+                })
+                .is_ok();
+        if !room {
             return Learned::TableFull;
         }
         let entry = Entry {
@@ -113,7 +177,6 @@ impl SessionTable {
             last_seen: AtomicU64::new(self.now()),
         };
         shard.insert(id.into(), entry);
-        self.len.fetch_add(1, Ordering::Relaxed);
         Learned::New
     }
 
@@ -143,8 +206,11 @@ impl SessionTable {
         expired
     }
 
+    /// Sessions in the table (reservations aside).
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.len
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.reserved.load(Ordering::Relaxed))
     }
 
     /// How many sessions the table holds at most.
@@ -207,6 +273,29 @@ mod tests {
     }
 
     #[test]
+    fn reservations_count_against_the_bound() {
+        let table = Arc::new(SessionTable::new(2));
+        let owner: Arc<str> = Arc::from("b:1");
+        let first = table.reserve().unwrap();
+        let second = table.reserve().unwrap();
+        assert!(table.reserve().is_none(), "both places are held");
+        assert_eq!(table.learn("unreserved", &owner), Learned::TableFull);
+        assert_eq!(first.learn("a", &owner), Learned::New);
+        assert_eq!(table.len(), 1);
+        // A response that minted nothing gives its place back.
+        drop(second);
+        assert_eq!(table.len(), 1);
+        let third = table.reserve().unwrap();
+        // An id already known takes no second place.
+        assert_eq!(third.learn("a", &owner), Learned::Known);
+        assert_eq!(table.learn("b", &owner), Learned::New);
+        assert!(table.reserve().is_none());
+        assert!(table.forget("a"));
+        assert!(table.reserve().is_some());
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
     fn expiry_keeps_fresh_sessions() {
         let table = SessionTable::new(10);
         let owner: Arc<str> = Arc::from("b:1");
@@ -218,6 +307,54 @@ mod tests {
             "last_seen == now is not idle"
         );
         assert_eq!(table.len(), 1);
+    }
+
+    /// Resident memory of this process, in bytes (Linux).
+    fn resident() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: usize = statm.split(' ').nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    /// What one tracked session costs, for the README (Linux; not a check, run by hand):
+    /// `cargo test --lib session_memory -- --ignored --nocapture` (layout and allocation sizes
+    /// are the same in a debug build). Each case runs in a fresh process, so that memory freed by
+    /// an earlier case cannot hide what a later one takes.
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn session_memory() {
+        if let Ok(case) = std::env::var("SESSION_MEMORY_CASE") {
+            let (count, id_len) = case.split_once('x').unwrap();
+            let (count, id_len): (usize, usize) = (count.parse().unwrap(), id_len.parse().unwrap());
+            let owner: Arc<str> = Arc::from("10.0.0.1:3000");
+            let ids: Vec<String> = (0..count).map(|i| format!("{i:0>id_len$}")).collect();
+            let table = SessionTable::new(usize::MAX);
+            let before = resident();
+            for id in &ids {
+                table.learn(id, &owner);
+            }
+            let per_session = (resident() - before) as f64 / count as f64;
+            println!("{count} sessions, {id_len}-byte ids: {per_session:.0} B each");
+            return;
+        }
+        for count in [10_000, 100_000, 400_000, 1_000_000] {
+            for id_len in [16, 36, 128] {
+                let run = std::process::Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "--ignored",
+                        "--exact",
+                        "mcp::session::tests::session_memory",
+                    ])
+                    .arg("--nocapture")
+                    .env("SESSION_MEMORY_CASE", format!("{count}x{id_len}"))
+                    .output()
+                    .unwrap();
+                let out = String::from_utf8_lossy(&run.stdout);
+                for line in out.lines().filter(|l| l.contains("B each")) {
+                    println!("{line}");
+                }
+            }
+        }
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

@@ -17,6 +17,7 @@ use hyper::client::conn::http1::SendRequest;
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::mcp::session::SessionSlot;
 use crate::mcp::sse::{BoundaryTracker, DRAIN_RETRY, EndpointScanner, KEEPALIVE};
 use crate::state::State;
 use crate::upstream::backend::{InFlightGuard, PoolLimits};
@@ -34,6 +35,7 @@ pub struct AccessRecord {
     pub backend: Arc<str>,
     pub pool: Arc<str>,
     pub session: Option<String>,
+    pub request_id: super::request_id::RequestId,
     pub started: Instant,
     pub bytes: u64,
     pub stream: bool,
@@ -64,6 +66,7 @@ impl AccessRecord {
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             bytes = self.bytes,
             session = self.session.as_deref().unwrap_or(""),
+            request_id = %self.request_id,
             outcome,
         );
     }
@@ -74,6 +77,9 @@ pub struct SseWatch {
     boundary: BoundaryTracker,
     /// Set on a legacy `GET /sse` stream until its `endpoint` event was seen.
     endpoint: Option<EndpointScanner>,
+    /// Room in the session table for the session the `endpoint` event names; given back once
+    /// the scan ends without one.
+    slot: Option<SessionSlot>,
     keepalive: Option<(Pin<Box<Sleep>>, Duration)>,
     close: Pin<Box<WaitForCancellationFutureOwned>>,
     closing: bool,
@@ -88,6 +94,7 @@ pub struct SseWatch {
 
 impl SseWatch {
     pub fn new(
+        slot: Option<SessionSlot>,
         learn_endpoint: bool,
         keepalive: Option<Duration>,
         close: tokio_util::sync::CancellationToken,
@@ -95,6 +102,7 @@ impl SseWatch {
         SseWatch {
             boundary: BoundaryTracker::default(),
             endpoint: learn_endpoint.then(EndpointScanner::default),
+            slot,
             keepalive: keepalive.map(|every| (Box::pin(tokio::time::sleep(every)), every)),
             close: Box::pin(close.cancelled_owned()),
             closing: false,
@@ -138,7 +146,8 @@ pub struct UpstreamBody {
 pub struct UpstreamParts {
     pub body: Incoming,
     pub guard: InFlightGuard,
-    pub sender: SendRequest<RequestBody>,
+    /// `None` when the connection must not serve another request.
+    pub sender: Option<SendRequest<RequestBody>>,
     pub pool_limits: PoolLimits,
     pub idle_timeout: Option<Duration>,
     pub sse: Option<SseWatch>,
@@ -164,7 +173,7 @@ impl ResponseBody {
         ResponseBody::Upstream(Box::new(UpstreamBody {
             inner: Some(parts.body),
             guard: Some(parts.guard),
-            sender: Some(parts.sender),
+            sender: parts.sender,
             pool_limits: parts.pool_limits,
             idle: parts
                 .idle_timeout
@@ -302,6 +311,7 @@ impl UpstreamBody {
         sse.endpoint = None;
         let held = std::mem::take(&mut sse.held);
         let Some(url) = url else {
+            sse.slot = None;
             return Some(Frame::data(Bytes::from(held)));
         };
         self.learn_endpoint(&url);
@@ -353,6 +363,7 @@ impl UpstreamBody {
         let Some(url) = scanner.feed(data) else {
             if scanner.is_done() {
                 sse.endpoint = None;
+                sse.slot = None;
             }
             return;
         };
@@ -369,7 +380,8 @@ impl UpstreamBody {
         ) else {
             return;
         };
-        record.state.learn_session(id, guard.backend());
+        let slot = self.sse.as_mut().and_then(|sse| sse.slot.take());
+        record.state.learn_session(id, guard.backend(), slot);
         record.session = Some(crate::mcp::session::session_tag(id));
     }
 

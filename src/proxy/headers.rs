@@ -1,5 +1,7 @@
 //! The request as the backend sees it, and the client address behind it: hop-by-hop headers
-//! stripped, `X-Forwarded-*` set, origin-form target, HTTP/1.1.
+//! stripped, client-address headers only as the proxy vouches for them (`X-Forwarded-*` and
+//! `Forwarded` set, others dropped unless a trusted proxy sent them), the host the target's
+//! authority names, origin-form target, HTTP/1.1.
 
 use std::net::IpAddr;
 
@@ -17,6 +19,22 @@ use super::request::ConnInfo;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers through which a client could claim an address, scheme or port that frameworks
+/// believe: kept only from trusted proxies. (`X-Forwarded-For`, `-Proto`, `-Host` and
+/// `Forwarded` are set by the proxy instead.)
+static CLIENT_CLAIMS: [HeaderName; 10] = [
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-original-forwarded-for"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-scheme"),
+];
 
 /// The client address: the peer, unless the peer is a trusted proxy; then the right-most
 /// `X-Forwarded-For` entry that is not itself a trusted proxy.
@@ -89,14 +107,10 @@ pub fn upstream_request(
     let (mut parts, body) = request.into_parts();
     let upgrade = is_websocket_upgrade(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let host = target_host(&parts.uri, &parts.headers);
     let trusted = &config.trusted_proxies;
     let peer_trusted = trusted.iter().any(|c| c.contains(conn.peer.ip()));
+    strip_claims(&mut parts.headers, peer_trusted);
     set_forwarded(
         &mut parts.headers,
         conn,
@@ -116,8 +130,73 @@ pub fn upstream_request(
     Request::from_parts(parts, RequestBody::streaming(body, limits, bytes_in))
 }
 
-/// `X-Forwarded-*`: appended to when the peer is a trusted proxy, replaced otherwise, so an
-/// untrusted client cannot forge its address for the backend.
+/// The host the request is for: the target's authority when it has one (an absolute-form
+/// HTTP/1 target, RFC 9112 section 3.2.2; HTTP/2's `:authority`, RFC 9113 section 8.3.1), which
+/// wins over a `Host` header; else the `Host` header.
+fn target_host(uri: &http::Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+    let authority = uri.authority().map(|a| {
+        // User info is no part of a host.
+        let text = a.as_str();
+        text.rsplit_once('@').map_or(text, |(_, host)| host)
+    });
+    match authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+        Some(host) => Some(host),
+        None => headers.get(header::HOST).cloned(),
+    }
+}
+
+/// Drops header names with underscores, whoever sent them (CGI-style frameworks read
+/// `X_Forwarded_For` as `X-Forwarded-For`; nginx ignores such names by default), and, from
+/// peers that are not trusted proxies, every other client-address claim.
+fn strip_claims(headers: &mut HeaderMap, peer_trusted: bool) {
+    while let Some(name) = headers.keys().find(|n| n.as_str().contains('_')).cloned() {
+        headers.remove(&name);
+    }
+    if !peer_trusted {
+        for name in &CLIENT_CLAIMS {
+            headers.remove(name);
+        }
+    }
+}
+
+/// `Forwarded` (RFC 7239) for this hop: who connected (`for`, the TCP peer or the PROXY
+/// header's client), over what (`proto`) and for which host. A trusted proxy's elements are
+/// kept before it, as `X-Forwarded-For` keeps its list; anything else is replaced.
+fn forwarded_value(
+    headers: &HeaderMap,
+    conn: &ConnInfo,
+    peer_trusted: bool,
+    host: Option<&HeaderValue>,
+) -> String {
+    use std::fmt::Write;
+    let mut value = String::new();
+    if peer_trusted {
+        for earlier in headers.get_all(header::FORWARDED).iter() {
+            if let Ok(earlier) = earlier.to_str() {
+                let _ = write!(value, "{earlier}, ");
+            }
+        }
+    }
+    let _ = match conn.peer.ip().to_canonical() {
+        IpAddr::V4(ip) => write!(value, "for={ip}"),
+        IpAddr::V6(ip) => write!(value, "for=\"[{ip}]\""),
+    };
+    value.push_str(if conn.tls {
+        ";proto=https"
+    } else {
+        ";proto=http"
+    });
+    // A host is a quoted string: it may hold a colon, which a token may not.
+    if let Some(host) = host.and_then(|h| h.to_str().ok())
+        && !host.contains(['"', '\\'])
+    {
+        let _ = write!(value, ";host=\"{host}\"");
+    }
+    value
+}
+
+/// `X-Forwarded-*` and `Forwarded`: appended to when the peer is a trusted proxy, replaced
+/// otherwise, so an untrusted client cannot forge its address for the backend.
 fn set_forwarded(
     headers: &mut HeaderMap,
     conn: &ConnInfo,
@@ -125,6 +204,10 @@ fn set_forwarded(
     peer_trusted: bool,
     host: Option<&HeaderValue>,
 ) {
+    let forwarded = forwarded_value(headers, conn, peer_trusted, host);
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, value);
+    }
     let peer = conn.peer.ip().to_canonical().to_string();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(existing) if peer_trusted => format!("{existing}, {peer}"),
@@ -174,6 +257,66 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
+    }
+
+    fn conn(peer: &str, tls: bool) -> ConnInfo {
+        ConnInfo {
+            peer: peer.parse().unwrap(),
+            tls,
+            sni: None,
+        }
+    }
+
+    #[test]
+    fn forwarded_describes_this_hop() {
+        let mut h = HeaderMap::new();
+        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        let host = HeaderValue::from_static("app.example:8443");
+        let v4 = conn("10.0.0.1:5000", true);
+        assert_eq!(
+            forwarded_value(&h, &v4, false, Some(&host)),
+            "for=10.0.0.1;proto=https;host=\"app.example:8443\""
+        );
+        assert_eq!(
+            forwarded_value(&h, &v4, true, None),
+            "for=6.6.6.6, for=10.0.0.1;proto=https"
+        );
+        let v6 = conn("[2001:db8::1]:5000", false);
+        assert_eq!(
+            forwarded_value(&HeaderMap::new(), &v6, false, None),
+            "for=\"[2001:db8::1]\";proto=http"
+        );
+    }
+
+    #[test]
+    fn claims_are_dropped_unless_a_trusted_proxy_made_them() {
+        let claims = || {
+            let mut h = HeaderMap::new();
+            h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+            h.insert("x_forwarded_for", HeaderValue::from_static("6.6.6.6"));
+            h.insert("x_custom_thing", HeaderValue::from_static("1"));
+            h.insert("accept", HeaderValue::from_static("*/*"));
+            h
+        };
+        let mut untrusted = claims();
+        strip_claims(&mut untrusted, false);
+        assert_eq!(untrusted.keys().collect::<Vec<_>>(), ["accept"]);
+        let mut trusted = claims();
+        strip_claims(&mut trusted, true);
+        let mut kept: Vec<&str> = trusted.keys().map(HeaderName::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["accept", "x-real-ip"]);
+    }
+
+    #[test]
+    fn the_target_authority_is_the_host() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("wrong.example"));
+        let absolute: http::Uri = "http://user@right.example:81/x".parse().unwrap();
+        assert_eq!(target_host(&absolute, &h).unwrap(), "right.example:81");
+        let origin: http::Uri = "/x".parse().unwrap();
+        assert_eq!(target_host(&origin, &h).unwrap(), "wrong.example");
+        assert!(target_host(&origin, &HeaderMap::new()).is_none());
     }
 
     #[test]

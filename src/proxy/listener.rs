@@ -1,6 +1,7 @@
-//! Accepting client connections: bind with `SO_REUSEPORT`, enforce the connection limit (the
-//! refusal and accept failures are in [`super::admission`]), read the PROXY header and do the TLS
-//! handshake where the listener asks for them, then hand the connection to [`super::serve`].
+//! Accepting client connections: bind (or take an inherited socket), enforce the connection
+//! limit (the refusal and accept failures are in [`super::admission`]), read the PROXY header and
+//! do the TLS handshake where the listener asks for them, then hand the connection to
+//! [`super::serve`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,20 +19,95 @@ use super::proxy_protocol;
 use super::request::ConnInfo;
 use super::serve::{CurrentHttp, Http, serve};
 
-/// Binds with `SO_REUSEPORT`, so a new proxy process can bind the same port before the old one
-/// drains (zero-gap restarts).
-pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds a fresh listening socket. `SO_REUSEPORT` only when `reuse_port` asks for it: without
+/// it a port another process holds is an error here rather than a silent split of its traffic.
+pub fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if address.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
+    // SO_REUSEADDR only lets a restart bind past connections in TIME_WAIT; Linux still refuses
+    // a second listener on the port.
     socket.set_reuseaddr(true)?;
     #[cfg(unix)]
-    socket.set_reuseport(true)?;
+    socket.set_reuseport(reuse_port)?;
     socket.set_nodelay(true)?;
     socket.bind(address)?;
     socket.listen(4096)
+}
+
+/// A listening socket opened before this process started serving: handed over by the process
+/// it upgrades, or passed by systemd (`LISTEN_FDS`). Connections the kernel queued on it before
+/// are accepted here, so none is lost.
+#[derive(Debug)]
+pub struct Inherited {
+    /// The address the handing process's config named (`127.0.0.1:0` included); `None` from
+    /// systemd, where only the bound address is known.
+    pub configured: Option<SocketAddr>,
+    /// Whether it served the admin API there; `None` from systemd.
+    pub admin: Option<bool>,
+    pub listener: std::net::TcpListener,
+}
+
+impl Inherited {
+    fn local(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+}
+
+/// Gives each configured address its socket: an inherited one where one matches, else a fresh
+/// bind.
+#[derive(Debug)]
+pub struct Sockets {
+    inherited: Vec<Inherited>,
+    reuse_port: bool,
+}
+
+impl Sockets {
+    pub fn new(inherited: Vec<Inherited>, reuse_port: bool) -> Sockets {
+        Sockets {
+            inherited,
+            reuse_port,
+        }
+    }
+
+    /// The socket for `address` (the admin API's when `admin`) and whether it was inherited.
+    /// Matches, in this order: the same configured address and role (so `127.0.0.1:0` keeps its
+    /// port across an upgrade), the same bound address, or, for a wildcard, a wildcard on the
+    /// same port (systemd's `ListenStream=8080` is `[::]:8080`).
+    pub fn open(
+        &mut self,
+        address: SocketAddr,
+        admin: bool,
+    ) -> std::io::Result<(TcpListener, bool)> {
+        let same_port_wildcard = |local: SocketAddr| {
+            address.port() != 0
+                && local.port() == address.port()
+                && local.ip().is_unspecified()
+                && address.ip().is_unspecified()
+        };
+        let position =
+            |matches: &dyn Fn(&Inherited) -> bool| self.inherited.iter().position(matches);
+        let found =
+            position(&|i| i.configured == Some(address) && i.admin.is_none_or(|was| was == admin))
+                .or_else(|| position(&|i| i.local() == Some(address)))
+                .or_else(|| position(&|i| i.local().is_some_and(same_port_wildcard)));
+        match found {
+            Some(index) => {
+                let inherited = self.inherited.remove(index);
+                inherited.listener.set_nonblocking(true)?;
+                Ok((TcpListener::from_std(inherited.listener)?, true))
+            }
+            None => Ok((bind(address, self.reuse_port)?, false)),
+        }
+    }
+
+    /// The bound addresses of inherited sockets no configured address took; they close when
+    /// this is dropped.
+    pub fn unused(&self) -> Vec<SocketAddr> {
+        self.inherited.iter().filter_map(Inherited::local).collect()
+    }
 }
 
 /// Accepts until `shutdown`; each connection runs on `state.tasks`. `index` is this listener's
@@ -170,5 +246,54 @@ async fn handshake_and_serve(
         }
         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inherited(configured: &str, admin: bool) -> (Inherited, SocketAddr) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let socket = Inherited {
+            configured: Some(configured.parse().unwrap()),
+            admin: Some(admin),
+            listener,
+        };
+        (socket, local)
+    }
+
+    #[tokio::test]
+    async fn inherited_sockets_go_to_the_address_and_role_that_had_them() {
+        let (listener, listener_at) = inherited("127.0.0.1:0", false);
+        let (admin, admin_at) = inherited("127.0.0.1:0", true);
+        let (removed, removed_at) = inherited("127.0.0.1:0", false);
+        let (pinned, pinned_at) = inherited("127.0.0.1:0", false);
+        let mut sockets = Sockets::new(vec![listener, admin, removed, pinned], false);
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        // The admin asks first, yet gets the admin's socket, not the first `127.0.0.1:0`.
+        let (socket, was_inherited) = sockets.open(any, true).unwrap();
+        assert_eq!(
+            (socket.local_addr().unwrap(), was_inherited),
+            (admin_at, true)
+        );
+        let (socket, _) = sockets.open(any, false).unwrap();
+        assert_eq!(socket.local_addr().unwrap(), listener_at);
+        // A config that now names the bound port takes that socket.
+        let (socket, was_inherited) = sockets.open(pinned_at, false).unwrap();
+        assert_eq!(
+            (socket.local_addr().unwrap(), was_inherited),
+            (pinned_at, true)
+        );
+        assert_eq!(sockets.unused(), vec![removed_at]);
+        // Nothing matches: a fresh bind, and a busy port is an error, not a shared one.
+        let (fresh, was_inherited) = sockets.open("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        assert!(!was_inherited);
+        assert_ne!(fresh.local_addr().unwrap(), removed_at);
+        let busy = sockets
+            .open(fresh.local_addr().unwrap(), false)
+            .unwrap_err();
+        assert_eq!(busy.kind(), std::io::ErrorKind::AddrInUse);
     }
 }

@@ -8,6 +8,8 @@ pub mod headers;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod request;
+pub mod request_id;
 pub mod respond;
 pub mod serve;
+mod strict;
 pub mod websocket;

@@ -1,10 +1,12 @@
 //! One request through the proxy, in phases that read top to bottom:
 //!
-//! 1. [`handle`] reads what the request is ([`RequestMeta`]: class, session, sealed token) from
-//!    the one snapshot it will see throughout;
-//! 2. [`route`] picks the route by host and path (the snapshot's route table), then who may take
-//!    the request: the session's owner, whatever route it came by, or a pick from the route's
-//!    active pools;
+//! 1. [`handle`] reads what the request is ([`RequestMeta`]: class, session, sealed token, request
+//!    id) from the one snapshot it will see throughout, and [`strict::check`](super::strict::check)
+//!    refuses what a backend could read differently;
+//! 2. [`find_route`] picks the route by host and path (the snapshot's route table), then
+//!    [`target`] decides who may take the request: the session's owner, whatever route it came
+//!    by, or a pick from the route's active pools; a request that may open a session reserves
+//!    room for it in the table first;
 //! 3. [`send_with_retry`] sends it, to another backend if the first never received it;
 //! 4. [`respond::shape`](super::respond::shape) learns or seals the session and wraps the body
 //!    so that the in-flight guard lives until the last byte.
@@ -19,14 +21,15 @@ use hyper::body::Incoming;
 use crate::config::HostPolicy;
 use crate::mcp::classify::{RouteClass, classify};
 use crate::mcp::seal::{Opened, Unsealed, unseal_request};
-use crate::mcp::session::{session_id, session_tag};
+use crate::mcp::session::{SessionSlot, session_id, session_tag};
 use crate::state::{Route, Snapshot, State};
 use crate::upstream::backend::{Backend, Exchange, InFlightGuard, UpstreamError};
-use crate::upstream::body::{BodyError, BodyLimits, RequestBody};
+use crate::upstream::body::{BodyLimits, RequestBody};
 
 use super::body::ResponseBody;
 use super::error::ProxyError;
 use super::headers::{client_ip, upstream_request};
+use super::request_id::RequestId;
 use super::respond;
 
 /// What the listener knows about the connection a request came on.
@@ -50,6 +53,7 @@ pub(super) struct RequestMeta {
     pub sealed: Option<(String, Opened)>,
     /// The client named a session whose token does not open: never routed.
     pub forged: bool,
+    pub request_id: RequestId,
 }
 
 impl RequestMeta {
@@ -63,6 +67,7 @@ impl RequestMeta {
             Unsealed::Plain => (None, false),
         };
         let session = session_id(request.headers(), request.uri().query()).map(str::to_owned);
+        let request_id = RequestId::of(request.headers());
         RequestMeta {
             class,
             method: request.method().clone(),
@@ -71,6 +76,7 @@ impl RequestMeta {
             started: Instant::now(),
             sealed,
             forged,
+            request_id,
         }
     }
 }
@@ -114,6 +120,8 @@ async fn proxy(
     meta: &RequestMeta,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &snapshot.config;
+    super::strict::check(&request, &config.limits)?;
+    meta.request_id.stamp(request.headers_mut());
     // A body announced too large is refused before any backend is involved; one that grows too
     // large mid-stream is cut by RequestBody and answered 413 when the send fails.
     let body_limit = route.settings.max_request_body;
@@ -124,6 +132,7 @@ async fn proxy(
     }
     let client_ip = client_ip(conn.peer.ip(), request.headers(), &config.trusted_proxies);
     let target = target(state, snapshot, route, meta, client_ip)?;
+    let slot = reserve_session(state, snapshot, meta, &target)?;
     if let Some(prefix) = route.stripped_prefix() {
         strip_prefix(request.uri_mut(), prefix)?;
     }
@@ -135,7 +144,8 @@ async fn proxy(
         idle: config.timeouts.client_body,
     };
     let outgoing = upstream_request(request, conn, client_ip, config, limits, bytes_in);
-    let (guard, exchange) = send_with_retry(state, snapshot, route, &target, outgoing).await?;
+    let (guard, exchange) =
+        send_with_retry(state, snapshot, route, &target, outgoing, meta).await?;
     Ok(respond::shape(
         state,
         snapshot,
@@ -144,7 +154,32 @@ async fn proxy(
         guard,
         exchange,
         client_upgrade,
+        slot,
     ))
+}
+
+/// New work that may open a session (a `POST` such as `initialize`, a legacy `GET /sse` stream)
+/// first reserves room for it, so every session handed to a client is one the table keeps; with
+/// no room it is refused (`503`) before any backend mints one. Sealed sessions need no room: the
+/// token itself routes them.
+fn reserve_session(
+    state: &State,
+    snapshot: &Snapshot,
+    meta: &RequestMeta,
+    target: &Target,
+) -> Result<Option<SessionSlot>, ProxyError> {
+    let may_open = meta.method == http::Method::POST || meta.class == RouteClass::SseStream;
+    if !may_open || !matches!(target, Target::NewWork { .. }) || snapshot.sealer.is_some() {
+        return Ok(None);
+    }
+    match state.sessions.reserve() {
+        Some(slot) => Ok(Some(slot)),
+        None => {
+            // Counted, not logged: whoever filled the table could otherwise flood the log too.
+            state.metrics.sessions_refused.inc();
+            Err(ProxyError::SessionTableFull)
+        }
+    }
 }
 
 /// Phase 2, first step: the route for the request's host (`Host`, or HTTP/2's `:authority`, or
@@ -198,19 +233,17 @@ fn strip_prefix(uri: &mut http::Uri, prefix: &str) -> Result<(), ProxyError> {
         .query()
         .map_or(String::new(), |q| format!("?{q}"));
     let stripped = format!("{slash}{rest}{query}");
+    let unusable = || ProxyError::BadRequest("unusable request path");
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(
-        stripped
-            .parse()
-            .map_err(|_| ProxyError::BadRequest("unusable request path"))?,
-    );
-    *uri = http::Uri::from_parts(parts)
-        .map_err(|_| ProxyError::BadRequest("unusable request path"))?;
+    parts.path_and_query = Some(stripped.parse().map_err(|_| unusable())?);
+    *uri = http::Uri::from_parts(parts).map_err(|_| unusable())?;
     Ok(())
 }
 
-/// The backend that owns session `id`, or `404` if it is unknown or its owner is gone for good.
-/// A sealed token names its owner itself; otherwise the session table knows it.
+/// The backend that owns session `id`, or `404` if it is unknown, or its owner is out (unhealthy
+/// or ejected) or gone for good. A sealed token names its owner itself; otherwise the session
+/// table knows it. Only an owner gone for good (removed from the config and drained away) makes
+/// the table forget the session: one that is out for now may come back, and its sessions with it.
 fn session_owner(
     state: &State,
     snapshot: &Snapshot,
@@ -218,27 +251,26 @@ fn session_owner(
     id: &str,
     sealed_owner: Option<&str>,
 ) -> Result<Arc<Backend>, ProxyError> {
-    let owner = match sealed_owner {
-        Some(address) => snapshot.backends.get(address).cloned(),
-        None => state
-            .sessions
-            .owner(id)
-            .and_then(|address| snapshot.backends.get(&address).cloned()),
+    let learned = match sealed_owner {
+        Some(_) => None,
+        None => state.sessions.owner(id),
     };
-    match owner {
-        Some(backend)
-            if backend.serves_its_sessions() || snapshot.fail_open_serves(route, &backend) =>
-        {
-            Ok(backend)
-        }
-        found => {
-            if found.is_some() && state.sessions.forget(id) {
-                state.metrics.sessions_forgotten.inc();
-            }
-            state.metrics.sessions_lost.inc();
-            Err(ProxyError::SessionNotFound)
-        }
+    let Some(address) = sealed_owner.or(learned.as_deref()) else {
+        state.metrics.sessions_lost.inc();
+        return Err(ProxyError::SessionNotFound);
+    };
+    let owner = snapshot.backends.get(address);
+    if let Some(backend) = owner
+        && (backend.serves_its_sessions() || snapshot.fail_open_serves(route, backend))
+    {
+        return Ok(Arc::clone(backend));
     }
+    let gone = owner.is_none_or(|backend| backend.is_gone());
+    if gone && learned.is_some() && state.sessions.forget(id) {
+        state.metrics.sessions_forgotten.inc();
+    }
+    state.metrics.sessions_lost.inc();
+    Err(ProxyError::SessionNotFound)
 }
 
 /// Phase 3: sends to the routed backend. New work that failed before the backend received it
@@ -249,6 +281,7 @@ async fn send_with_retry(
     route: &Route,
     target: &Target,
     mut outgoing: Request<RequestBody>,
+    meta: &RequestMeta,
 ) -> Result<(InFlightGuard, Exchange), ProxyError> {
     let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last_error = None;
@@ -266,7 +299,8 @@ async fn send_with_retry(
                 backend
             }
         };
-        let (error, unsent) = match send_once(state, snapshot, route, &backend, outgoing).await {
+        let sent = send_once(state, snapshot, route, &backend, outgoing, meta).await;
+        let (error, unsent) = match sent {
             Ok(sent) => return Ok(sent),
             Err(failed) => failed,
         };
@@ -294,6 +328,7 @@ async fn send_once(
     route: &Route,
     backend: &Arc<Backend>,
     mut outgoing: Request<RequestBody>,
+    meta: &RequestMeta,
 ) -> Result<(InFlightGuard, Exchange), SendFailure> {
     // Set per attempt: a retry goes to another backend, with another name.
     match &route.settings.host {
@@ -333,24 +368,28 @@ async fn send_once(
             Ok((guard, exchange))
         }
         Err((error, unsent)) => {
-            note_send_failure(state, snapshot, backend, &error);
+            note_send_failure(state, snapshot, backend, &error, meta);
             Err((error, unsent))
         }
     }
 }
 
+/// Logs the details (never sent to the client) and counts a failure that was the backend's
+/// side of the exchange; one the client caused is counted by [`answer_error`] instead.
 fn note_send_failure(
     state: &State,
     snapshot: &Snapshot,
     backend: &Arc<Backend>,
     error: &UpstreamError,
+    meta: &RequestMeta,
 ) {
-    // A client whose body broke a limit or stalled: its own 413 or 408, no backend's failure.
-    if let Some(cause) = error.client_body_error() {
-        tracing::debug!(backend = %backend.address, %cause, "request abandoned: the client's body failed");
+    let request_id = &meta.request_id;
+    if let Some(fault) = error.client_fault() {
+        let (backend, fault) = (&backend.address, fault.as_str());
+        tracing::debug!(%backend, %request_id, fault, %error, "client request failed");
         return;
     }
-    tracing::warn!(backend = %backend.address, %error, "upstream request failed");
+    tracing::warn!(backend = %backend.address, %request_id, %error, "upstream request failed");
     state
         .metrics
         .upstream_errors
@@ -367,44 +406,39 @@ fn note_send_failure(
     );
 }
 
-impl From<UpstreamError> for ProxyError {
-    /// A client body that broke the size limit mid-stream is the client's `413`, one that went
-    /// quiet its `408`: not the backend's failure.
-    fn from(error: UpstreamError) -> ProxyError {
-        match error.client_body_error() {
-            Some(BodyError::TooLarge { limit }) => ProxyError::BodyTooLarge { limit: *limit },
-            Some(BodyError::Idle { timeout }) => ProxyError::BodyTimeout { timeout: *timeout },
-            _ => ProxyError::Upstream(error),
-        }
-    }
-}
-
-/// The answer when no backend response came: logged and counted like any other request.
+/// The answer when no backend response came: logged with its details, counted like any other
+/// request, and answered with a body that has none of them.
 fn answer_error(
     state: &State,
     meta: &RequestMeta,
     route: Option<&Route>,
     error: ProxyError,
 ) -> Response<ResponseBody> {
-    let route_name = route.map_or("", |r| &r.name);
-    let response = error.into_response();
-    let status = response.status();
+    let status = error.status();
+    if let Some(reason) = error.client_reason() {
+        state
+            .metrics
+            .client_errors
+            .get_or_create(&crate::metrics::ReasonLabels { reason })
+            .inc();
+    }
     tracing::info!(
         target: "access",
         method = %meta.method,
         path = %meta.path,
         class = meta.class.as_str(),
         status = status.as_u16(),
-        route = route_name,
+        route = route.map_or("", |r| &r.name),
         backend = "",
         pool = "",
         duration_us = u64::try_from(meta.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         bytes = 0u64,
         session = meta.session.as_deref().map(session_tag).unwrap_or_default(),
-        error = %status.canonical_reason().unwrap_or("error"),
+        request_id = %meta.request_id,
+        error = %error,
         outcome = "proxy_error",
     );
     respond::count_request(state, meta.class, status, "", "");
     respond::count_route(state, route, status);
-    response
+    error.into_response(&meta.request_id)
 }

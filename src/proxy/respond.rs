@@ -11,7 +11,7 @@ use hyper::upgrade::OnUpgrade;
 
 use crate::mcp::classify::RouteClass;
 use crate::mcp::seal::Sealer;
-use crate::mcp::session::{SESSION_HEADER, session_tag};
+use crate::mcp::session::{SESSION_HEADER, SessionSlot, session_tag};
 use crate::metrics::{RequestLabels, RouteLabels, RouteName};
 use crate::state::{Route, Snapshot, State};
 use crate::upstream::backend::{Backend, Exchange, InFlightGuard};
@@ -19,6 +19,7 @@ use crate::upstream::backend::{Backend, Exchange, InFlightGuard};
 use super::body::{AccessRecord, ResponseBody, SseWatch, UpstreamParts};
 use super::headers::strip_hop_by_hop;
 use super::request::RequestMeta;
+use super::request_id::X_REQUEST_ID;
 
 pub(super) fn shape(
     state: &Arc<State>,
@@ -28,14 +29,19 @@ pub(super) fn shape(
     mut guard: InFlightGuard,
     exchange: Exchange,
     client_upgrade: Option<OnUpgrade>,
+    mut slot: Option<SessionSlot>,
 ) -> Response<ResponseBody> {
     let Exchange {
         mut response,
         sender,
+        reusable,
     } = exchange;
     let backend = Arc::clone(guard.backend());
     let status = response.status();
-    let session = settle_session(state, snapshot, meta, &backend, &mut response);
+    let session = settle_session(state, snapshot, meta, &backend, &mut response, &mut slot);
+    response
+        .headers_mut()
+        .insert(&X_REQUEST_ID, meta.request_id.header_value());
     let pool: Arc<str> = Arc::from(snapshot.pool_of(&backend));
     count_request(state, meta.class, status, &pool, &backend.address);
     count_route(state, Some(route), status);
@@ -54,6 +60,7 @@ pub(super) fn shape(
         backend: Arc::clone(&backend.address),
         pool,
         session,
+        request_id: meta.request_id,
         started: meta.started,
         bytes: 0,
         stream: is_sse || upgraded,
@@ -67,7 +74,7 @@ pub(super) fn shape(
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let sse = is_sse.then(|| sse_watch(snapshot, route, meta, &backend, &mut parts.headers));
+    let sse = is_sse.then(|| sse_watch(snapshot, route, meta, &backend, &mut parts.headers, slot));
     let timeouts = &route.settings.timeouts;
     let idle_timeout = if is_sse {
         timeouts.stream_idle
@@ -77,7 +84,7 @@ pub(super) fn shape(
     let body = ResponseBody::upstream(UpstreamParts {
         body,
         guard,
-        sender,
+        sender: reusable.then_some(sender),
         pool_limits: snapshot.pool_limits,
         idle_timeout,
         sse,
@@ -93,9 +100,10 @@ fn settle_session(
     meta: &RequestMeta,
     backend: &Arc<Backend>,
     response: &mut Response<Incoming>,
+    slot: &mut Option<SessionSlot>,
 ) -> Option<String> {
     let mut tag = meta.session.as_deref().map(session_tag);
-    track_session(state, meta, &mut tag, backend, response);
+    track_session(state, meta, &mut tag, backend, response, slot);
     if let Some(sealer) = &snapshot.sealer {
         seal_session_header(sealer, meta, backend, response.headers_mut());
     }
@@ -103,17 +111,19 @@ fn settle_session(
 }
 
 /// What watches an SSE response: keepalives, drain closes, and on a new legacy stream the
-/// `endpoint` event that names its session (rewritten when its id is sealed or the route strips
-/// a prefix the client's POSTs must carry again).
+/// `endpoint` event that names its session (learned into the room `slot` holds; rewritten when
+/// its id is sealed or the route strips a prefix the client's POSTs must carry again).
 fn sse_watch(
     snapshot: &Snapshot,
     route: &Route,
     meta: &RequestMeta,
     backend: &Backend,
     headers: &mut HeaderMap,
+    slot: Option<SessionSlot>,
 ) -> SseWatch {
     let learn_endpoint = meta.class == RouteClass::SseStream && meta.session.is_none();
     let mut watch = SseWatch::new(
+        learn_endpoint.then_some(slot).flatten(),
         learn_endpoint,
         route.settings.timeouts.sse_keepalive,
         backend.stream_token(),
@@ -200,6 +210,7 @@ fn track_session(
     tag: &mut Option<String>,
     backend: &Arc<Backend>,
     response: &Response<Incoming>,
+    slot: &mut Option<SessionSlot>,
 ) {
     let status = response.status();
     let minted = response
@@ -211,7 +222,7 @@ fn track_session(
         && meta.session.as_deref() != Some(id)
         && status.is_success()
     {
-        state.learn_session(id, backend);
+        state.learn_session(id, backend, slot.take());
         *tag = Some(session_tag(id));
     }
     if let Some(id) = meta.session.as_deref() {

@@ -87,6 +87,9 @@ impl CurrentHttp {
     }
 }
 
+/// At shutdown, how long a connection accepted before it may take to send its first request.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
+
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper answers 431 itself when the head outgrows the read buffer or has too many fields.
@@ -172,7 +175,9 @@ impl FirstRequest {
 /// Runs a hyper connection to its end: closed without an answer if no request head arrived
 /// within `first_request`, shut down gracefully when `shutdown` is cancelled. The timer is
 /// looked at once, when it fires, so requests cost nothing but the service's flag store, and
-/// from then on only hyper's own timers apply.
+/// from then on only hyper's own timers apply. A connection still waiting for its first request
+/// when `shutdown` comes (a TLS client one round trip behind, or just a slow one) keeps waiting
+/// for [`FIRST_REQUEST_GRACE`] at most, so a request sent just before the signal is answered.
 pub async fn drive<C, E>(
     mut connection: Pin<&mut C>,
     graceful_shutdown: impl Fn(Pin<&mut C>),
@@ -192,7 +197,14 @@ pub async fn drive<C, E>(
             result = connection.as_mut() => break result,
             () = shutdown.cancelled(), if !shutting_down => {
                 shutting_down = true;
-                graceful_shutdown(connection.as_mut());
+                if watching && !first.0.load(Ordering::Relaxed) {
+                    let grace_end = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
+                    if grace_end < first_deadline.deadline() {
+                        first_deadline.as_mut().reset(grace_end);
+                    }
+                } else {
+                    graceful_shutdown(connection.as_mut());
+                }
             }
             () = first_deadline.as_mut(), if watching => {
                 if !first.0.load(Ordering::Relaxed) {
@@ -200,6 +212,9 @@ pub async fn drive<C, E>(
                     return;
                 }
                 watching = false;
+                if shutting_down {
+                    graceful_shutdown(connection.as_mut());
+                }
             }
         }
     };

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::LoadedConfig;
-use crate::mcp::session::{Learned, SessionTable};
+use crate::mcp::session::{Learned, SessionSlot, SessionTable};
 use crate::metrics::{BackendLabels, Metrics};
 use crate::upstream::backend::Backend;
 use crate::upstream::discovery::Resolved;
@@ -30,7 +30,7 @@ pub struct State {
     snapshot: ArcSwap<Snapshot>,
     /// Serialises snapshot writers (reloads, the drain reaper) so none loses another's change.
     writer: Mutex<()>,
-    pub sessions: SessionTable,
+    pub sessions: Arc<SessionTable>,
     pub metrics: Metrics,
     /// Parent of every backend's stream token: cancelling it closes all streams (shutdown).
     pub stream_root: CancellationToken,
@@ -46,7 +46,7 @@ pub struct State {
 impl State {
     pub fn new(ready: LoadedConfig) -> State {
         let stream_root = CancellationToken::new();
-        let sessions = SessionTable::new(ready.config.sessions.max_sessions);
+        let sessions = Arc::new(SessionTable::new(ready.config.sessions.max_sessions));
         let snapshot = Snapshot::build(ready, None, &stream_root, Instant::now());
         let metrics = Metrics::new();
         metrics.config_generation.set(snapshot.generation as i64);
@@ -129,9 +129,13 @@ impl State {
     }
 
     /// Records that `backend` owns session `id` (minted in a response header or a legacy
-    /// `endpoint` event).
-    pub fn learn_session(&self, id: &str, backend: &Backend) {
-        match self.sessions.learn(id, &backend.address) {
+    /// `endpoint` event), into the room `slot` holds if the request reserved one.
+    pub fn learn_session(&self, id: &str, backend: &Backend, slot: Option<SessionSlot>) {
+        let learned = match slot {
+            Some(slot) => slot.learn(id, &backend.address),
+            None => self.sessions.learn(id, &backend.address),
+        };
+        match learned {
             Learned::New => self.metrics.sessions_learned.inc(),
             Learned::Known => 0,
             Learned::TableFull => {

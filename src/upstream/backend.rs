@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::body::{BodyError, RequestBody};
+use crate::upstream::body::{BodyError, RequestBody, Upload};
 
 /// One upstream server, identified by the address as written in the config.
 #[derive(Debug)]
@@ -73,16 +73,53 @@ pub enum UpstreamError {
         address: Arc<str>,
         timeout: Duration,
     },
+    /// The response timeout ran out while the proxy was still waiting for the client's body.
+    #[error("the client's body for {address} stalled; no response within {timeout:?}")]
+    ClientStalled {
+        address: Arc<str>,
+        timeout: Duration,
+    },
     #[error("{address} failed the request: {source}")]
     Request {
         address: Arc<str>,
         source: hyper::Error,
+        /// The proxy was waiting for the client's body when it happened (e.g. the backend's own
+        /// body timeout gave up on a slow client).
+        awaiting_client: bool,
     },
+    #[error("{address} sent an invalid response: {reason}")]
+    InvalidResponse {
+        address: Arc<str>,
+        reason: &'static str,
+    },
+}
+
+/// What a client did wrong when an exchange failed because of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// Its body grew past `limits.max_request_body`.
+    BodyTooLarge { limit: u64 },
+    /// Its body could not be read: bad chunk framing, or the connection ended mid-body.
+    BodyBroken,
+    /// Its body stopped arriving: for `timeouts.client_body` between reads, or for as long as
+    /// the response timeout while the backend waited for it.
+    BodyStalled,
+}
+
+impl ClientFault {
+    /// The `reason` label of `switchyard_client_errors_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientFault::BodyTooLarge { .. } => "body_too_large",
+            ClientFault::BodyBroken => "body_error",
+            ClientFault::BodyStalled => "body_timeout",
+        }
+    }
 }
 
 impl UpstreamError {
     /// The client's own body failed (broke, or broke the size limit): not the backend's fault.
-    pub fn client_body_error(&self) -> Option<&BodyError> {
+    fn client_body_error(&self) -> Option<&BodyError> {
         let mut source = std::error::Error::source(self);
         while let Some(cause) = source {
             if let Some(error) = cause.downcast_ref::<BodyError>() {
@@ -93,6 +130,38 @@ impl UpstreamError {
         None
     }
 
+    /// The client's part in the failure, if it caused it.
+    pub fn client_fault(&self) -> Option<ClientFault> {
+        if matches!(self, UpstreamError::ClientStalled { .. }) {
+            return Some(ClientFault::BodyStalled);
+        }
+        Some(match self.client_body_error()? {
+            BodyError::TooLarge { limit } => ClientFault::BodyTooLarge { limit: *limit },
+            BodyError::Idle { .. } => ClientFault::BodyStalled,
+            BodyError::Hyper(_) => ClientFault::BodyBroken,
+        })
+    }
+
+    /// Does passive health hold this against the backend? Only what the backend did wrong: it
+    /// refused or dropped the connection, failed the TLS or HTTP handshake, reset the connection
+    /// or sent a malformed answer before its response head. A slow answer is not (a long tool
+    /// call is legitimate; hung backends are the probes' to find), nor anything the client did.
+    pub fn counts_against_backend(&self) -> bool {
+        if self.client_fault().is_some() {
+            return false;
+        }
+        match self {
+            UpstreamError::Connect { .. }
+            | UpstreamError::ConnectTimeout { .. }
+            | UpstreamError::Handshake { .. }
+            | UpstreamError::InvalidResponse { .. } => true,
+            UpstreamError::Request {
+                awaiting_client, ..
+            } => !awaiting_client,
+            UpstreamError::ResponseTimeout { .. } | UpstreamError::ClientStalled { .. } => false,
+        }
+    }
+
     /// The `outcome` label of `switchyard_upstream_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -100,7 +169,9 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout { .. } => "connect_timeout",
             UpstreamError::Handshake { .. } => "handshake",
             UpstreamError::ResponseTimeout { .. } => "response_timeout",
+            UpstreamError::ClientStalled { .. } => "client_stalled",
             UpstreamError::Request { .. } => "request",
+            UpstreamError::InvalidResponse { .. } => "invalid_response",
         }
     }
 
@@ -231,6 +302,8 @@ impl Backend {
         limits: PoolLimits,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<Exchange, (UpstreamError, Option<http::Request<RequestBody>>)> {
+        let upload = request.body().upload();
+        let awaiting_client = || upload.as_ref().is_some_and(Upload::awaits_client);
         // A pooled connection may have been closed by the backend a moment ago; hyper then gives
         // the request back untouched and a fresh connection gets it.
         loop {
@@ -244,26 +317,55 @@ impl Backend {
             let response =
                 tokio::time::timeout(response_timeout, sender.try_send_request(request)).await;
             match response {
-                Ok(Ok(response)) => return Ok(Exchange { response, sender }),
+                Ok(Ok(response)) => return self.checked(response, sender).map_err(|e| (e, None)),
                 Ok(Err(mut failed)) => match failed.take_message() {
                     Some(unsent) if !fresh => request = unsent,
                     unsent => {
                         let error = UpstreamError::Request {
                             address: Arc::clone(&self.address),
                             source: failed.into_error(),
+                            awaiting_client: awaiting_client(),
                         };
                         return Err((error, unsent));
                     }
                 },
                 Err(_) => {
-                    let error = UpstreamError::ResponseTimeout {
-                        address: Arc::clone(&self.address),
-                        timeout: response_timeout,
+                    let address = Arc::clone(&self.address);
+                    let timeout = response_timeout;
+                    let error = if awaiting_client() {
+                        UpstreamError::ClientStalled { address, timeout }
+                    } else {
+                        UpstreamError::ResponseTimeout { address, timeout }
                     };
                     return Err((error, None));
                 }
             }
         }
+    }
+
+    /// A response head fit to pass on: a status in 100..=599, and one framing. With both
+    /// `Transfer-Encoding` and `Content-Length`, the coding wins and the length goes (RFC 9112
+    /// section 6.3, as HAProxy does); such a backend is not trusted with another request on
+    /// that connection.
+    fn checked(
+        &self,
+        mut response: http::Response<hyper::body::Incoming>,
+        sender: http1::SendRequest<RequestBody>,
+    ) -> Result<Exchange, UpstreamError> {
+        if !(100..=599).contains(&response.status().as_u16()) {
+            return Err(UpstreamError::InvalidResponse {
+                address: Arc::clone(&self.address),
+                reason: "status outside 100-599",
+            });
+        }
+        let headers = response.headers_mut();
+        let framed_twice = headers.contains_key(http::header::TRANSFER_ENCODING)
+            && headers.remove(http::header::CONTENT_LENGTH).is_some();
+        Ok(Exchange {
+            response,
+            sender,
+            reusable: !framed_twice,
+        })
     }
 
     fn checkout(&self, limits: PoolLimits) -> Option<http1::SendRequest<RequestBody>> {
@@ -411,6 +513,8 @@ async fn connect_step<T>(
 pub struct Exchange {
     pub response: http::Response<hyper::body::Incoming>,
     pub sender: http1::SendRequest<RequestBody>,
+    /// False when the backend's answer was odd enough that its connection is closed after it.
+    pub reusable: bool,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -3,6 +3,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,6 +25,26 @@ pub enum BodyError {
     Hyper(#[from] hyper::Error),
 }
 
+/// Where a client's upload stands, seen from the request waiting for the response head while
+/// the body streams in the connection task: it tells a stalled client from a stalled backend.
+#[derive(Debug, Clone)]
+pub struct Upload(Arc<AtomicU8>);
+
+const FORWARDING: u8 = 0;
+const AWAITING_CLIENT: u8 = 1;
+const FINISHED: u8 = 2;
+
+impl Upload {
+    /// The proxy is waiting for the client's next body bytes (the backend took all it was given).
+    pub fn awaits_client(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == AWAITING_CLIENT
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Relaxed);
+    }
+}
+
 /// A client's request body on its way to a backend.
 #[derive(Debug)]
 pub struct RequestBody {
@@ -32,6 +54,8 @@ pub struct RequestBody {
     /// Counts bytes received from clients (`switchyard_bytes_in_total`).
     bytes_in: Option<Counter>,
     idle: Option<IdleTimer>,
+    /// Only for bodies that have bytes to come: a request without one cannot stall on its client.
+    upload: Option<Upload>,
 }
 
 /// What a client's body may do: grow to `max` bytes, pause `idle` between reads.
@@ -49,16 +73,30 @@ impl RequestBody {
             received: 0,
             bytes_in: None,
             idle: None,
+            upload: None,
         }
     }
 
     pub fn streaming(body: Incoming, limits: BodyLimits, bytes_in: Counter) -> RequestBody {
+        let upload = (!body.is_end_stream()).then(|| Upload(Arc::new(AtomicU8::new(FORWARDING))));
         RequestBody {
             inner: Some(body),
             limit: limits.max,
             received: 0,
             bytes_in: Some(bytes_in),
             idle: limits.idle.map(IdleTimer::new),
+            upload,
+        }
+    }
+
+    /// The handle that tells how far the upload got; `None` for a request without a body.
+    pub fn upload(&self) -> Option<Upload> {
+        self.upload.clone()
+    }
+
+    fn note(&self, state: u8) {
+        if let Some(upload) = &self.upload {
+            upload.set(state);
         }
     }
 }
@@ -77,8 +115,15 @@ impl Body for RequestBody {
         };
         let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(frame) => frame,
-            Poll::Pending => return this.poll_idle(cx),
+            Poll::Pending => {
+                this.note(AWAITING_CLIENT);
+                return this.poll_idle(cx);
+            }
         };
+        this.note(match &frame {
+            Some(Ok(_)) => FORWARDING,
+            None | Some(Err(_)) => FINISHED,
+        });
         if let Some(idle) = &mut this.idle {
             idle.waiting_since = None;
         }
@@ -90,6 +135,7 @@ impl Body for RequestBody {
             }
             if let Some(limit) = this.limit.filter(|limit| this.received > *limit) {
                 this.inner = None;
+                this.note(FINISHED);
                 return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
             }
         }
@@ -116,10 +162,10 @@ impl RequestBody {
         if !idle.expired(cx) {
             return Poll::Pending;
         }
+        let timeout = idle.timeout;
         self.inner = None;
-        Poll::Ready(Some(Err(BodyError::Idle {
-            timeout: idle.timeout,
-        })))
+        self.note(FINISHED);
+        Poll::Ready(Some(Err(BodyError::Idle { timeout })))
     }
 }
 

@@ -4,13 +4,16 @@
 //!   probe path through [`Backend::send`], the same connect path as real traffic, so whatever
 //!   scheme the backend speaks the probe speaks too. A verdict flips only after `rise` passes or
 //!   `fall` failures in a row (HAProxy's `rise`/`fall`).
-//! - **Passive ejection** (always, unless `max_fails = 0`): connect failures and timeouts of real
-//!   traffic count against a backend; `max_fails` of them within `fail_window` eject it for
+//! - **Passive ejection** (always, unless `max_fails = 0`): failures of real traffic that are the
+//!   backend's doing ([`UpstreamError::counts_against_backend`]: refused or dropped connections,
+//!   failed handshakes, malformed answers; not slow answers, not clients' broken or stalled
+//!   bodies) count against it; `max_fails` of them within `fail_window` eject it for
 //!   `ejection` (nginx's `max_fails`/`fail_timeout`, Envoy's outlier detection). With probes on it
 //!   then needs `rise` passes before it takes work again; without, it returns when the ejection
 //!   ends, as in nginx.
 //! - A backend that turns unhealthy has its streams and tunnels closed and its idle connections
-//!   dropped: its sessions are answered `404` from then on, so clients re-initialise elsewhere.
+//!   dropped: its sessions are answered `404` while it is out, so the application can start a
+//!   new session elsewhere; the table keeps them, and they work again if it comes back.
 //!
 //! New backends start healthy: marking a fresh fleet down until its first probes pass would turn
 //! every cold start and every reload that adds backends into an outage (HAProxy also starts
@@ -144,12 +147,16 @@ pub async fn probe(
         return ProbeOutcome::Error;
     };
     let exchange = async {
-        let Exchange { response, sender } = backend
+        let Exchange {
+            response,
+            sender,
+            reusable,
+        } = backend
             .send(request, probes.timeout, probes.timeout, limits, tls)
             .await
             .map_err(|(error, _)| error)?;
         let status = response.status().as_u16();
-        if response.into_body().collect().await.is_ok() {
+        if response.into_body().collect().await.is_ok() && reusable {
             backend.checkin(sender, limits);
         }
         Ok::<u16, UpstreamError>(status)
@@ -229,7 +236,7 @@ pub fn note_request_failure(
     backend: &Arc<Backend>,
     error: &UpstreamError,
 ) {
-    if health.max_fails == 0 || backend.health.is_ejected() || error.client_body_error().is_some() {
+    if health.max_fails == 0 || backend.health.is_ejected() || !error.counts_against_backend() {
         return;
     }
     let now = now_ms();

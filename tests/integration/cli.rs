@@ -160,7 +160,13 @@ fn a_taken_port_is_reported_once_with_what_to_do() {
     );
     let (code, _, stderr) = switchyard(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert_eq!(stderr, expected);
+    let upgrade_hint = "; if it is a running Switchyard, take over from it without losing a \
+                        connection with `switchyard run --config FILE --upgrade`, or share the \
+                        port on purpose with [lifecycle] reuse_port = true\n";
+    assert_eq!(
+        stderr,
+        format!("{}{upgrade_hint}", expected.trim_end_matches('\n'))
+    );
     let (code, _, stderr) = switchyard(&["backend", "--listen", &address.to_string()]);
     assert_eq!(code, 1);
     assert_eq!(stderr, expected);
@@ -239,6 +245,27 @@ fn completions_and_man_pages_are_generated() {
     assert_eq!(code, 1);
     assert!(
         stderr.contains("no command `nope`: one of run, check"),
+        "{stderr}"
+    );
+}
+
+/// Two binds of one address would split its traffic (or fail at start): `check` refuses the
+/// config and names both places.
+#[test]
+fn check_names_both_places_of_a_duplicate_address() {
+    let path = write_config(
+        "duplicate.toml",
+        "[[listener]]\nbind = \"127.0.0.1:8080\"\n\n[admin]\nbind = \"127.0.0.1:8080\"\n\n\
+         [pools.blue]\nbackends = [\"127.0.0.1:3001\"]\n\n[routing]\nactive = \"blue\"\n",
+    );
+    let (code, _, stderr) = switchyard(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    let file = path.display();
+    assert!(
+        stderr.contains(&format!(
+            "{file}:5:8: [admin] bind `127.0.0.1:8080` is already claimed by the [[listener]] \
+             bind `127.0.0.1:8080` at {file}:2:8"
+        )),
         "{stderr}"
     );
 }

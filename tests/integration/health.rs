@@ -447,66 +447,6 @@ async fn readiness_and_whole_pool_unhealthy() {
     assert_eq!(status, 200);
 }
 
-/// Timeouts of real traffic eject a backend; after the ejection it needs passing probes.
-#[tokio::test]
-async fn passive_failures_eject_until_probes_pass() {
-    let a = TestBackend::start("b1").await;
-    let b = TestBackend::start("b2").await;
-    let extra = "[timeouts]\nresponse = \"100ms\"\n\n[health]\ninterval = \"50ms\"\n\
-                 timeout = \"200ms\"\nrise = 2\nfall = 3\nmax_fails = 2\nfail_window = \"10s\"\n\
-                 ejection = \"300ms\"\n";
-    let proxy = TestProxy::start(&config(&[a.address, b.address], extra)).await;
-    let client = client();
-    let on_b = eventually("a session on b2", WAIT, async || {
-        let (_, session) = initialize(&client, &proxy).await;
-        session.filter(|s| owner_of(s) == "b2")
-    })
-    .await;
-    let slow = backend(&proxy, b.address);
-    for attempt in 0..2 {
-        assert!(slow.is_healthy(), "ejected after {attempt} failures");
-        let reply = client
-            .get(proxy.url("/slow?ms=1000"))
-            .header("mcp-session-id", &on_b)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(reply.status(), 504);
-    }
-    assert!(!slow.is_healthy());
-    assert!(slow.health.is_ejected());
-    b.set_health(&[500]);
-    let reply = post_in_session(&client, &proxy.url("/mcp"), &on_b).await;
-    assert_eq!(reply.status(), 404);
-    for _ in 0..5 {
-        let (status, session) = initialize(&client, &proxy).await;
-        assert_eq!(status, 200);
-        assert_eq!(owner_of(&session.unwrap()), "b1");
-    }
-    eventually("ejection over", WAIT, async || {
-        (!slow.health.is_ejected()).then_some(())
-    })
-    .await;
-    // Failing probes after the ejection keep it out.
-    let probes = b.probes();
-    eventually("probed after the ejection", WAIT, async || {
-        (b.probes() >= probes + 3).then_some(())
-    })
-    .await;
-    assert!(!slow.is_healthy());
-    b.set_health(&[200]);
-    eventually("probed back in", WAIT, async || {
-        slow.is_healthy().then_some(())
-    })
-    .await;
-    let text = metrics(&proxy).await;
-    let label = format!(
-        "switchyard_backend_ejections_total{{pool=\"blue\",backend=\"{}\"}} 1",
-        b.address
-    );
-    assert!(text.contains(&label), "{text}");
-}
-
 /// Without probes, an ejected backend returns by itself when the ejection ends (nginx style).
 #[tokio::test]
 async fn without_probes_ejection_ends_by_itself() {

@@ -632,33 +632,6 @@ async fn watched_config_file_reloads_on_change() {
     proxy.wait().await;
 }
 
-/// Zero-gap restart: a second proxy process binds the same port (SO_REUSEPORT) while the first
-/// still runs; once the first has drained and exited, the second serves every new connection.
-#[tokio::test]
-async fn a_new_proxy_binds_the_same_port_before_the_old_one_leaves() {
-    let a = TestBackend::start("b1").await;
-    let old = TestProxy::start(&config_for(&[("blue", &[&a])], "\"blue\"", "")).await;
-    let port = old.address.port();
-    let same_port = config_for(&[("blue", &[&a])], "\"blue\"", "").replacen(
-        "127.0.0.1:0",
-        &format!("127.0.0.1:{port}"),
-        1,
-    );
-    let new = TestProxy::start(&same_port).await;
-    assert_eq!(new.address, old.address);
-    old.stop().await;
-    let client = client();
-    for _ in 0..20 {
-        let reply = client
-            .post(new.url("/mcp"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(reply.status(), 200);
-    }
-}
-
 /// A canary is one line: `active = { blue = 90, green = 10 }` sends about a tenth of new sessions
 /// to green, while every session keeps reaching its owner.
 #[tokio::test]

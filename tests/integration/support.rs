@@ -78,12 +78,25 @@ impl TestBackend {
         name: &str,
         address: A,
     ) -> TestBackend {
+        TestBackend::start_with(name, address, Arc::new(Seen::default())).await
+    }
+
+    /// The same backend back on its address after [`TestBackend::kill`], with the sessions it
+    /// knew: a process that was unreachable for a while, not one that restarted.
+    pub async fn revive(&self) -> TestBackend {
+        TestBackend::start_with(&self.name, self.address, Arc::clone(&self.seen)).await
+    }
+
+    async fn start_with<A: tokio::net::ToSocketAddrs + Copy>(
+        name: &str,
+        address: A,
+        seen: Arc<Seen>,
+    ) -> TestBackend {
         let listener = eventually("address free", Duration::from_secs(5), async || {
             TcpListener::bind(address).await.ok()
         })
         .await;
         let address = listener.local_addr().unwrap();
-        let seen = Arc::new(Seen::default());
         let stop = CancellationToken::new();
         let backend = TestBackend {
             name: name.to_string(),
@@ -384,10 +397,11 @@ async fn route(name: &str, seen: &Arc<Seen>, req: Request<Incoming>) -> Response
                 .collect();
             text(StatusCode::OK, serde_json::to_string(&headers).unwrap())
         }
-        ("POST", "/echo") => {
-            let body = req.into_body().collect().await.unwrap().to_bytes();
-            text(StatusCode::OK, body)
-        }
+        ("POST", "/echo") => match req.into_body().collect().await {
+            Ok(body) => text(StatusCode::OK, body.to_bytes()),
+            // The proxy gave up on a client's broken or stalled upload.
+            Err(_) => text(StatusCode::BAD_REQUEST, "body cut off"),
+        },
         ("GET", "/slow") => {
             tokio::time::sleep(Duration::from_millis(
                 query_param(&req, "ms").unwrap_or("1000").parse().unwrap(),
