@@ -144,15 +144,13 @@ async fn proxy(
         idle: config.timeouts.client_body,
     };
     let outgoing = upstream_request(request, conn, client_ip, config, limits, bytes_in);
-    let (guard, exchange) =
-        send_with_retry(state, snapshot, route, &target, outgoing, meta).await?;
+    let sent = send_with_retry(state, snapshot, route, &target, outgoing, meta).await?;
     Ok(respond::shape(
         state,
         snapshot,
         route,
         meta,
-        guard,
-        exchange,
+        sent,
         client_upgrade,
         slot,
     ))

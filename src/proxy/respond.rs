@@ -26,8 +26,7 @@ pub(super) fn shape(
     snapshot: &Snapshot,
     route: &Route,
     meta: &RequestMeta,
-    mut guard: InFlightGuard,
-    exchange: Exchange,
+    (mut guard, exchange): (InFlightGuard, Exchange),
     client_upgrade: Option<OnUpgrade>,
     mut slot: Option<SessionSlot>,
 ) -> Response<ResponseBody> {
