@@ -97,6 +97,10 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let snapshot = state.snapshot();
     let meta = RequestMeta::read(&snapshot, &mut request);
+    // What a backend could read differently is refused before it can pick a route either.
+    if let Err(error) = super::strict::check(&request, &snapshot.config.limits) {
+        return answer_error(&state, &meta, None, error);
+    }
     let Some(route) = find_route(&snapshot, &conn, &request) else {
         return answer_error(&state, &meta, None, ProxyError::NoRoute);
     };
@@ -120,7 +124,6 @@ async fn proxy(
     meta: &RequestMeta,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &snapshot.config;
-    super::strict::check(&request, &config.limits)?;
     meta.request_id.stamp(request.headers_mut());
     // A body announced too large is refused before any backend is involved; one that grows too
     // large mid-stream is cut by RequestBody and answered 413 when the send fails.
@@ -180,18 +183,22 @@ fn reserve_session(
     }
 }
 
-/// Phase 2, first step: the route for the request's host (`Host`, or HTTP/2's `:authority`, or
-/// the TLS SNI name when it names none) and path.
+/// Phase 2, first step: the route for the request's host and path. The host is the one the
+/// backend will be told (the target's authority: HTTP/2's `:authority` or an absolute-form
+/// target; else the `Host` header), or the TLS SNI name when the request names none.
 fn find_route<'s>(
     snapshot: &'s Snapshot,
     conn: &ConnInfo,
     request: &Request<Incoming>,
 ) -> Option<&'s Route> {
     let host = request
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            let host = request.headers().get(http::header::HOST)?;
+            host.to_str().ok()
+        })
         .or(conn.sni.as_deref());
     snapshot.route(host, request.uri().path())
 }
