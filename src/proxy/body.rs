@@ -36,6 +36,8 @@ pub struct AccessRecord {
     pub pool: Arc<str>,
     pub session: Option<String>,
     pub request_id: super::request_id::RequestId,
+    pub client: std::net::IpAddr,
+    pub user_agent: Option<http::HeaderValue>,
     pub started: Instant,
     pub bytes: u64,
     pub stream: bool,
@@ -67,6 +69,8 @@ impl AccessRecord {
             bytes = self.bytes,
             session = self.session.as_deref().unwrap_or(""),
             request_id = %self.request_id,
+            client = %self.client,
+            user_agent = super::request::user_agent(self.user_agent.as_ref()),
             outcome,
         );
     }

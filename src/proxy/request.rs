@@ -11,10 +11,11 @@
 //! 4. [`respond::shape`](super::respond::shape) learns or seals the session and wraps the body
 //!    so that the in-flight guard lives until the last byte.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
@@ -54,12 +55,16 @@ pub(super) struct RequestMeta {
     /// The client named a session whose token does not open: never routed.
     pub forged: bool,
     pub request_id: RequestId,
+    /// The client's address as the access log and the balancer see it (see `client_ip`).
+    pub client: IpAddr,
+    /// Kept as the header value: a reference count, not a copy, until a log line is written.
+    pub user_agent: Option<HeaderValue>,
 }
 
 impl RequestMeta {
     /// Reads the request once; a sealed session token is opened and the original id put back
     /// into the request, so the backend sees what it minted.
-    fn read(snapshot: &Snapshot, request: &mut Request<Incoming>) -> RequestMeta {
+    fn read(snapshot: &Snapshot, conn: &ConnInfo, request: &mut Request<Incoming>) -> RequestMeta {
         let class = classify(request.method(), request.headers());
         let (sealed, forged) = match unseal_request(snapshot.sealer.as_deref(), request) {
             Unsealed::Opened { token, opened } => (Some((token, opened)), false),
@@ -68,6 +73,9 @@ impl RequestMeta {
         };
         let session = session_id(request.headers(), request.uri().query()).map(str::to_owned);
         let request_id = RequestId::of(request.headers());
+        let trusted = &snapshot.config.trusted_proxies;
+        let client = client_ip(conn.peer.ip(), request.headers(), trusted);
+        let user_agent = request.headers().get(header::USER_AGENT).cloned();
         RequestMeta {
             class,
             method: request.method().clone(),
@@ -77,6 +85,8 @@ impl RequestMeta {
             sealed,
             forged,
             request_id,
+            client,
+            user_agent,
         }
     }
 }
@@ -96,7 +106,7 @@ pub async fn handle(
     mut request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let snapshot = state.snapshot();
-    let meta = RequestMeta::read(&snapshot, &mut request);
+    let meta = RequestMeta::read(&snapshot, &conn, &mut request);
     // What a backend could read differently is refused before it can pick a route either.
     if let Err(error) = super::strict::check(&request, &snapshot.config.limits) {
         return answer_error(&state, &meta, None, error);
@@ -133,7 +143,7 @@ async fn proxy(
     {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    let client_ip = client_ip(conn.peer.ip(), request.headers(), &config.trusted_proxies);
+    let client_ip = meta.client;
     let target = target(state, snapshot, route, meta, client_ip)?;
     let slot = reserve_session(state, snapshot, meta, &target)?;
     if let Some(prefix) = route.stripped_prefix() {
@@ -440,10 +450,17 @@ fn answer_error(
         bytes = 0u64,
         session = meta.session.as_deref().map(session_tag).unwrap_or_default(),
         request_id = %meta.request_id,
+        client = %meta.client,
+        user_agent = user_agent(meta.user_agent.as_ref()),
         error = %error,
         outcome = "proxy_error",
     );
     respond::count_request(state, meta.class, status, "", "");
     respond::count_route(state, route, status);
     error.into_response(&meta.request_id)
+}
+
+/// The `User-Agent` as the access log writes it: empty when absent or not text.
+pub(super) fn user_agent(value: Option<&HeaderValue>) -> &str {
+    value.and_then(|v| v.to_str().ok()).unwrap_or("")
 }

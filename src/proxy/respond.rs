@@ -60,6 +60,8 @@ pub(super) fn shape(
         pool,
         session,
         request_id: meta.request_id,
+        client: meta.client,
+        user_agent: meta.user_agent.clone(),
         started: meta.started,
         bytes: 0,
         stream: is_sse || upgraded,

@@ -511,6 +511,7 @@ pub fn config_for(pools: &[(&str, &[&TestBackend])], active: &str, extra: &str) 
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
+        .user_agent("switchyard-tests")
         .pool_max_idle_per_host(0)
         .build()
         .unwrap()
