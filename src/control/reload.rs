@@ -16,12 +16,24 @@ pub enum ReloadError {
         "listener bind addresses cannot change on reload (restart the proxy to change them; TLS certificates, PROXY protocol and redirects can): {0}"
     )]
     ListenersChanged(String),
+    #[error(
+        "the reload task stopped before it finished; the previous configuration stays in force"
+    )]
+    Interrupted,
 }
 
 /// Reloads from the file the running config came from.
 pub fn reload_from_file(state: &State) -> Result<u64, ReloadError> {
     let source = state.snapshot().config.source.clone();
     reload_from(state, &source)
+}
+
+/// `reload_from_file` on a blocking thread: reading and parsing files (certificates, keys, a
+/// config on a slow or remote mount) must not hold up a runtime worker and the connections on it.
+pub async fn reload_off_runtime(state: std::sync::Arc<State>) -> Result<u64, ReloadError> {
+    tokio::task::spawn_blocking(move || reload_from_file(&state))
+        .await
+        .unwrap_or(Err(ReloadError::Interrupted))
 }
 
 pub fn reload_from(state: &State, path: &Path) -> Result<u64, ReloadError> {
@@ -92,7 +104,7 @@ pub async fn watch(
         if digest != current.config.digest && tried != Some(digest) {
             tried = Some(digest);
             tracing::info!(file = %source.display(), "config file changed; reloading");
-            let _ = reload_from_file(&state);
+            let _ = reload_off_runtime(std::sync::Arc::clone(&state)).await;
         }
     }
 }

@@ -17,5 +17,6 @@ mod limits;
 mod ops;
 mod proxy;
 mod reload;
+mod reload_triggers;
 mod scale;
 mod tls;
