@@ -13,6 +13,7 @@ mod handover;
 mod health;
 mod hostile;
 mod hygiene;
+mod legacy_stream;
 mod limits;
 mod ops;
 mod proxy;
