@@ -492,7 +492,8 @@ impl Signals {
                     _ = self.interrupt.recv() => {}
                     _ = self.hangup.recv() => {
                         if let Some(state) = &reloadable {
-                            let _ = switchyard::control::reload::reload_from_file(state);
+                            let state = Arc::clone(state);
+                            let _ = switchyard::control::reload::reload_off_runtime(state).await;
                         }
                         continue;
                     }

@@ -282,6 +282,8 @@ fn admin_token_is_read_relative_to_the_config_and_never_printed() {
     assert!(token.matches(b"s3cret-token-0123456789"));
     assert!(!token.matches(b"s3cret-token-012345678"));
     assert!(!token.matches(b"s3cret-token-0123456780"));
+    assert!(!token.matches(b"s3cret-token-01234567890"));
+    assert!(!token.matches(b""));
     assert!(!format!("{config:?}").contains("s3cret"));
     assert_eq!(token.authorization(), "Bearer s3cret-token-0123456789");
     let short = with_admin("bind = \"0.0.0.0:9901\"\ntoken_file = \"short\"");

@@ -80,7 +80,7 @@ async fn serve_one(
     let service = service_fn(move |request| {
         arrived.arrived();
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(handle(&state, &request)) }
+        async move { Ok::<_, Infallible>(handle(&state, &request).await) }
     });
     let connection = http
         .builder()
@@ -144,7 +144,7 @@ impl Endpoint<'_> {
     }
 }
 
-fn handle(state: &State, request: &Request<Incoming>) -> Response<ResponseBody> {
+async fn handle(state: &Arc<State>, request: &Request<Incoming>) -> Response<ResponseBody> {
     let Some(endpoint) = Endpoint::parse(request.uri().path()) else {
         return error(StatusCode::NOT_FOUND, "no such admin endpoint");
     };
@@ -178,7 +178,7 @@ fn handle(state: &State, request: &Request<Incoming>) -> Response<ResponseBody> 
         Endpoint::Metrics => metrics(state),
         Endpoint::Status => json(StatusCode::OK, status(state)),
         Endpoint::Sessions => json(StatusCode::OK, sessions(state)),
-        Endpoint::Reload => reload(state),
+        Endpoint::Reload => reload(state).await,
         Endpoint::Drain(address) => set_drained(state, &decode(address), true),
         Endpoint::Undrain(address) => set_drained(state, &decode(address), false),
     }
@@ -209,8 +209,8 @@ fn metrics(state: &State) -> Response<ResponseBody> {
     response
 }
 
-fn reload(state: &State) -> Response<ResponseBody> {
-    match crate::control::reload::reload_from_file(state) {
+async fn reload(state: &Arc<State>) -> Response<ResponseBody> {
+    match crate::control::reload::reload_off_runtime(Arc::clone(state)).await {
         Ok(generation) => json(
             StatusCode::OK,
             serde_json::json!({ "reloaded": true, "generation": generation }),

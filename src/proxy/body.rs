@@ -94,6 +94,9 @@ pub struct SseWatch {
     /// While the endpoint event is rewritten (sealed or prefixed), the stream's head is held
     /// back here (bounded by the scan limit) until that event is complete.
     held: Vec<u8>,
+    /// The legacy session this stream's `endpoint` event named: it lives as long as the stream,
+    /// so the table forgets it when the stream ends rather than at the idle timeout.
+    learned: Option<String>,
 }
 
 impl SseWatch {
@@ -113,6 +116,7 @@ impl SseWatch {
             seal: None,
             prefix: None,
             held: Vec::new(),
+            learned: None,
         }
     }
 
@@ -361,6 +365,10 @@ impl UpstreamBody {
     /// client's first POST already finds its owner.
     fn scan_endpoint(&mut self, data: &Bytes) {
         let Some(sse) = self.sse.as_mut() else { return };
+        // With sealing, `hold_endpoint` already fed these bytes to the scanner.
+        if sse.seal.is_some() {
+            return;
+        }
         let Some(scanner) = sse.endpoint.as_mut() else {
             return;
         };
@@ -384,7 +392,10 @@ impl UpstreamBody {
         ) else {
             return;
         };
-        let slot = self.sse.as_mut().and_then(|sse| sse.slot.take());
+        let slot = self.sse.as_mut().and_then(|sse| {
+            sse.learned = Some(id.to_owned());
+            sse.slot.take()
+        });
         record.state.learn_session(id, guard.backend(), slot);
         record.session = Some(crate::mcp::session::session_tag(id));
     }
@@ -464,6 +475,10 @@ impl UpstreamBody {
         self.inner = None;
         self.idle = None;
         self.guard = None;
+        let learned = self.sse.as_mut().and_then(|sse| sse.learned.take());
+        if let (Some(id), Some(record)) = (learned, &self.record) {
+            record.state.sessions.forget(&id);
+        }
         if let Some(record) = self.record.take() {
             record.finish(outcome);
         }
