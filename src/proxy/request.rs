@@ -9,19 +9,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
 use crate::mcp::classify::{RouteClass, classify};
 use crate::mcp::seal::{Opened, Unsealed, unseal_request};
 use crate::mcp::session::{session_id, session_tag};
 use crate::state::{Snapshot, State};
-use crate::upstream::backend::{Backend, Exchange, InFlightGuard, UpstreamError};
+use crate::upstream::backend::{InFlightGuard, SendTimeouts, TimedExchange, UpstreamError};
+use crate::upstream::balance::Target;
 use crate::upstream::body::{BodyError, RequestBody};
 
-use super::body::ResponseBody;
+use super::body::{AccessLog, ResponseBody};
 use super::error::ProxyError;
 use super::headers::{client_ip, upstream_request};
 use super::respond;
@@ -38,13 +39,16 @@ pub struct ConnInfo {
 pub(super) struct RequestMeta {
     pub class: RouteClass,
     pub method: http::Method,
-    pub path: String,
     pub session: Option<String>,
+    /// When the request came; also when its first attempt was sent, for the response deadline
+    /// and the upstream latency (a clock read saved: routing takes microseconds).
     pub started: Instant,
     /// The session as the client named it and what it opened to, when sealing is on.
     pub sealed: Option<(String, Opened)>,
     /// The client named a session whose token does not open: never routed.
     pub forged: bool,
+    /// Read only when the access log is on; the response's record takes it.
+    pub log: Option<Box<AccessLog>>,
 }
 
 impl RequestMeta {
@@ -58,21 +62,28 @@ impl RequestMeta {
             Unsealed::Plain => (None, false),
         };
         let session = session_id(request.headers(), request.uri().query()).map(str::to_owned);
+        let log = AccessLog::enabled().then(|| {
+            Box::new(AccessLog {
+                method: request.method().clone(),
+                path: request.uri().path().into(),
+                session: None,
+            })
+        });
         RequestMeta {
             class,
             method: request.method().clone(),
-            path: request.uri().path().to_string(),
             session,
             started: Instant::now(),
             sealed,
             forged,
+            log,
         }
     }
 }
 
 /// Who may take a request: its session's owner, or any backend the active pools offer.
 enum Route {
-    Owner(Arc<Backend>),
+    Owner(Arc<Target>),
     /// New work; `hash_client` is set for streams, which are placed by client address.
     NewWork {
         hash_client: Option<std::net::IpAddr>,
@@ -85,8 +96,8 @@ pub async fn handle(
     mut request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let snapshot = state.snapshot();
-    let meta = RequestMeta::read(&snapshot, &mut request);
-    match proxy(&state, &snapshot, &conn, request, &meta).await {
+    let mut meta = RequestMeta::read(&snapshot, &mut request);
+    match proxy(&state, &snapshot, &conn, request, &mut meta).await {
         Ok(response) => response,
         Err(error) => answer_error(&state, &meta, error),
     }
@@ -97,7 +108,7 @@ async fn proxy(
     snapshot: &Snapshot,
     conn: &ConnInfo,
     mut request: Request<Incoming>,
-    meta: &RequestMeta,
+    meta: &mut RequestMeta,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &snapshot.config;
     // A body announced too large is refused before any backend is involved; one that grows too
@@ -114,15 +125,8 @@ async fn proxy(
         (meta.class == RouteClass::WebSocket).then(|| hyper::upgrade::on(&mut request));
     let bytes_in = state.metrics.bytes_in.clone();
     let outgoing = upstream_request(request, conn, client_ip, config, body_limit, bytes_in);
-    let (guard, exchange) = send_with_retry(state, snapshot, &route, outgoing).await?;
-    Ok(respond::shape(
-        state,
-        snapshot,
-        meta,
-        guard,
-        exchange,
-        client_upgrade,
-    ))
+    let sent = send_with_retry(state, snapshot, &route, outgoing, meta.started).await?;
+    Ok(respond::shape(state, snapshot, meta, sent, client_upgrade))
 }
 
 /// Phase 2: a request naming a session goes to its owner or gets `404`; anything else is new
@@ -152,17 +156,20 @@ fn session_owner(
     snapshot: &Snapshot,
     id: &str,
     sealed_owner: Option<&str>,
-) -> Result<Arc<Backend>, ProxyError> {
+) -> Result<Arc<Target>, ProxyError> {
     let owner = match sealed_owner {
-        Some(address) => snapshot.backends.get(address).cloned(),
+        Some(address) => snapshot.target(address).cloned(),
         None => state
             .sessions
             .owner(id)
-            .and_then(|address| snapshot.backends.get(&address).cloned()),
+            .and_then(|address| snapshot.target(&address).cloned()),
     };
     match owner {
-        Some(backend) if backend.serves_its_sessions() || snapshot.fail_open_serves(&backend) => {
-            Ok(backend)
+        Some(target)
+            if target.backend.serves_its_sessions()
+                || snapshot.fail_open_serves(&target.backend) =>
+        {
+            Ok(target)
         }
         found => {
             if found.is_some() && state.sessions.forget(id) {
@@ -174,6 +181,13 @@ fn session_owner(
     }
 }
 
+/// A response head from a backend, with what its body must carry to the end.
+pub(super) struct Sent {
+    pub guard: InFlightGuard,
+    pub timed: TimedExchange,
+    pub target: Arc<Target>,
+}
+
 /// Phase 3: sends to the routed backend. New work that failed before the backend received it
 /// is sent to another one, up to `upstream.retries` times; a session's request never is.
 async fn send_with_retry(
@@ -181,24 +195,30 @@ async fn send_with_retry(
     snapshot: &Snapshot,
     route: &Route,
     mut outgoing: Request<RequestBody>,
-) -> Result<(InFlightGuard, Exchange), ProxyError> {
+    started: Instant,
+) -> Result<Sent, ProxyError> {
     let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last_error = None;
     loop {
-        let backend = match route {
+        let target = match route {
             Route::Owner(owner) => Arc::clone(owner),
             Route::NewWork { hash_client } => {
                 let picked = snapshot
                     .pick_new(*hash_client, &tried)
                     .or_else(|| snapshot.fail_open_pick(*hash_client, &tried));
                 // Every candidate failed: report the last failure, not an empty pool.
-                let Some(backend) = picked else {
+                let Some(target) = picked else {
                     return Err(last_error.map_or(ProxyError::NoBackend, ProxyError::from));
                 };
-                backend
+                target
             }
         };
-        let (error, unsent) = match send_once(state, snapshot, &backend, outgoing).await {
+        let sent = if tried.is_empty() {
+            started
+        } else {
+            Instant::now()
+        };
+        let (error, unsent) = match send_once(state, snapshot, &target, outgoing, sent).await {
             Ok(sent) => return Ok(sent),
             Err(failed) => failed,
         };
@@ -207,7 +227,7 @@ async fn send_with_retry(
             && tried.len() < snapshot.config.upstream.retries;
         match unsent {
             Some(request) if retry => {
-                tried.push(Arc::clone(&backend.address));
+                tried.push(Arc::clone(&target.backend.address));
                 outgoing = request;
                 last_error = Some(error);
             }
@@ -218,51 +238,52 @@ async fn send_with_retry(
 
 type SendFailure = (UpstreamError, Option<Request<RequestBody>>);
 
-/// One attempt on one backend; a failure is counted, and counted against the backend's health
-/// unless the client caused it.
+/// One attempt on one backend, begun at `sent`; a failure is counted, and counted against the
+/// backend's health unless the client caused it.
 async fn send_once(
     state: &State,
     snapshot: &Snapshot,
-    backend: &Arc<Backend>,
+    target: &Arc<Target>,
     outgoing: Request<RequestBody>,
-) -> Result<(InFlightGuard, Exchange), SendFailure> {
+    sent: Instant,
+) -> Result<Sent, SendFailure> {
     let config = &snapshot.config;
+    let backend = &target.backend;
     let guard = backend.start();
-    let sent = Instant::now();
+    let timeouts = SendTimeouts {
+        connect: config.timeouts.connect,
+        response: config.timeouts.response,
+    };
     let result = backend
-        .send(
+        .send_timed(
             outgoing,
-            config.timeouts.connect,
-            config.timeouts.response,
+            sent,
+            timeouts,
             snapshot.pool_limits,
             snapshot.loaded.upstream_tls.as_ref(),
         )
         .await;
     match result {
-        Ok(exchange) => {
-            state
+        Ok(timed) => {
+            let latency = timed.answered.saturating_duration_since(sent);
+            target
                 .metrics
-                .upstream_latency
-                .get_or_create(&crate::metrics::BackendLabels {
-                    pool: snapshot.pool_of(backend).to_string(),
-                    backend: backend.address.to_string(),
-                })
-                .observe(sent.elapsed().as_secs_f64());
-            Ok((guard, exchange))
+                .observe_latency(&state.metrics, latency.as_secs_f64());
+            Ok(Sent {
+                guard,
+                timed,
+                target: Arc::clone(target),
+            })
         }
         Err((error, unsent)) => {
-            note_send_failure(state, snapshot, backend, &error);
+            note_send_failure(state, snapshot, target, &error);
             Err((error, unsent))
         }
     }
 }
 
-fn note_send_failure(
-    state: &State,
-    snapshot: &Snapshot,
-    backend: &Arc<Backend>,
-    error: &UpstreamError,
-) {
+fn note_send_failure(state: &State, snapshot: &Snapshot, target: &Target, error: &UpstreamError) {
+    let backend = &target.backend;
     tracing::warn!(backend = %backend.address, %error, "upstream request failed");
     state
         .metrics
@@ -274,7 +295,7 @@ fn note_send_failure(
     crate::upstream::health::note_request_failure(
         &state.metrics,
         &snapshot.config.health,
-        snapshot.pool_of(backend),
+        target.pool(),
         backend,
         error,
     );
@@ -298,7 +319,7 @@ fn answer_error(state: &State, meta: &RequestMeta, error: ProxyError) -> Respons
     tracing::info!(
         target: "access",
         method = %meta.method,
-        path = %meta.path,
+        path = meta.log.as_ref().map_or("", |log| &log.path),
         class = meta.class.as_str(),
         status = status.as_u16(),
         backend = "",

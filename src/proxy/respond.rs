@@ -14,29 +14,50 @@ use crate::mcp::seal::Sealer;
 use crate::mcp::session::{SESSION_HEADER, session_tag};
 use crate::metrics::RequestLabels;
 use crate::state::{Snapshot, State};
-use crate::upstream::backend::{Backend, Exchange, InFlightGuard};
+use crate::upstream::backend::{Backend, Exchange, TimedExchange};
 
 use super::body::{AccessRecord, ResponseBody, SseWatch, UpstreamParts};
 use super::headers::strip_hop_by_hop;
-use super::request::RequestMeta;
+use super::request::{RequestMeta, Sent};
 
 pub(super) fn shape(
     state: &Arc<State>,
     snapshot: &Snapshot,
-    meta: &RequestMeta,
-    mut guard: InFlightGuard,
-    exchange: Exchange,
+    meta: &mut RequestMeta,
+    sent: Sent,
     client_upgrade: Option<OnUpgrade>,
 ) -> Response<ResponseBody> {
-    let Exchange {
-        mut response,
-        sender,
-    } = exchange;
-    let backend = Arc::clone(guard.backend());
+    let Sent {
+        mut guard,
+        timed,
+        target,
+    } = sent;
+    let TimedExchange {
+        exchange: Exchange {
+            mut response,
+            sender,
+        },
+        timer,
+        answered,
+    } = timed;
+    let backend = Arc::clone(&target.backend);
     let status = response.status();
-    let session = settle_session(state, snapshot, meta, &backend, &mut response);
-    let pool: Arc<str> = Arc::from(snapshot.pool_of(&backend));
-    count_request(state, meta.class, status, &pool, &backend.address);
+    let mut log = meta.log.take();
+    let tag = settle_session(
+        state,
+        snapshot,
+        meta,
+        &backend,
+        &mut response,
+        log.is_some(),
+    );
+    if let Some(log) = &mut log {
+        log.session = tag;
+    }
+    let class = meta.class.as_str();
+    target
+        .metrics
+        .count_request(&state.metrics, class, status.as_u16());
     let is_sse = is_event_stream(response.headers());
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
     if is_sse || upgraded {
@@ -44,16 +65,13 @@ pub(super) fn shape(
     }
     let record = AccessRecord {
         state: Arc::clone(state),
-        method: meta.method.clone(),
-        path: meta.path.clone(),
+        target,
         class: meta.class,
         status: status.as_u16(),
-        backend: Arc::clone(&backend.address),
-        pool,
-        session,
         started: meta.started,
         bytes: 0,
         stream: is_sse || upgraded,
+        log,
     };
     if upgraded && let Some(client) = client_upgrade {
         let upstream = hyper::upgrade::on(&mut response);
@@ -66,33 +84,43 @@ pub(super) fn shape(
     strip_hop_by_hop(&mut parts.headers, false);
     let sse = is_sse.then(|| sse_watch(snapshot, meta, &backend, &mut parts.headers));
     let timeouts = &snapshot.config.timeouts;
-    let idle_timeout = if is_sse {
-        timeouts.stream_idle
+    let (idle_timeout, keepalive) = if is_sse {
+        (timeouts.stream_idle, timeouts.sse_keepalive)
     } else {
-        Some(timeouts.response)
+        (Some(timeouts.response), None)
     };
     let body = ResponseBody::upstream(UpstreamParts {
         body,
         guard,
         sender,
         pool_limits: snapshot.pool_limits,
+        timer,
+        answered,
         idle_timeout,
+        keepalive,
         sse,
         record,
     });
     Response::from_parts(parts, body)
 }
 
-/// Learns, forgets and seals the session the response speaks of; returns its log tag.
+/// Learns, forgets and seals the session the response speaks of; returns its log tag if
+/// `want_tag` (the access log is on): the session the response minted, or the one the request
+/// named.
 fn settle_session(
     state: &State,
     snapshot: &Snapshot,
     meta: &RequestMeta,
     backend: &Arc<Backend>,
     response: &mut Response<Incoming>,
+    want_tag: bool,
 ) -> Option<String> {
-    let mut tag = meta.session.as_deref().map(session_tag);
-    track_session(state, meta, &mut tag, backend, response);
+    let minted = track_session(state, meta, backend, response);
+    let tag = if want_tag {
+        minted.or(meta.session.as_deref()).map(session_tag)
+    } else {
+        None
+    };
     if let Some(sealer) = &snapshot.sealer {
         seal_session_header(sealer, meta, backend, response.headers_mut());
     }
@@ -108,11 +136,7 @@ fn sse_watch(
     headers: &mut HeaderMap,
 ) -> SseWatch {
     let learn_endpoint = meta.class == RouteClass::SseStream && meta.session.is_none();
-    let watch = SseWatch::new(
-        learn_endpoint,
-        snapshot.config.timeouts.sse_keepalive,
-        backend.stream_token(),
-    );
+    let watch = SseWatch::new(learn_endpoint, backend.stream_token());
     match &snapshot.sealer {
         Some(sealer) if learn_endpoint => {
             // The endpoint event grows when its session id is sealed.
@@ -170,25 +194,22 @@ fn seal_session_header(
 }
 
 /// Learns a session the backend minted; forgets one the client ended or the owner disowned.
-fn track_session(
+/// Returns the id of a session the response minted.
+fn track_session<'r>(
     state: &State,
     meta: &RequestMeta,
-    tag: &mut Option<String>,
     backend: &Arc<Backend>,
-    response: &Response<Incoming>,
-) {
+    response: &'r Response<Incoming>,
+) -> Option<&'r str> {
     let status = response.status();
     let minted = response
         .headers()
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|id| !id.is_empty());
-    if let Some(id) = minted
-        && meta.session.as_deref() != Some(id)
-        && status.is_success()
-    {
+        .filter(|id| !id.is_empty())
+        .filter(|id| meta.session.as_deref() != Some(*id) && status.is_success());
+    if let Some(id) = minted {
         state.learn_session(id, backend);
-        *tag = Some(session_tag(id));
     }
     if let Some(id) = meta.session.as_deref() {
         let ended = meta.method == http::Method::DELETE && status.is_success();
@@ -196,6 +217,7 @@ fn track_session(
             state.metrics.sessions_forgotten.inc();
         }
     }
+    minted
 }
 
 fn is_event_stream(headers: &HeaderMap) -> bool {
