@@ -19,10 +19,13 @@ use tokio_util::sync::CancellationToken;
 fn members(count: usize) -> Vec<Member> {
     let root = CancellationToken::new();
     (0..count)
-        .map(|i| Member {
-            backend: Backend::new(&format!("10.0.{}.{}:8080", i / 250, i % 250 + 1), &root)
-                .unwrap(),
-            weight: 1 + (i % 3) as u32,
+        .map(|i| {
+            let address = format!("10.0.{}.{}:8080", i / 250, i % 250 + 1);
+            Member::new(
+                Backend::new(&address, &root).unwrap(),
+                1 + (i % 3) as u32,
+                "p",
+            )
         })
         .collect()
 }

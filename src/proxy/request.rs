@@ -13,21 +13,22 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
 use crate::config::HostPolicy;
 use crate::mcp::classify::{RouteClass, classify};
 use crate::mcp::seal::{Opened, Unsealed, unseal_request};
 use crate::mcp::session::{SessionSlot, session_id, session_tag};
 use crate::state::{Route, Snapshot, State};
-use crate::upstream::backend::{Backend, Exchange, InFlightGuard, UpstreamError};
+use crate::upstream::backend::{InFlightGuard, SendTimeouts, TimedExchange, UpstreamError};
+use crate::upstream::balance::Target;
 use crate::upstream::body::{BodyLimits, RequestBody};
 
-use super::body::ResponseBody;
+use super::body::{AccessLog, ResponseBody};
 use super::error::ProxyError;
 use super::headers::{client_ip, upstream_request};
 use super::request_id::RequestId;
@@ -47,8 +48,9 @@ pub struct ConnInfo {
 pub(super) struct RequestMeta {
     pub class: RouteClass,
     pub method: http::Method,
-    pub path: String,
     pub session: Option<String>,
+    /// When the request came; also when its first attempt was sent, for the response deadline
+    /// and the upstream latency (a clock read saved: routing takes microseconds).
     pub started: Instant,
     /// The session as the client named it and what it opened to, when sealing is on.
     pub sealed: Option<(String, Opened)>,
@@ -57,8 +59,8 @@ pub(super) struct RequestMeta {
     pub request_id: RequestId,
     /// The client's address as the access log and the balancer see it (see `client_ip`).
     pub client: IpAddr,
-    /// Kept as the header value: a reference count, not a copy, until a log line is written.
-    pub user_agent: Option<HeaderValue>,
+    /// Read only when the access log is on; the response's record takes it.
+    pub log: Option<Box<AccessLog>>,
 }
 
 impl RequestMeta {
@@ -75,25 +77,35 @@ impl RequestMeta {
         let request_id = RequestId::of(request.headers());
         let trusted = &snapshot.config.trusted_proxies;
         let client = client_ip(conn.peer.ip(), request.headers(), trusted);
-        let user_agent = request.headers().get(header::USER_AGENT).cloned();
+        let log = AccessLog::enabled().then(|| {
+            Box::new(AccessLog {
+                method: request.method().clone(),
+                path: request.uri().path().into(),
+                session: None,
+                route: None,
+                request_id,
+                client,
+                // Kept as the header value: a reference count, not a copy.
+                user_agent: request.headers().get(header::USER_AGENT).cloned(),
+            })
+        });
         RequestMeta {
             class,
             method: request.method().clone(),
-            path: request.uri().path().to_string(),
             session,
             started: Instant::now(),
             sealed,
             forged,
             request_id,
             client,
-            user_agent,
+            log,
         }
     }
 }
 
 /// Who may take a request: its session's owner, or any backend the route's active pools offer.
-enum Target {
-    Owner(Arc<Backend>),
+enum Destination {
+    Owner(Arc<Target>),
     /// New work; `hash_client` is set for streams, which are placed by client address.
     NewWork {
         hash_client: Option<std::net::IpAddr>,
@@ -106,7 +118,7 @@ pub async fn handle(
     mut request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let snapshot = state.snapshot();
-    let meta = RequestMeta::read(&snapshot, &conn, &mut request);
+    let mut meta = RequestMeta::read(&snapshot, &conn, &mut request);
     // What a backend could read differently is refused before it can pick a route either.
     if let Err(error) = super::strict::check(&request, &snapshot.config.limits) {
         return answer_error(&state, &meta, None, error);
@@ -114,7 +126,7 @@ pub async fn handle(
     let Some(route) = find_route(&snapshot, &conn, &request) else {
         return answer_error(&state, &meta, None, ProxyError::NoRoute);
     };
-    let mut response = match proxy(&state, &snapshot, route, &conn, request, &meta).await {
+    let mut response = match proxy(&state, &snapshot, route, &conn, request, &mut meta).await {
         Ok(response) => response,
         Err(error) => answer_error(&state, &meta, Some(route), error),
     };
@@ -131,7 +143,7 @@ async fn proxy(
     route: &Route,
     conn: &ConnInfo,
     mut request: Request<Incoming>,
-    meta: &RequestMeta,
+    meta: &mut RequestMeta,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &snapshot.config;
     meta.request_id.stamp(request.headers_mut());
@@ -177,10 +189,10 @@ fn reserve_session(
     state: &State,
     snapshot: &Snapshot,
     meta: &RequestMeta,
-    target: &Target,
+    target: &Destination,
 ) -> Result<Option<SessionSlot>, ProxyError> {
     let may_open = meta.method == http::Method::POST || meta.class == RouteClass::SseStream;
-    if !may_open || !matches!(target, Target::NewWork { .. }) || snapshot.sealer.is_some() {
+    if !may_open || !matches!(target, Destination::NewWork { .. }) || snapshot.sealer.is_some() {
         return Ok(None);
     }
     match state.sessions.reserve() {
@@ -221,17 +233,17 @@ fn target(
     route: &Route,
     meta: &RequestMeta,
     client_ip: std::net::IpAddr,
-) -> Result<Target, ProxyError> {
+) -> Result<Destination, ProxyError> {
     if meta.forged {
         state.metrics.session_tokens_rejected.inc();
         return Err(ProxyError::SessionNotFound);
     }
     if let Some(id) = &meta.session {
         let sealed_owner = meta.sealed.as_ref().map(|(_, o)| o.owner.as_str());
-        return session_owner(state, snapshot, route, id, sealed_owner).map(Target::Owner);
+        return session_owner(state, snapshot, route, id, sealed_owner).map(Destination::Owner);
     }
     let hash_client = meta.class.uses_client_hash().then_some(client_ip);
-    Ok(Target::NewWork { hash_client })
+    Ok(Destination::NewWork { hash_client })
 }
 
 /// Removes a route's prefix from the request's path; what is left always starts with `/`.
@@ -265,7 +277,7 @@ fn session_owner(
     route: &Route,
     id: &str,
     sealed_owner: Option<&str>,
-) -> Result<Arc<Backend>, ProxyError> {
+) -> Result<Arc<Target>, ProxyError> {
     let learned = match sealed_owner {
         Some(_) => None,
         None => state.sessions.owner(id),
@@ -274,18 +286,26 @@ fn session_owner(
         state.metrics.sessions_lost.inc();
         return Err(ProxyError::SessionNotFound);
     };
-    let owner = snapshot.backends.get(address);
-    if let Some(backend) = owner
-        && (backend.serves_its_sessions() || snapshot.fail_open_serves(route, backend))
+    let owner = snapshot.target(address);
+    if let Some(target) = owner
+        && (target.backend.serves_its_sessions()
+            || snapshot.fail_open_serves(route, &target.backend))
     {
-        return Ok(Arc::clone(backend));
+        return Ok(Arc::clone(target));
     }
-    let gone = owner.is_none_or(|backend| backend.is_gone());
+    let gone = owner.is_none_or(|target| target.backend.is_gone());
     if gone && learned.is_some() && state.sessions.forget(id) {
         state.metrics.sessions_forgotten.inc();
     }
     state.metrics.sessions_lost.inc();
     Err(ProxyError::SessionNotFound)
+}
+
+/// A response head from a backend, with what its body must carry to the end.
+pub(super) struct Sent {
+    pub guard: InFlightGuard,
+    pub timed: TimedExchange,
+    pub target: Arc<Target>,
 }
 
 /// Phase 3: sends to the routed backend. New work that failed before the backend received it
@@ -294,37 +314,43 @@ async fn send_with_retry(
     state: &State,
     snapshot: &Snapshot,
     route: &Route,
-    target: &Target,
+    destination: &Destination,
     mut outgoing: Request<RequestBody>,
     meta: &RequestMeta,
-) -> Result<(InFlightGuard, Exchange), ProxyError> {
+) -> Result<Sent, ProxyError> {
     let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last_error = None;
     loop {
-        let backend = match target {
-            Target::Owner(owner) => Arc::clone(owner),
-            Target::NewWork { hash_client } => {
+        let target = match destination {
+            Destination::Owner(owner) => Arc::clone(owner),
+            Destination::NewWork { hash_client } => {
                 let picked = snapshot
                     .pick_new(route, *hash_client, &tried)
                     .or_else(|| snapshot.fail_open_pick(route, *hash_client, &tried));
                 // Every candidate failed: report the last failure, not an empty pool.
-                let Some(backend) = picked else {
+                let Some(target) = picked else {
                     return Err(last_error.map_or(ProxyError::NoBackend, ProxyError::from));
                 };
-                backend
+                target
             }
         };
-        let sent = send_once(state, snapshot, route, &backend, outgoing, meta).await;
+        // The first attempt began when the request came (a clock read fewer).
+        let begun = if tried.is_empty() {
+            meta.started
+        } else {
+            Instant::now()
+        };
+        let sent = send_once(state, snapshot, route, &target, outgoing, (meta, begun)).await;
         let (error, unsent) = match sent {
             Ok(sent) => return Ok(sent),
             Err(failed) => failed,
         };
-        let retry = matches!(target, Target::NewWork { .. })
+        let retry = matches!(destination, Destination::NewWork { .. })
             && error.request_not_sent()
             && tried.len() < snapshot.config.upstream.retries;
         match unsent {
             Some(request) if retry => {
-                tried.push(Arc::clone(&backend.address));
+                tried.push(Arc::clone(&target.backend.address));
                 outgoing = request;
                 last_error = Some(error);
             }
@@ -335,16 +361,17 @@ async fn send_with_retry(
 
 type SendFailure = (UpstreamError, Option<Request<RequestBody>>);
 
-/// One attempt on one backend; a failure is counted, and counted against the backend's health
-/// unless the client caused it.
+/// One attempt on one backend, begun at `sent`; a failure is counted, and counted against the
+/// backend's health unless the client caused it.
 async fn send_once(
     state: &State,
     snapshot: &Snapshot,
     route: &Route,
-    backend: &Arc<Backend>,
+    target: &Arc<Target>,
     mut outgoing: Request<RequestBody>,
-    meta: &RequestMeta,
-) -> Result<(InFlightGuard, Exchange), SendFailure> {
+    (meta, sent): (&RequestMeta, Instant),
+) -> Result<Sent, SendFailure> {
+    let backend = &target.backend;
     // Set per attempt: a retry goes to another backend, with another name.
     match &route.settings.host {
         HostPolicy::Client => {}
@@ -358,32 +385,34 @@ async fn send_once(
                 .insert(http::header::HOST, name.clone());
         }
     }
-    let timeouts = &route.settings.timeouts;
     let guard = backend.start();
-    let sent = Instant::now();
+    let timeouts = SendTimeouts {
+        connect: route.settings.timeouts.connect,
+        response: route.settings.timeouts.response,
+    };
     let result = backend
-        .send(
+        .send_timed(
             outgoing,
-            timeouts.connect,
-            timeouts.response,
+            sent,
+            timeouts,
             snapshot.pool_limits,
             snapshot.loaded.upstream_tls.as_ref(),
         )
         .await;
     match result {
-        Ok(exchange) => {
-            state
+        Ok(timed) => {
+            let latency = timed.answered.saturating_duration_since(sent);
+            target
                 .metrics
-                .upstream_latency
-                .get_or_create(&crate::metrics::BackendLabels {
-                    pool: snapshot.pool_of(backend).to_string(),
-                    backend: backend.address.to_string(),
-                })
-                .observe(sent.elapsed().as_secs_f64());
-            Ok((guard, exchange))
+                .observe_latency(&state.metrics, latency.as_secs_f64());
+            Ok(Sent {
+                guard,
+                timed,
+                target: Arc::clone(target),
+            })
         }
         Err((error, unsent)) => {
-            note_send_failure(state, snapshot, backend, &error, meta);
+            note_send_failure(state, snapshot, target, &error, meta);
             Err((error, unsent))
         }
     }
@@ -394,10 +423,11 @@ async fn send_once(
 fn note_send_failure(
     state: &State,
     snapshot: &Snapshot,
-    backend: &Arc<Backend>,
+    target: &Target,
     error: &UpstreamError,
     meta: &RequestMeta,
 ) {
+    let backend = &target.backend;
     let request_id = &meta.request_id;
     if let Some(fault) = error.client_fault() {
         let (backend, fault) = (&backend.address, fault.as_str());
@@ -415,7 +445,7 @@ fn note_send_failure(
     crate::upstream::health::note_request_failure(
         &state.metrics,
         &snapshot.config.health,
-        snapshot.pool_of(backend),
+        target.pool(),
         backend,
         error,
     );
@@ -440,7 +470,7 @@ fn answer_error(
     tracing::info!(
         target: "access",
         method = %meta.method,
-        path = %meta.path,
+        path = meta.log.as_ref().map_or("", |log| &log.path),
         class = meta.class.as_str(),
         status = status.as_u16(),
         route = route.map_or("", |r| &r.name),
@@ -451,7 +481,7 @@ fn answer_error(
         session = meta.session.as_deref().map(session_tag).unwrap_or_default(),
         request_id = %meta.request_id,
         client = %meta.client,
-        user_agent = user_agent(meta.user_agent.as_ref()),
+        user_agent = user_agent(meta.log.as_ref().and_then(|log| log.user_agent.as_ref())),
         error = %error,
         outcome = "proxy_error",
     );

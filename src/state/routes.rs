@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap;
 
 use crate::config::{HostMatch, PathMatch, RouteConfig};
 use crate::upstream::backend::Backend;
-use crate::upstream::balance;
+use crate::upstream::balance::{self, Target};
 
 use super::snapshot::Pool;
 
@@ -98,7 +98,7 @@ impl Route {
         pools: &[Pool],
         client_ip: Option<IpAddr>,
         usable: impl Fn(&Backend) -> bool,
-    ) -> Option<Arc<Backend>> {
+    ) -> Option<Arc<Target>> {
         let client = client_ip.map(balance::client_hash);
         let first = self.choose_active_pool(client)?;
         // The chosen pool first; other active pools only if it has no usable backend.
@@ -111,7 +111,7 @@ impl Route {
                 None => balance::pick_least_loaded(members, &usable),
             };
             if let Some(member) = picked {
-                return Some(Arc::clone(&member.backend));
+                return Some(Arc::clone(&member.target));
             }
         }
         None

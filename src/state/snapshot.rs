@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Loaded, LoadedConfig};
 use crate::mcp::seal::Sealer;
 use crate::upstream::backend::{Backend, PoolLimits};
-use crate::upstream::balance::Member;
+use crate::upstream::balance::{Member, Target};
 use crate::upstream::discovery::Resolved;
 
 use super::routes::{Route, RouteTable};
@@ -49,6 +49,8 @@ pub struct Snapshot {
     table: RouteTable,
     /// Every backend that may still serve its sessions: configured ones and draining removed ones.
     pub backends: FxHashMap<Arc<str>, Arc<Backend>>,
+    /// The same backends as the request path uses them (pool name, metric handles), by address.
+    targets: FxHashMap<Arc<str>, Arc<Target>>,
     pub draining: Vec<Draining>,
     pub pool_limits: PoolLimits,
     /// Seals and opens session tokens; `None` when sealing is off.
@@ -83,7 +85,11 @@ impl Snapshot {
         stream_root: &CancellationToken,
         now: Instant,
     ) -> Snapshot {
-        let (pools, backends) = build_pools(&config, resolved, previous, stream_root);
+        let (pools, targets) = build_pools(&config, resolved, previous, stream_root);
+        let backends = targets
+            .iter()
+            .map(|(address, t)| (Arc::clone(address), Arc::clone(&t.backend)))
+            .collect();
         let routes: Vec<Route> = config
             .routes
             .iter()
@@ -103,13 +109,17 @@ impl Snapshot {
             routes,
             table,
             backends,
+            targets,
             draining: Vec::new(),
         };
         snapshot.draining = snapshot.plan_drains(previous, now);
         for d in snapshot.draining.iter().filter(|d| d.removed) {
+            let address = Arc::clone(&d.backend.address);
+            let target = Target::new(Arc::clone(&d.backend), Arc::from(REMOVED_POOL));
             snapshot
                 .backends
-                .insert(Arc::clone(&d.backend.address), Arc::clone(&d.backend));
+                .insert(Arc::clone(&address), Arc::clone(&d.backend));
+            snapshot.targets.insert(address, target);
         }
         snapshot
     }
@@ -163,10 +173,12 @@ impl Snapshot {
             return None;
         }
         let mut backends = self.backends.clone();
+        let mut targets = self.targets.clone();
         for d in &due {
             if d.removed {
                 d.backend.retire();
                 backends.remove(&d.backend.address);
+                targets.remove(&d.backend.address);
             } else {
                 d.backend.close_streams();
             }
@@ -179,6 +191,7 @@ impl Snapshot {
             routes: self.routes.clone(),
             table: self.table.clone(),
             backends,
+            targets,
             draining: keep,
             pool_limits: self.pool_limits,
             sealer: self.sealer.clone(),
@@ -224,12 +237,17 @@ impl Snapshot {
             .flat_map(|p| p.members.iter().map(move |m| (&*p.name, m)))
     }
 
-    /// Which pool a backend belongs to, for labels and logs (its first pool if several).
+    /// Which pool a backend belongs to, for labels and logs (the first pool listing it).
     pub fn pool_of(&self, backend: &Arc<Backend>) -> &str {
-        self.pools
-            .iter()
-            .find(|p| p.members.iter().any(|m| Arc::ptr_eq(&m.backend, backend)))
-            .map_or("(removed)", |p| &p.name)
+        self.targets
+            .get(&backend.address)
+            .filter(|t| Arc::ptr_eq(&t.backend, backend))
+            .map_or(REMOVED_POOL, |t| t.pool())
+    }
+
+    /// The backend at `address` as the request path uses it (a session's owner).
+    pub fn target(&self, address: &str) -> Option<&Arc<Target>> {
+        self.targets.get(address)
     }
 
     /// The probe path of a backend: that of the first route serving from one of its pools that
@@ -267,7 +285,7 @@ impl Snapshot {
         route: &Route,
         client_ip: Option<IpAddr>,
         exclude: &[Arc<str>],
-    ) -> Option<Arc<Backend>> {
+    ) -> Option<Arc<Target>> {
         if !self.config.health.fail_open || route.has_usable_backend(&self.pools) {
             return None;
         }
@@ -283,21 +301,25 @@ impl Snapshot {
         route: &Route,
         client_ip: Option<IpAddr>,
         exclude: &[Arc<str>],
-    ) -> Option<Arc<Backend>> {
+    ) -> Option<Arc<Target>> {
         route.pick_among(&self.pools, client_ip, |b: &Backend| {
             b.takes_new_work() && !exclude.iter().any(|e| **e == *b.address)
         })
     }
 }
 
+/// The pool a removed backend is named by while it drains.
+const REMOVED_POOL: &str = "(removed)";
+
 /// The pools of `config` with their members, and every configured backend by address: reused from
 /// `previous` where the address matches, so counters, health and pooled connections carry over.
+/// A backend listed by several pools is one target, named by the first of them.
 fn build_pools(
     config: &Config,
     resolved: &Resolved,
     previous: Option<&Snapshot>,
     stream_root: &CancellationToken,
-) -> (Vec<Pool>, FxHashMap<Arc<str>, Arc<Backend>>) {
+) -> (Vec<Pool>, FxHashMap<Arc<str>, Arc<Target>>) {
     let probing = config.health.probes.is_some();
     let reuse = |address: &str, discovered: bool| {
         previous
@@ -314,9 +336,10 @@ fn build_pools(
                 Some(backend)
             })
     };
-    let mut backends: FxHashMap<Arc<str>, Arc<Backend>> = FxHashMap::default();
+    let mut targets: FxHashMap<Arc<str>, Arc<Target>> = FxHashMap::default();
     let mut pools = Vec::with_capacity(config.pools.len());
     for (name, pool) in &config.pools {
+        let pool_name: Arc<str> = Arc::from(name.as_str());
         let mut members = Vec::with_capacity(pool.backends.len());
         let pool_was_serving = previous
             .and_then(|p| p.pools.iter().find(|q| *q.name == *name.as_str()))
@@ -330,26 +353,33 @@ fn build_pools(
                 })
         });
         for (address, weight, discovered) in addresses {
-            // Validation guarantees the address parses.
-            let Some(backend) = reuse(&address, discovered) else {
-                continue;
+            let target = match targets.get(address.as_str()) {
+                Some(target) => Arc::clone(target),
+                None => {
+                    // Validation guarantees the address parses.
+                    let Some(backend) = reuse(&address, discovered) else {
+                        continue;
+                    };
+                    let target = Target::new(backend, Arc::clone(&pool_name));
+                    targets.insert(Arc::clone(&target.backend.address), Arc::clone(&target));
+                    target
+                }
             };
             // A name can resolve to an address also listed as such: one member each.
             if members
                 .iter()
-                .any(|m: &Member| Arc::ptr_eq(&m.backend, &backend))
+                .any(|m: &Member| Arc::ptr_eq(&m.target, &target))
             {
                 continue;
             }
-            backends.insert(Arc::clone(&backend.address), Arc::clone(&backend));
-            members.push(Member { backend, weight });
+            members.push(Member::of(&target, weight));
         }
         pools.push(Pool {
-            name: Arc::from(name.as_str()),
+            name: pool_name,
             members,
         });
     }
-    (pools, backends)
+    (pools, targets)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod architecture;
 mod backend;
 mod bench;
 mod cli;
+mod dataplane;
 mod demo;
 mod handover;
 mod health;

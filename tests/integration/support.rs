@@ -344,6 +344,26 @@ async fn route(name: &str, seen: &Arc<Seen>, req: Request<Incoming>) -> Response
             });
             sse(body)
         }
+        // A plain (not SSE) body in `count` chunks `every_ms` apart.
+        ("GET", "/drip") => {
+            let every = Duration::from_millis(
+                query_param(&req, "every_ms")
+                    .unwrap_or("100")
+                    .parse()
+                    .unwrap(),
+            );
+            let count: usize = query_param(&req, "count").unwrap_or("3").parse().unwrap();
+            let (tx, body) = channel_body(seen);
+            tokio::spawn(async move {
+                for i in 0..count {
+                    tokio::time::sleep(every).await;
+                    if tx.send(Bytes::from(format!("chunk {i}\n"))).is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::new(body)
+        }
         // An SSE stream that stays open and silent until the client goes away.
         ("GET", "/hold") | ("POST", "/hold") => {
             let (tx, body) = channel_body(seen);
