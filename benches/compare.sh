@@ -18,10 +18,17 @@
 #                   limit (a proxy holds two descriptors per stream), "max" means that cap
 #   BENCH_TARGETS   which targets to run, in order (default "nginx haproxy switchyard direct";
 #                   nginx first because the fixed-rate runs use half its maximum)
+#   BENCH_SCENARIOS which scenarios to run (default "post ws tls https sse"): post = POST maximum
+#                   (wrk and loadgen) and latency at a fixed rate, ws = WebSocket ping, tls = full
+#                   handshakes, https = keep-alive POSTs over TLS (wrk), sse = SSE fan-out
 #   BENCH_FIXED_RATE  POST rate for the latency runs (default: half of nginx's measured maximum)
+#   BENCH_BASELINE_BIN  another Switchyard binary (e.g. one built from an older commit): adds the
+#                   target "baseline", which runs it exactly like "switchyard"; put it in
+#                   BENCH_TARGETS where it should run (the table adds a switchyard / baseline column)
+#   BENCH_BIN       the Switchyard binary to measure (and to run the backend and load generator
+#                   with); default: build target/release/switchyard
 #   PROXY_CPU, LOAD_CPU   CPU numbers for taskset (default 0 and 1)
 #   OUT             output directory (default: a new /tmp/switchyard-bench.* directory)
-#   SWITCHYARD_BIN  a switchyard binary to run instead of building this tree (A/B comparisons)
 #   SWITCHYARD_EXTRA  TOML appended to Switchyard's config, e.g. "[policy]"
 set -euo pipefail
 
@@ -29,6 +36,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 STREAMS=${BENCH_STREAMS:-"1000 10000 max"}
 TARGETS=${BENCH_TARGETS:-"nginx haproxy switchyard direct"}
+SCENARIOS=" ${BENCH_SCENARIOS:-post ws tls https sse} "
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 FIXED_RATE=${BENCH_FIXED_RATE:-}
@@ -38,8 +46,9 @@ RESULTS="$OUT/results.jsonl"
 : >"$RESULTS"
 
 BACKEND_PORT=19001
-declare -A HTTP_PORT=([direct]=19001 [switchyard]=19101 [nginx]=19201 [haproxy]=19301)
-declare -A TLS_PORT=([switchyard]=19443 [nginx]=19444 [haproxy]=19445)
+# "baseline" is another Switchyard binary run with the same config, so it shares the ports.
+declare -A HTTP_PORT=([direct]=19001 [switchyard]=19101 [baseline]=19101 [nginx]=19201 [haproxy]=19301)
+declare -A TLS_PORT=([switchyard]=19443 [baseline]=19443 [nginx]=19444 [haproxy]=19445)
 ADMIN_PORT=19901
 POST_CONNECTIONS=64
 WS_CONNECTIONS=16
@@ -273,10 +282,12 @@ start_target() {
         haproxy)
             start_pinned "$PROXY_CPU" "$OUT/haproxy.log" haproxy -db -f "$OUT/haproxy.cfg"
             ;;
-        switchyard)
+        switchyard | baseline)
+            local binary=$BIN
+            [[ $name == baseline ]] && binary=${BENCH_BASELINE_BIN:?BENCH_BASELINE_BIN is not set}
             # Access logs are off for every target (nginx access_log off, HAProxy no log).
             RUST_LOG=warn TOKIO_WORKER_THREADS=1 start_pinned "$PROXY_CPU" \
-                "$OUT/switchyard.log" "$BIN" run --config "$OUT/switchyard.toml"
+                "$OUT/$name.log" "$binary" run --config "$OUT/switchyard.toml"
             ;;
     esac
     TARGET_MAIN=$STARTED
@@ -315,19 +326,36 @@ loadgen() {
     fi
 }
 
+# CPU seconds (user + system) used so far by the comma-separated processes.
+cpu_seconds() {
+    local pid ticks=0
+    for pid in ${1//,/ }; do
+        ticks=$((ticks + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+    done
+    awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.3f", t / hz}'
+}
+
+# wrk POSTs as fast as answers come on $POST_CONNECTIONS keep-alive connections; records req/s
+# and the watched processes' CPU per request.
 wrk_max() {
-    local label=$1 port=$2
+    local label=$1 url=$2 pids=$3
     cat >"$OUT/post.lua" <<'EOF'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"' .. string.rep("x", 170) .. '"}}}'
 EOF
-    local rps
-    rps=$(timeout $((SECONDS_PER_RUN + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$POST_CONNECTIONS" \
-        -d"${SECONDS_PER_RUN}s" -s "$OUT/post.lua" "http://127.0.0.1:$port/bench/echo" 2>&1 |
-        tee -a "$OUT/wrk.log" | awk '/Requests\/sec/ {print $2}')
-    echo "{\"label\":\"$label\",\"mode\":\"wrk\",\"per_second\":${rps:-0}}" >>"$RESULTS"
+    local before after output rps requests cpu
+    before=$(cpu_seconds "$pids")
+    output=$(timeout $((SECONDS_PER_RUN + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$POST_CONNECTIONS" \
+        -d"${SECONDS_PER_RUN}s" -s "$OUT/post.lua" "$url" 2>&1 | tee -a "$OUT/wrk.log" || true)
+    after=$(cpu_seconds "$pids")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$output")
+    requests=$(awk '/requests in/ {print $1}' <<<"$output")
+    cpu=$(awk -v a="$after" -v b="$before" 'BEGIN {printf "%.3f", a - b}')
+    echo "{\"label\":\"$label\",\"mode\":\"wrk\",\"per_second\":${rps:-0},\"ok\":${requests:-0},\"watched_cpu_seconds\":$cpu}" >>"$RESULTS"
 }
+
+has() { [[ $SCENARIOS == *" $1 "* ]]; }
 
 streams_for() {
     local wanted=$1
@@ -338,10 +366,38 @@ streams_for() {
 
 run_target() {
     local name=$1 port=${HTTP_PORT[$1]}
+    local tls=no
+    [[ $name != direct && ($name != switchyard || $SWITCHYARD_TLS == yes) ]] && tls=yes
+    [[ $name == baseline ]] && tls=$SWITCHYARD_TLS
+    if has post || has ws || has tls || has https; then
+        start_target "$name"
+        local pids=$TARGET_PIDS
+        has post && run_post "$name" "$port" "$pids"
+        if has ws; then
+            log "$name: WebSocket ping at $WS_RATE msg/s"
+            loadgen "$name:ws" ws --url "ws://127.0.0.1:$port/ws" --connections "$WS_CONNECTIONS" \
+                --rate "$WS_RATE" --watch-pid "$pids" >/dev/null
+        fi
+        if has tls && [[ $tls == yes ]]; then
+            log "$name: TLS handshakes"
+            loadgen "$name:tls" tls --address "127.0.0.1:${TLS_PORT[$name]}" \
+                --ca "$OUT/tls/ca.pem" --connections "$TLS_CONNECTIONS" --watch-pid "$pids" >/dev/null
+        fi
+        if has https && [[ $tls == yes ]]; then
+            log "$name: keep-alive HTTPS POST throughput"
+            wrk_max "$name:https_wrk" "https://localhost:${TLS_PORT[$name]}/bench/echo" "$pids"
+        fi
+        stop_target "$name"
+    fi
+    if has sse; then
+        run_sse "$name" "$port"
+    fi
+}
+
+run_post() {
+    local name=$1 port=$2 pids=$3
     log "$name: POST throughput"
-    start_target "$name"
-    local pids=$TARGET_PIDS
-    wrk_max "$name:post_max_wrk" "$port"
+    wrk_max "$name:post_max_wrk" "http://127.0.0.1:$port/bench/echo" "$pids"
     local max
     max=$(loadgen "$name:post_max" post --url "http://127.0.0.1:$port/bench/echo" \
         --connections "$POST_CONNECTIONS" --watch-pid "$pids" | jq -r '.per_second // 0')
@@ -352,16 +408,10 @@ run_target() {
     log "$name: POST latency at $rate req/s"
     loadgen "$name:post_fixed" post --url "http://127.0.0.1:$port/bench/echo" \
         --connections "$POST_CONNECTIONS" --rate "$rate" --watch-pid "$pids" >/dev/null
-    log "$name: WebSocket ping at $WS_RATE msg/s"
-    loadgen "$name:ws" ws --url "ws://127.0.0.1:$port/ws" --connections "$WS_CONNECTIONS" \
-        --rate "$WS_RATE" --watch-pid "$pids" >/dev/null
-    if [[ $name != direct && ($name != switchyard || $SWITCHYARD_TLS == yes) ]]; then
-        log "$name: TLS handshakes"
-        loadgen "$name:tls" tls --address "127.0.0.1:${TLS_PORT[$name]}" \
-            --ca "$OUT/tls/ca.pem" --connections "$TLS_CONNECTIONS" --watch-pid "$pids" >/dev/null
-    fi
-    stop_target "$name"
-    local wanted streams
+}
+
+run_sse() {
+    local name=$1 port=$2 wanted streams
     local -A done_sizes=()
     for wanted in $STREAMS; do
         streams=$(streams_for "$wanted")
@@ -391,6 +441,7 @@ for raw in open(sys.argv[1]):
 targets = sys.argv[2].split()
 rows = [
     ("POST max req/s (wrk)", "post_max_wrk", "per_second", "higher"),
+    ("POST proxy CPU µs/request at max (wrk)", "post_max_wrk", "cpu_us_per_op", "lower"),
     ("POST max req/s (loadgen)", "post_max", "per_second", "higher"),
     ("POST p50 µs @ ½ nginx max", "post_fixed", "p50_us", "lower"),
     ("POST p99 µs @ ½ nginx max", "post_fixed", "p99_us", "lower"),
@@ -399,6 +450,8 @@ rows = [
     ("WS ping p99 µs", "ws", "p99_us", "lower"),
     ("WS proxy CPU µs/message", "ws", "cpu_us_per_op", "lower"),
     ("TLS full handshakes/s", "tls", "per_second", "higher"),
+    ("HTTPS keep-alive POST req/s (wrk)", "https_wrk", "per_second", "higher"),
+    ("HTTPS proxy CPU µs/request (wrk)", "https_wrk", "cpu_us_per_op", "lower"),
 ]
 for size in sys.argv[3].split():
     rows += [
@@ -420,7 +473,7 @@ def fmt(v):
     if v is None: return "–"
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
 header = ["scenario"] + targets
-ratios = [t for t in ("nginx", "haproxy") if t in targets and "switchyard" in targets]
+ratios = [t for t in ("nginx", "haproxy", "baseline") if t in targets and "switchyard" in targets]
 header += [f"switchyard / {t}" for t in ratios]
 print("| " + " | ".join(header) + " |")
 print("|" + "---|" * len(header))
@@ -439,10 +492,9 @@ EOF
 # ---------------------------------------------------------------- main
 install_missing
 raise_limits
-log "building release"
-if [[ -n ${SWITCHYARD_BIN:-} ]]; then
-    BIN=$SWITCHYARD_BIN
-else
+BIN=${BENCH_BIN:-}
+if [[ -z $BIN ]]; then
+    log "building release"
     (cd "$ROOT" && cargo build --release --quiet)
     BIN="$ROOT/target/release/switchyard"
 fi

@@ -1,4 +1,5 @@
-//! Micro-benchmarks of the per-request decisions: backend choice, session lookup, SSE scanning.
+//! Micro-benchmarks of the per-request decisions: route matching, backend choice, session lookup,
+//! SSE scanning.
 //!
 //! `cargo bench --bench micro` (add `-- --quick` for a short run).
 
@@ -18,10 +19,13 @@ use tokio_util::sync::CancellationToken;
 fn members(count: usize) -> Vec<Member> {
     let root = CancellationToken::new();
     (0..count)
-        .map(|i| Member {
-            backend: Backend::new(&format!("10.0.{}.{}:8080", i / 250, i % 250 + 1), &root)
-                .unwrap(),
-            weight: 1 + (i % 3) as u32,
+        .map(|i| {
+            let address = format!("10.0.{}.{}:8080", i / 250, i % 250 + 1);
+            Member::new(
+                Backend::new(&address, &root).unwrap(),
+                1 + (i % 3) as u32,
+                "p",
+            )
         })
         .collect()
 }
@@ -138,5 +142,57 @@ fn sse(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, balance, sessions, sse);
+/// A config with 10 services by host (each with an API prefix and a catch-all), 10 by prefix on
+/// any host, and a wildcard: the route table a multi-service proxy holds.
+fn routed_config() -> switchyard::config::LoadedConfig {
+    let mut text = String::from(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[pools.p]\nbackends = [\"127.0.0.1:1\"]\n",
+    );
+    for i in 0..10 {
+        text.push_str(&format!(
+            "[[route]]\nhosts = [\"svc{i}.example.com\"]\nactive = \"p\"\n\
+             [[route]]\nhosts = [\"svc{i}.example.com\"]\nprefix = \"/api/v{i}/\"\nactive = \"p\"\n\
+             [[route]]\nprefix = \"/service{i}/\"\nstrip_prefix = true\nactive = \"p\"\n"
+        ));
+    }
+    text.push_str("[[route]]\nhosts = [\"*.example.org\"]\nactive = \"p\"\n");
+    let config = switchyard::config::Config::parse(&text, std::path::Path::new("b.toml")).unwrap();
+    switchyard::config::LoadedConfig::from_config(config).unwrap()
+}
+
+fn routes(c: &mut Criterion) {
+    let snapshot = switchyard::state::Snapshot::build(
+        routed_config(),
+        None,
+        &CancellationToken::new(),
+        std::time::Instant::now(),
+    );
+    let mut group = c.benchmark_group("route");
+    let cases = [
+        (
+            "exact_host_prefix",
+            Some("SVC7.example.com:8443"),
+            "/api/v7/mcp",
+        ),
+        (
+            "any_host_prefix",
+            Some("127.0.0.1:8080"),
+            "/service9/messages",
+        ),
+        ("wildcard_host", Some("eu.mcp.example.org"), "/mcp"),
+        ("no_route", Some("nobody.example.net"), "/elsewhere"),
+    ];
+    for (name, host, path) in cases {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                snapshot
+                    .route(black_box(host), black_box(path))
+                    .map(|r| r.pools.len())
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, routes, balance, sessions, sse);
 criterion_main!(benches);

@@ -68,6 +68,9 @@ enum Command {
     Backend(switchyard::tools::backend::BackendArgs),
     /// Start 2 blue + 2 green reference backends and the proxy in front of them, on loopback.
     Demo(switchyard::tools::demo::DemoArgs),
+    /// Translate an nginx configuration into a switchyard.toml (printed on stdout; directives
+    /// that could not be translated are listed on stderr and in the file's header).
+    Import(switchyard::tools::import::ImportArgs),
     /// Generate load for benchmarks (see benches/compare.sh); prints one JSON line.
     Loadgen(switchyard::tools::loadgen::LoadgenArgs),
     /// Print a shell completion script, e.g. `switchyard completions bash > /etc/bash_completion.d/switchyard`.
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }),
+        Command::Import(args) => Ok(import(&args)),
         Command::Demo(args) => runtime().and_then(|rt| {
             init_logging(format, DEFAULT_LOG_LEVEL);
             rt.block_on(demo(args))
@@ -220,6 +224,29 @@ fn report_error(format: LogFormat, message: &str, config: Option<&ConfigError>) 
                 }
                 None => tracing::error!("{message}"),
             });
+        }
+    }
+}
+
+/// `switchyard import`: exit 0 with the TOML on stdout, 2 when the file cannot be imported.
+fn import(args: &switchyard::tools::import::ImportArgs) -> ExitCode {
+    match switchyard::tools::import::import(&args.file) {
+        Ok(imported) => {
+            print!("{}", imported.toml);
+            if !imported.untranslated.is_empty() {
+                eprintln!(
+                    "switchyard import: {} directive(s) not translated:",
+                    imported.untranslated.len()
+                );
+                for entry in &imported.untranslated {
+                    eprintln!("  {entry}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(2)
         }
     }
 }
@@ -465,7 +492,8 @@ impl Signals {
                     _ = self.interrupt.recv() => {}
                     _ = self.hangup.recv() => {
                         if let Some(state) = &reloadable {
-                            let _ = switchyard::control::reload::reload_from_file(state);
+                            let state = Arc::clone(state);
+                            let _ = switchyard::control::reload::reload_off_runtime(state).await;
                         }
                         continue;
                     }

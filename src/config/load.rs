@@ -84,9 +84,11 @@ fn read_all(config: &Config) -> Result<Loaded, Failure> {
 }
 
 fn jwks_files(config: &Config) -> Result<BTreeMap<PathBuf, Arc<JwkSet>>, Failure> {
+    let policies = config.routes.iter().filter_map(|r| r.policy.as_ref());
     let files = config
         .policy
         .iter()
+        .chain(policies)
         .filter_map(|p| p.auth.as_ref())
         .filter_map(|a| match &a.jwks {
             JwksSource::File(file) => Some(file),
@@ -154,15 +156,11 @@ fn upstream_tls(settings: &UpstreamTls) -> Result<Arc<rustls::ClientConfig>, Fai
 pub struct AdminToken(Arc<str>);
 
 impl AdminToken {
-    /// Compares in time that depends only on the lengths, so the token cannot be guessed byte by
-    /// byte from response times.
+    /// Compares in constant time (`subtle`), so the token cannot be guessed byte by byte from
+    /// response times; only a length difference shows.
     pub fn matches(&self, presented: &[u8]) -> bool {
-        let expected = self.0.as_bytes();
-        let differences = expected
-            .iter()
-            .zip(presented)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        differences == 0 && expected.len() == presented.len()
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_bytes().ct_eq(presented))
     }
 
     /// The `Authorization` header value a client of the admin API (e.g. `switchyard reload`) sends.

@@ -17,6 +17,7 @@
 mod load;
 mod policy;
 mod raw;
+mod routes;
 mod summary;
 pub mod tls;
 mod validate;
@@ -36,6 +37,7 @@ pub use policy::{
     AllowRule, AuthConfig, Grant, JwksSource, JwtAlgorithm, LimitConfig, LimitKey, PolicyConfig,
     ResourceMetadata,
 };
+pub use routes::{HeaderRules, HostMatch, HostPolicy, PathMatch, RouteConfig, RouteTimeouts};
 
 /// A configuration that passed validation: every pool exists, every address parses. Files it names
 /// are referenced, not read: see [`load_files`].
@@ -47,7 +49,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub admin: Option<AdminConfig>,
     pub pools: BTreeMap<String, PoolConfig>,
-    pub active: Vec<(String, u32)>,
+    /// Never empty: without `[[route]]` one route takes every request to `[routing] active`.
+    pub routes: Vec<RouteConfig>,
     pub trusted_proxies: Vec<Cidr>,
     pub sessions: SessionConfig,
     pub timeouts: Timeouts,

@@ -18,6 +18,8 @@ pub(super) struct RawConfig {
     pub(super) pools: BTreeMap<String, RawPool>,
     pub(super) routing: Option<RawRouting>,
     #[serde(default)]
+    pub(super) route: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
     pub(super) sessions: RawSessions,
     #[serde(default)]
     pub(super) timeouts: RawTimeouts,
@@ -186,7 +188,8 @@ fn weight_of(value: &toml::Value) -> Result<u32, String> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRouting {
-    pub(super) active: Spanned<RawActive>,
+    /// Required without `[[route]]`; beside routes it is the catch-all route `default`.
+    pub(super) active: Option<Spanned<RawActive>>,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<Spanned<String>>,
 }
@@ -196,6 +199,49 @@ pub(super) struct RawRouting {
 pub(super) enum RawActive {
     One(String),
     Split(BTreeMap<String, u32>),
+}
+
+/// One `[[route]]`: which requests (host, path) go to which pools, and how.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) hosts: Vec<Spanned<String>>,
+    pub(super) prefix: Option<Spanned<String>>,
+    pub(super) exact: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) strip_prefix: bool,
+    pub(super) pools: Option<Vec<Spanned<String>>>,
+    pub(super) active: Spanned<RawActive>,
+    pub(super) host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) timeouts: RawRouteTimeouts,
+    pub(super) max_request_body: Option<u64>,
+    pub(super) health_path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) response_headers: RawHeaderRules,
+    pub(super) policy: Option<super::policy::RawPolicy>,
+}
+
+/// The timeouts a route may set for itself; the others are the proxy's.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRouteTimeouts {
+    pub(super) connect: RawDuration,
+    pub(super) response: RawDuration,
+    pub(super) stream_idle: RawDuration,
+    pub(super) sse_keepalive: RawDuration,
+}
+
+/// Response header edits: `set` replaces, `add` appends, `remove` deletes.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHeaderRules {
+    pub(super) set: Option<Spanned<BTreeMap<String, String>>>,
+    pub(super) add: Option<Spanned<BTreeMap<String, String>>>,
+    #[serde(default)]
+    pub(super) remove: Vec<Spanned<String>>,
 }
 
 const ACTIVE_SHAPE: &str = "write the pool that takes new work, active = \"blue\", or shares, active = { blue = 90, green = 10 }";

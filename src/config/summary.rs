@@ -2,10 +2,11 @@
 
 use crate::mcp::seal::SealSetting;
 
-use super::{Config, LoadedConfig};
+use super::{Config, HostMatch, HostPolicy, LoadedConfig, PathMatch, RouteConfig};
 
 impl LoadedConfig {
-    /// One line per listener, admin listener and pool, then routing, sessions and discovery.
+    /// One line per listener, admin listener and pool, the route table, then sessions and
+    /// discovery.
     pub fn summary(&self) -> String {
         let config = &self.config;
         let mut out = listeners(config);
@@ -25,12 +26,7 @@ impl LoadedConfig {
                 .collect();
             out.push_str(&format!("pool      {name}: {}\n", backends.join(", ")));
         }
-        let active: Vec<String> = config
-            .active
-            .iter()
-            .map(|(pool, weight)| format!("{pool} ({weight})"))
-            .collect();
-        out.push_str(&format!("active    {}\n", active.join(", ")));
+        out.push_str(&routes(config));
         out.push_str(&format!("sessions  {}\n", sessions(&self.loaded.seal)));
         out.push_str(&discovery(config));
         out.push_str(&policy(config));
@@ -72,6 +68,76 @@ fn listeners(config: &Config) -> String {
         out.push_str(&format!("listener  {} ({kind}{proxy})\n", listener.bind));
     }
     out
+}
+
+/// The route table in the order requests are matched: by host (exact names, then wildcards,
+/// then routes for any host), then by path (exact, then the longest prefix).
+fn routes(config: &Config) -> String {
+    let mut routes: Vec<&RouteConfig> = config.routes.iter().collect();
+    routes.sort_by_key(|r| {
+        let host_rank = match r.hosts.first() {
+            Some(HostMatch::Exact(_)) => 0,
+            Some(HostMatch::Suffix(s)) => usize::MAX / 2 - s.len(),
+            None => usize::MAX,
+        };
+        let path_rank = match &r.path {
+            PathMatch::Exact(_) => 0,
+            PathMatch::Prefix(p) => usize::MAX - p.len(),
+        };
+        (host_rank, path_rank)
+    });
+    let mut out = String::new();
+    for route in routes {
+        out.push_str(&format!("route     {}\n", route_line(route)));
+    }
+    out
+}
+
+/// `NAME: HOSTS PATH → active POOLS` and whatever the route changes.
+fn route_line(route: &RouteConfig) -> String {
+    let hosts = if route.hosts.is_empty() {
+        "any host".to_string()
+    } else {
+        let names: Vec<String> = route.hosts.iter().map(ToString::to_string).collect();
+        names.join(" ")
+    };
+    let path = match &route.path {
+        PathMatch::Prefix(p) => format!("prefix {p}"),
+        PathMatch::Exact(p) => format!("exact {p}"),
+    };
+    let active: Vec<String> = route
+        .active
+        .iter()
+        .map(|(pool, weight)| format!("{pool} ({weight})"))
+        .collect();
+    let mut line = format!(
+        "{}: {hosts}, {path} → active {}",
+        route.name,
+        active.join(", ")
+    );
+    let idle: Vec<&String> = route
+        .pools
+        .iter()
+        .filter(|p| !route.active.iter().any(|(a, _)| a == *p))
+        .collect();
+    if !idle.is_empty() {
+        let idle: Vec<&str> = idle.iter().map(|p| p.as_str()).collect();
+        line.push_str(&format!("; idle {}", idle.join(", ")));
+    }
+    if route.strip_prefix {
+        line.push_str("; strip prefix");
+    }
+    match &route.host {
+        HostPolicy::Client => {}
+        HostPolicy::Backend => line.push_str("; Host: the backend's"),
+        HostPolicy::Fixed(name) => {
+            line.push_str(&format!("; Host: {}", name.to_str().unwrap_or("?")));
+        }
+    }
+    if !route.response_headers.is_empty() {
+        line.push_str("; response headers edited");
+    }
+    line
 }
 
 fn sessions(seal: &SealSetting) -> String {

@@ -33,7 +33,7 @@ fn minimal_shape_parses_with_defaults() {
     let config = parse(MINIMAL).unwrap();
     assert_eq!(config.pools["blue"].backends.len(), 3);
     assert_eq!(config.pools["blue"].backends[2].weight, 2);
-    assert_eq!(config.active, vec![("blue".to_string(), 1)]);
+    assert_eq!(config.routes[0].active, vec![("blue".to_string(), 1)]);
     assert_eq!(config.timeouts.sse_keepalive, Some(Duration::from_secs(15)));
 }
 
@@ -119,7 +119,7 @@ fn canary_split_and_trusted_proxies() {
     );
     let config = parse(&text).unwrap();
     assert_eq!(
-        config.active,
+        config.routes[0].active,
         vec![("blue".into(), 90), ("green".into(), 10)]
     );
     assert!(config.trusted_proxies[0].contains("10.1.2.3".parse().unwrap()));
@@ -282,6 +282,8 @@ fn admin_token_is_read_relative_to_the_config_and_never_printed() {
     assert!(token.matches(b"s3cret-token-0123456789"));
     assert!(!token.matches(b"s3cret-token-012345678"));
     assert!(!token.matches(b"s3cret-token-0123456780"));
+    assert!(!token.matches(b"s3cret-token-01234567890"));
+    assert!(!token.matches(b""));
     assert!(!format!("{config:?}").contains("s3cret"));
     assert_eq!(token.authorization(), "Bearer s3cret-token-0123456789");
     let short = with_admin("bind = \"0.0.0.0:9901\"\ntoken_file = \"short\"");
@@ -428,6 +430,132 @@ fn an_extra_certificate_is_refused_at_its_entry() {
     assert!(
         err.starts_with("t.toml:4:25: `/nonexistent/b.pem`: cannot read certificate"),
         "{err}"
+    );
+}
+
+const TWO_SERVICES: &str = r#"
+[[listener]]
+bind = "127.0.0.1:8080"
+
+[pools.gh-blue]
+backends = ["127.0.0.1:3001"]
+[pools.gh-green]
+backends = ["127.0.0.1:3002"]
+
+[timeouts]
+response = "30s"
+
+[[route]]
+name = "gh"
+prefix = "/github/"
+strip_prefix = true
+pools = ["gh-blue", "gh-green"]
+active = { gh-blue = 90, gh-green = 10 }
+host = "backend"
+max_request_body = 0
+timeouts = { stream_idle = "0s", connect = "1s" }
+"#;
+
+#[test]
+fn routes_resolve_their_settings_against_the_proxys() {
+    let config = parse(TWO_SERVICES).unwrap();
+    assert_eq!(config.routes.len(), 1, "no [routing]: no default route");
+    let route = &config.routes[0];
+    assert_eq!(route.path, PathMatch::Prefix("/github/".into()));
+    assert_eq!(route.active.len(), 2);
+    assert_eq!(route.host, HostPolicy::Backend);
+    assert_eq!(route.max_request_body, None, "0 = unlimited");
+    assert_eq!(route.timeouts.stream_idle, None, "\"0s\" turns it off");
+    assert_eq!(route.timeouts.connect, Duration::from_secs(1));
+    assert_eq!(
+        route.timeouts.response,
+        Duration::from_secs(30),
+        "the proxy's"
+    );
+    assert_eq!(
+        route.timeouts.sse_keepalive,
+        Some(Duration::from_secs(15)),
+        "the proxy's default"
+    );
+    let with_default = format!("{TWO_SERVICES}\n[routing]\nactive = \"gh-green\"\n");
+    let config = parse(&with_default).unwrap();
+    assert_eq!(config.routes[1].name, "default");
+    assert_eq!(config.routes[1].path, PathMatch::Prefix("/".into()));
+}
+
+#[test]
+fn route_mistakes_are_refused_at_their_place() {
+    let cases = [
+        (
+            "pools = [\"gh-blue\", \"gh-green\"]",
+            "pools = [\"gh-blue\"]",
+            "add it to the route's pools",
+        ),
+        (
+            "pools = [\"gh-blue\", \"gh-green\"]",
+            "pools = [\"gh-blue\", \"nope\"]",
+            "`nope`, which is not defined",
+        ),
+        (
+            "prefix = \"/github/\"",
+            "prefix = \"github\"",
+            "is not a path",
+        ),
+        (
+            "prefix = \"/github/\"",
+            "exact = \"/github\"",
+            "strip_prefix needs a prefix",
+        ),
+        (
+            "host = \"backend\"",
+            "host = \"not a host\"",
+            "write \"client\", \"backend\"",
+        ),
+        (
+            "name = \"gh\"",
+            "name = \"gh\"\nhosts = [\"a.example.com:443\"]",
+            "no scheme, port or path",
+        ),
+        (
+            "name = \"gh\"",
+            "name = \"gh\"\nhosts = [\"*\"]",
+            "not a host name",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        let err = parse(&TWO_SERVICES.replace(from, to)).unwrap_err();
+        assert!(err.contains(expected), "{to}: {err}");
+        assert!(
+            !err.starts_with("t.toml:1:1:"),
+            "{to}: points somewhere: {err}"
+        );
+    }
+    let clash = format!("{TWO_SERVICES}\n[[route]]\nprefix = \"/github/\"\nactive = \"gh-blue\"\n");
+    let err = parse(&clash).unwrap_err();
+    assert!(
+        err.contains("takes the same host and path as route `gh`"),
+        "{err}"
+    );
+    let renamed = format!("{TWO_SERVICES}\n[[route]]\nname = \"gh\"\nactive = \"gh-blue\"\n");
+    assert!(
+        parse(&renamed)
+            .unwrap_err()
+            .contains("two routes are named `gh`")
+    );
+    let nothing = "[[listener]]\nbind = \"127.0.0.1:1\"\n[pools.p]\nbackends = [\"127.0.0.1:2\"]\n";
+    assert!(
+        parse(nothing)
+            .unwrap_err()
+            .contains("set routing.active to a pool name")
+    );
+    let bad_header = TWO_SERVICES.replace(
+        "host = \"backend\"",
+        "host = \"backend\"\nresponse_headers = { set = { \"Bad Name\" = \"x\" } }",
+    );
+    assert!(
+        parse(&bad_header)
+            .unwrap_err()
+            .contains("is not a header name")
     );
 }
 

@@ -10,18 +10,19 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{
-    RawAdmin, RawConfig, RawDiscovery, RawLifecycle, RawListener, RawSessions, RawTimeouts, RawTls,
-    RawUpstream,
+    RawAdmin, RawConfig, RawDiscovery, RawLifecycle, RawListener, RawRouting, RawSessions,
+    RawTimeouts, RawTls, RawUpstream,
 };
+use super::routes::{Defaults, validate_routes};
 use super::tls::CertPair;
 use super::values::{
-    duration, nameserver_addr, optional_duration, redirect_base, socket_addr, validate_active,
-    validate_health, validate_limits, validate_log_level, validate_pool,
+    duration, nameserver_addr, optional_duration, redirect_base, socket_addr, validate_health,
+    validate_limits, validate_log_level, validate_pool,
 };
 use super::{
     AdminConfig, CertPairRef, Cidr, Config, ConfigError, DiscoveryConfig, FileRef, LifecycleConfig,
-    ListenerConfig, LogConfig, Place, PolicyConfig, PoolConfig, Redirect, SealConfig,
-    SessionConfig, Timeouts, TlsFiles, UpstreamConfig, UpstreamTls,
+    ListenerConfig, LogConfig, Place, PoolConfig, Redirect, RouteConfig, SealConfig, SessionConfig,
+    Timeouts, TlsFiles, UpstreamConfig, UpstreamTls,
 };
 
 pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -121,18 +122,34 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Invalid> {
         .iter()
         .map(|(name, pool)| Ok((name.clone(), validate_pool(name, pool)?)))
         .collect::<Result<BTreeMap<_, _>, Invalid>>()?;
-    let routing = raw
-        .routing
-        .ok_or_else(|| whole_file("no [routing]: set routing.active to a pool name"))?;
-    let active = validate_active(&routing.active, &pools)?;
-    let upstream = validate_upstream(&raw.upstream, &pools, source)?;
-    let health = validate_health(raw.health.as_ref())?;
+    let routing = raw.routing.unwrap_or(RawRouting {
+        active: None,
+        trusted_proxies: Vec::new(),
+    });
+    if routing.active.is_none() && raw.route.is_empty() {
+        return Err(whole_file(
+            "no [routing] active: set routing.active to a pool name, or add [[route]] entries",
+        ));
+    }
+    let timeouts = validate_timeouts(&raw.timeouts)?;
+    let limits = validate_limits(&raw.limits)?;
+    let file = |path: &Spanned<String>| source.file(path);
     let policy = raw
         .policy
         .as_ref()
-        .map(|p| super::policy::validate_policy(p, &|path| source.file(path)))
+        .map(|p| super::policy::validate_policy(p, &file))
         .transpose()?;
-    let upstream = with_jwks_tls(upstream, policy.as_ref());
+    let defaults = Defaults {
+        pools: &pools,
+        timeouts: &timeouts,
+        limits: &limits,
+        policy: policy.as_ref(),
+        file: &file,
+    };
+    let routes = validate_routes(&raw.route, routing.active.as_ref(), &defaults)?;
+    let upstream = validate_upstream(&raw.upstream, &pools, source)?;
+    let health = validate_health(raw.health.as_ref())?;
+    let upstream = with_jwks_tls(upstream, &routes);
     let trusted_proxies = routing
         .trusted_proxies
         .iter()
@@ -144,12 +161,12 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Invalid> {
         listeners,
         admin,
         pools,
-        active,
+        routes,
         trusted_proxies,
         sessions: validate_sessions(&raw.sessions, source)?,
-        timeouts: validate_timeouts(&raw.timeouts)?,
+        timeouts,
         upstream,
-        limits: validate_limits(&raw.limits)?,
+        limits,
         watch_interval: optional_duration(&raw.reload.watch_interval, Duration::ZERO)?,
         health,
         log,
@@ -238,10 +255,11 @@ fn validate_lifecycle(raw: &RawLifecycle, source: &Source<'_>) -> Result<Lifecyc
 }
 
 /// A JWKS URL is fetched with the TLS client of `https://` backends: it needs one too.
-fn with_jwks_tls(mut upstream: UpstreamConfig, policy: Option<&PolicyConfig>) -> UpstreamConfig {
-    let fetches = policy
-        .and_then(|p| p.auth.as_ref())
-        .is_some_and(|a| matches!(a.jwks, super::JwksSource::Url(_)));
+fn with_jwks_tls(mut upstream: UpstreamConfig, routes: &[RouteConfig]) -> UpstreamConfig {
+    let fetches = routes
+        .iter()
+        .filter_map(|r| r.policy.as_ref()?.auth.as_ref())
+        .any(|a| matches!(a.jwks, super::JwksSource::Url(_)));
     if fetches && upstream.tls.is_none() {
         upstream.tls = Some(UpstreamTls { ca: None });
     }

@@ -124,17 +124,7 @@ fn validate_probes(raw: &RawHealth) -> Result<Option<ProbeConfig>, Invalid> {
     }
     let path = match &raw.path {
         None => http::uri::PathAndQuery::from_static("/healthz"),
-        Some(text) => text
-            .get_ref()
-            .parse()
-            .ok()
-            .filter(|_| text.get_ref().starts_with('/'))
-            .ok_or_else(|| {
-                invalid(
-                    text,
-                    format!("`{}` is not a path like /healthz", text.get_ref()),
-                )
-            })?,
+        Some(text) => parse_path(text)?,
     };
     let threshold = |value: &Option<Spanned<u32>>, name: &str, default: u32| match value {
         None => Ok(default),
@@ -154,6 +144,20 @@ fn validate_probes(raw: &RawHealth) -> Result<Option<ProbeConfig>, Invalid> {
         fall: threshold(&raw.fall, "fall", 3)?,
         expect_status,
     }))
+}
+
+/// A probe path (and query), such as `/healthz`.
+pub(super) fn parse_path(text: &Spanned<String>) -> Result<http::uri::PathAndQuery, Invalid> {
+    text.get_ref()
+        .parse()
+        .ok()
+        .filter(|_| text.get_ref().starts_with('/'))
+        .ok_or_else(|| {
+            invalid(
+                text,
+                format!("`{}` is not a path like /healthz", text.get_ref()),
+            )
+        })
 }
 
 /// `"200"` or `"200-399"`: the statuses a probe accepts.
@@ -260,9 +264,11 @@ fn validate_backend_address(address: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `active` of `[routing]` or of a route (`what` names it in errors): one pool, or shares.
 pub(super) fn validate_active(
     active: &Spanned<RawActive>,
     pools: &BTreeMap<String, PoolConfig>,
+    what: &str,
 ) -> Result<Vec<(String, u32)>, Invalid> {
     let split: Vec<(String, u32)> = match active.get_ref() {
         RawActive::One(pool) => vec![(pool.clone(), 1)],
@@ -275,7 +281,7 @@ pub(super) fn validate_active(
     if split.is_empty() {
         return Err(invalid(
             active,
-            "routing.active names no pool with a weight above 0".into(),
+            format!("{what} names no pool with a weight above 0"),
         ));
     }
     for (pool, _) in &split {
@@ -284,7 +290,7 @@ pub(super) fn validate_active(
             return Err(invalid(
                 active,
                 format!(
-                    "routing.active names pool `{pool}`, which is not defined (pools: {})",
+                    "{what} names pool `{pool}`, which is not defined (pools: {})",
                     known.join(", ")
                 ),
             ));

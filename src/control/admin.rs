@@ -80,7 +80,7 @@ async fn serve_one(
     let service = service_fn(move |request| {
         arrived.arrived();
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(handle(&state, &request)) }
+        async move { Ok::<_, Infallible>(handle(&state, &request).await) }
     });
     let connection = http
         .builder()
@@ -144,7 +144,7 @@ impl Endpoint<'_> {
     }
 }
 
-fn handle(state: &State, request: &Request<Incoming>) -> Response<ResponseBody> {
+async fn handle(state: &Arc<State>, request: &Request<Incoming>) -> Response<ResponseBody> {
     let Some(endpoint) = Endpoint::parse(request.uri().path()) else {
         return error(StatusCode::NOT_FOUND, "no such admin endpoint");
     };
@@ -178,7 +178,7 @@ fn handle(state: &State, request: &Request<Incoming>) -> Response<ResponseBody> 
         Endpoint::Metrics => metrics(state),
         Endpoint::Status => json(StatusCode::OK, status(state)),
         Endpoint::Sessions => json(StatusCode::OK, sessions(state)),
-        Endpoint::Reload => reload(state),
+        Endpoint::Reload => reload(state).await,
         Endpoint::Drain(address) => set_drained(state, &decode(address), true),
         Endpoint::Undrain(address) => set_drained(state, &decode(address), false),
     }
@@ -209,8 +209,8 @@ fn metrics(state: &State) -> Response<ResponseBody> {
     response
 }
 
-fn reload(state: &State) -> Response<ResponseBody> {
-    match crate::control::reload::reload_from_file(state) {
+async fn reload(state: &Arc<State>) -> Response<ResponseBody> {
+    match crate::control::reload::reload_off_runtime(Arc::clone(state)).await {
         Ok(generation) => json(
             StatusCode::OK,
             serde_json::json!({ "reloaded": true, "generation": generation }),
@@ -304,8 +304,9 @@ fn status(state: &State) -> serde_json::Value {
         .iter()
         .map(|pool| {
             let active = snapshot
-                .active
+                .routes
                 .iter()
+                .flat_map(|r| &r.active)
                 .any(|(i, _)| snapshot.pool(*i).name == pool.name);
             let backends: Vec<serde_json::Value> = pool
                 .members
@@ -345,9 +346,40 @@ fn status(state: &State) -> serde_json::Value {
         "config": snapshot.config.source.display().to_string(),
         "ready": not_ready_reason(state).is_none(),
         "sessions": state.sessions.len(),
+        "routes": routes(&snapshot),
         "pools": pools,
         "draining": draining,
     })
+}
+
+/// The route table: what each route matches, its pools, and whether it can take new work.
+fn routes(snapshot: &crate::state::Snapshot) -> Vec<serde_json::Value> {
+    snapshot
+        .routes
+        .iter()
+        .map(|route| {
+            let settings = &route.settings;
+            let hosts: Vec<String> = settings.hosts.iter().map(ToString::to_string).collect();
+            let (kind, path) = match &settings.path {
+                crate::config::PathMatch::Prefix(p) => ("prefix", p),
+                crate::config::PathMatch::Exact(p) => ("exact", p),
+            };
+            let active: serde_json::Map<String, serde_json::Value> = route
+                .active
+                .iter()
+                .map(|(i, w)| (snapshot.pool(*i).name.to_string(), (*w).into()))
+                .collect();
+            serde_json::json!({
+                "name": &*route.name,
+                "hosts": hosts,
+                kind: path,
+                "strip_prefix": settings.strip_prefix,
+                "pools": settings.pools,
+                "active": active,
+                "usable": route.has_usable_backend(&snapshot.pools),
+            })
+        })
+        .collect()
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ResponseBody> {

@@ -91,9 +91,13 @@ async fn probe_loop(state: Arc<State>, backend: Arc<Backend>, stop: Cancellation
             () = tokio::time::sleep_until(next) => {}
         }
         let snapshot = state.snapshot();
-        let Some(probes) = snapshot.config.health.probes.clone() else {
+        let Some(mut probes) = snapshot.config.health.probes.clone() else {
             return;
         };
+        // A route may probe its backends at its own path.
+        if let Some(path) = snapshot.probe_path(&backend) {
+            probes.path = path.clone();
+        }
         let limits = snapshot.pool_limits;
         let tls = snapshot.loaded.upstream_tls.clone();
         drop(snapshot);

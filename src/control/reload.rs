@@ -16,12 +16,24 @@ pub enum ReloadError {
         "listener bind addresses cannot change on reload (restart the proxy to change them; TLS certificates, PROXY protocol and redirects can): {0}"
     )]
     ListenersChanged(String),
+    #[error(
+        "the reload task stopped before it finished; the previous configuration stays in force"
+    )]
+    Interrupted,
 }
 
 /// Reloads from the file the running config came from.
 pub fn reload_from_file(state: &State) -> Result<u64, ReloadError> {
     let source = state.snapshot().config.source.clone();
     reload_from(state, &source)
+}
+
+/// `reload_from_file` on a blocking thread: reading and parsing files (certificates, keys, a
+/// config on a slow or remote mount) must not hold up a runtime worker and the connections on it.
+pub async fn reload_off_runtime(state: std::sync::Arc<State>) -> Result<u64, ReloadError> {
+    tokio::task::spawn_blocking(move || reload_from_file(&state))
+        .await
+        .unwrap_or(Err(ReloadError::Interrupted))
 }
 
 pub fn reload_from(state: &State, path: &Path) -> Result<u64, ReloadError> {
@@ -69,27 +81,30 @@ pub fn apply(state: &State, config: Config) -> Result<u64, ReloadError> {
     Ok(state.apply(ready))
 }
 
-/// Polls the config file every `interval` and reloads when its contents differ from the last
-/// version seen, until `stop`. Contents rather than mtime: an editor that rewrites the file twice
-/// within a second, or a Kubernetes ConfigMap symlink swap, is still seen. A broken edit is tried
-/// once, not on every tick.
+/// Polls the config file every `interval` and reloads when its contents differ both from the
+/// config in force and from the last broken version tried, until `stop`. Contents rather than
+/// mtime: an editor that rewrites the file twice within a second, or a Kubernetes ConfigMap
+/// symlink swap, is still seen. Comparing with the snapshot's digest means a file that a SIGHUP
+/// or admin reload already applied is not loaded again; a broken edit is tried once, not on
+/// every tick.
 pub async fn watch(
     state: std::sync::Arc<State>,
     interval: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut seen = state.snapshot().config.digest;
+    let mut tried = None;
     let mut ticks = super::periodic::Ticks::new(interval, &stop);
     while ticks.next().await {
-        let source = state.snapshot().config.source.clone();
+        let current = state.snapshot();
+        let source = current.config.source.clone();
         let Ok(text) = tokio::fs::read(&source).await else {
             continue;
         };
         let digest = crate::mcp::hash::stable_hash(&text);
-        if digest != seen {
-            seen = digest;
+        if digest != current.config.digest && tried != Some(digest) {
+            tried = Some(digest);
             tracing::info!(file = %source.display(), "config file changed; reloading");
-            let _ = reload_from_file(&state);
+            let _ = reload_off_runtime(std::sync::Arc::clone(&state)).await;
         }
     }
 }

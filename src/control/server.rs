@@ -316,12 +316,18 @@ fn spawn_background(state: &Arc<State>, stop: &CancellationToken) {
     ));
 }
 
-/// Periodic upkeep: session expiry and drain deadlines.
+/// Periodic upkeep: session expiry, drain deadlines, and pruning the connection pools (so that
+/// check-in on the request path never scans them).
 async fn maintain(state: Arc<State>, stop: CancellationToken) {
     let mut last_expiry = Instant::now();
     let mut ticks = super::periodic::Ticks::new(Duration::from_millis(250), &stop);
     while ticks.next().await {
         let now = Instant::now();
+        let snapshot = state.snapshot();
+        let pruned_at = tokio::time::Instant::from_std(now);
+        for backend in snapshot.backends.values() {
+            backend.prune_idle(snapshot.pool_limits, pruned_at);
+        }
         let finished = state.reap_drained(now);
         if finished > 0 {
             tracing::info!(

@@ -113,6 +113,38 @@ pub fn replace_first(haystack: &[u8], from: &[u8], to: &[u8]) -> Option<Vec<u8>>
     Some(out)
 }
 
+/// A legacy `endpoint` URL with `prefix` (a route's stripped path prefix, no trailing `/`) put
+/// back in front of its path, so the client's POSTs come back through the same route.
+///
+/// A path (`/messages?sessionId=…`) gets the prefix. An absolute URL (`http://host/messages…`,
+/// or `//host/messages…`) becomes that prefixed path: the backend built it from a host the
+/// client may not reach (the backend's own name, under `host = "backend"`), and a path resolves
+/// against the URL of the client's own stream, which is where the POSTs must go. A relative URL
+/// (`messages?…`) already resolves under the prefix and is left alone.
+pub fn prefixed_endpoint(url: &str, prefix: &str) -> String {
+    let after_authority = |rest: &str| -> String {
+        let cut = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let path = &rest[cut..];
+        let slash = if path.starts_with('/') { "" } else { "/" };
+        format!("{prefix}{slash}{path}")
+    };
+    if let Some(rest) = url.strip_prefix("//") {
+        return after_authority(rest);
+    }
+    if let Some((scheme, rest)) = url.split_once("://")
+        && !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return after_authority(rest);
+    }
+    if url.starts_with('/') {
+        return format!("{prefix}{url}");
+    }
+    url.to_string()
+}
+
 /// The index just past the last blank line (`\n\n`, or `\n\r\n` with CRLF line ends).
 fn last_blank_line_end(bytes: &[u8]) -> Option<usize> {
     (1..bytes.len())
@@ -180,6 +212,24 @@ mod tests {
         );
         assert!(s.is_done());
         assert_eq!(s.feed(b"event: endpoint\ndata: /x\n\n"), None);
+    }
+
+    #[test]
+    fn endpoint_urls_get_the_prefix_back() {
+        let cases = [
+            ("/messages?sessionId=a", "/github/messages?sessionId=a"),
+            (
+                "http://10.0.0.1:3001/messages?sessionId=a",
+                "/github/messages?sessionId=a",
+            ),
+            ("https://h/m/?session_id=a", "/github/m/?session_id=a"),
+            ("//h:1/messages", "/github/messages"),
+            ("http://h?sessionId=a", "/github/?sessionId=a"),
+            ("messages?sessionId=a", "messages?sessionId=a"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(prefixed_endpoint(url, "/github"), expected, "{url}");
+        }
     }
 
     #[test]

@@ -3,41 +3,62 @@
 //! [`ResponseBody`] carries everything whose life must end with the response: the in-flight guard
 //! (least-connections counts a stream for as long as it is open), the upstream connection (back to
 //! the pool at end of body, closed if the client left early, so the backend sees the disconnect),
-//! the SSE watch (keepalives, endpoint learning, drain close) and the access-log record.
+//! the one timer of the exchange (idle timeout, SSE keepalives), the SSE watch (endpoint
+//! learning, drain close) and the access-log record.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::mcp::session::SessionSlot;
 use crate::mcp::sse::{BoundaryTracker, DRAIN_RETRY, EndpointScanner, KEEPALIVE};
 use crate::state::State;
-use crate::upstream::backend::{InFlightGuard, PoolLimits};
+use crate::upstream::backend::{InFlightGuard, PoolLimits, later};
+use crate::upstream::balance::Target;
 use crate::upstream::body::RequestBody;
 
-/// What the access log says about one request, written when its response body ends.
+/// The access-log fields only the log line needs: read from the request only when the access
+/// log is on.
+#[derive(Debug)]
+pub struct AccessLog {
+    pub method: http::Method,
+    pub path: Box<str>,
+    pub session: Option<String>,
+    /// `None` until a route took the request.
+    pub route: Option<Arc<str>>,
+    pub request_id: super::request_id::RequestId,
+    pub client: std::net::IpAddr,
+    pub user_agent: Option<http::HeaderValue>,
+}
+
+impl AccessLog {
+    /// Whether access-log lines are written at all (the log filter is fixed at start).
+    pub fn enabled() -> bool {
+        tracing::enabled!(target: "access", tracing::Level::INFO)
+    }
+}
+
+/// What the access log and the stream metrics say about one request, written when its response
+/// body ends.
 #[derive(Debug)]
 pub struct AccessRecord {
     pub state: Arc<State>,
-    pub method: http::Method,
-    pub path: String,
+    pub target: Arc<Target>,
     pub class: crate::mcp::classify::RouteClass,
     pub status: u16,
-    pub backend: Arc<str>,
-    pub pool: Arc<str>,
-    pub session: Option<String>,
-    pub request_id: super::request_id::RequestId,
     pub started: Instant,
     pub bytes: u64,
     pub stream: bool,
+    /// `None` when the access log is off.
+    pub log: Option<Box<AccessLog>>,
     /// The request's MCP calls, when `[policy]` watched them.
     pub mcp: Option<Arc<super::policy::observe::Observed>>,
 }
@@ -45,6 +66,14 @@ pub struct AccessRecord {
 impl AccessRecord {
     /// Writes the access-log line (and stream metrics) for a request that ended with `outcome`.
     pub fn finish(&self, outcome: &'static str) {
+        // Counted whether or not the access log is on.
+        let mcp = self
+            .mcp
+            .as_ref()
+            .map(|o| o.finish(&self.state.metrics, self.status, self.started.elapsed()));
+        if !self.stream && self.log.is_none() {
+            return;
+        }
         let elapsed = self.started.elapsed();
         if self.stream {
             self.state
@@ -55,22 +84,22 @@ impl AccessRecord {
                 })
                 .observe(elapsed.as_secs_f64());
         }
-        let mcp = self
-            .mcp
-            .as_ref()
-            .map(|o| o.finish(&self.state.metrics, self.status, elapsed));
+        let Some(log) = &self.log else { return };
         tracing::info!(
             target: "access",
-            method = %self.method,
-            path = %self.path,
+            method = %log.method,
+            path = %log.path,
             class = self.class.as_str(),
             status = self.status,
-            backend = %self.backend,
-            pool = %self.pool,
+            route = log.route.as_deref().unwrap_or(""),
+            backend = %self.target.backend.address,
+            pool = %self.target.pool(),
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             bytes = self.bytes,
-            session = self.session.as_deref().unwrap_or(""),
-            request_id = %self.request_id,
+            session = log.session.as_deref().unwrap_or(""),
+            request_id = %log.request_id,
+            client = %log.client,
+            user_agent = super::request::user_agent(log.user_agent.as_ref()),
             outcome,
             mcp_method = mcp.as_ref().map(|m| m.method.as_str()),
             mcp_tool = mcp.as_ref().map(|m| m.tool.as_str()),
@@ -87,31 +116,36 @@ pub struct SseWatch {
     /// Room in the session table for the session the `endpoint` event names; given back once
     /// the scan ends without one.
     slot: Option<SessionSlot>,
-    keepalive: Option<(Pin<Box<Sleep>>, Duration)>,
     close: Pin<Box<WaitForCancellationFutureOwned>>,
     closing: bool,
-    /// Set when the endpoint event's session id must be sealed: the stream's head is held back
-    /// in `held` (bounded by the scan limit) until that event is complete, then rewritten.
+    /// Set when the endpoint event's session id must be sealed.
     seal: Option<Arc<crate::mcp::seal::Sealer>>,
+    /// Set when the route stripped this prefix: the endpoint URL gets it back.
+    prefix: Option<Arc<str>>,
+    /// While the endpoint event is rewritten (sealed or prefixed), the stream's head is held
+    /// back here (bounded by the scan limit) until that event is complete.
     held: Vec<u8>,
+    /// The legacy session this stream's `endpoint` event named: it lives as long as the stream,
+    /// so the table forgets it when the stream ends rather than at the idle timeout.
+    learned: Option<String>,
 }
 
 impl SseWatch {
     pub fn new(
         slot: Option<SessionSlot>,
         learn_endpoint: bool,
-        keepalive: Option<Duration>,
         close: tokio_util::sync::CancellationToken,
     ) -> SseWatch {
         SseWatch {
             boundary: BoundaryTracker::default(),
             endpoint: learn_endpoint.then(EndpointScanner::default),
             slot,
-            keepalive: keepalive.map(|every| (Box::pin(tokio::time::sleep(every)), every)),
             close: Box::pin(close.cancelled_owned()),
             closing: false,
             seal: None,
+            prefix: None,
             held: Vec::new(),
+            learned: None,
         }
     }
 
@@ -119,6 +153,108 @@ impl SseWatch {
     pub fn sealing(mut self, sealer: Arc<crate::mcp::seal::Sealer>) -> SseWatch {
         self.seal = Some(sealer);
         self
+    }
+
+    /// Puts `prefix` back in front of the legacy `endpoint` event's path as it passes.
+    pub fn prefixing(mut self, prefix: Arc<str>) -> SseWatch {
+        self.prefix = Some(prefix);
+        self
+    }
+
+    /// Whether the endpoint event will be rewritten (and so change length).
+    pub fn rewrites_endpoint(&self) -> bool {
+        self.endpoint.is_some() && (self.seal.is_some() || self.prefix.is_some())
+    }
+}
+
+/// The one timer of a proxied response, taken over from the exchange that brought its head: the
+/// idle timeout and the SSE keepalive share it. A frame only notes when it passed; the timer is
+/// re-armed when it fires, to whatever is due next.
+struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    idle: Option<Duration>,
+    keepalive: Option<Duration>,
+    /// When body data last passed (or the head came).
+    last_data: Instant,
+    /// When the last keepalive went out (or the head came).
+    last_keepalive: Instant,
+}
+
+enum Due {
+    Idle,
+    Keepalive,
+}
+
+impl Timer {
+    /// `None` when there is nothing to time: the exchange's timer is dropped.
+    fn new(
+        sleep: Pin<Box<Sleep>>,
+        idle: Option<Duration>,
+        keepalive: Option<Duration>,
+        answered: Instant,
+    ) -> Option<Timer> {
+        if idle.is_none() && keepalive.is_none() {
+            return None;
+        }
+        let timer_due = sleep.deadline();
+        let mut timer = Timer {
+            sleep,
+            idle,
+            keepalive,
+            last_data: answered,
+            last_keepalive: answered,
+        };
+        // Armed later than due, it would fire too late; armed earlier, it re-arms when it fires.
+        if let Some(due) = timer.next_due()
+            && due < timer_due
+        {
+            timer.sleep.as_mut().reset(due);
+        }
+        Some(timer)
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        let idle = self.idle.map(|every| later(self.last_data, every));
+        let since = self.last_data.max(self.last_keepalive);
+        let keepalive = self.keepalive.map(|every| later(since, every));
+        match (idle, keepalive) {
+            (Some(idle), Some(keepalive)) => Some(idle.min(keepalive)),
+            (idle, keepalive) => idle.or(keepalive),
+        }
+    }
+
+    fn note_data(&mut self) {
+        self.last_data = Instant::now();
+    }
+
+    /// What is due once the timer fires; re-armed (and registered with `cx`) for the next one.
+    fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<Due> {
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            let now = Instant::now();
+            if self
+                .idle
+                .is_some_and(|every| later(self.last_data, every) <= now)
+            {
+                return Poll::Ready(Due::Idle);
+            }
+            let since = self.last_data.max(self.last_keepalive);
+            let keepalive = self
+                .keepalive
+                .is_some_and(|every| later(since, every) <= now);
+            if keepalive {
+                self.last_keepalive = now;
+            }
+            let Some(next) = self.next_due() else {
+                return Poll::Pending;
+            };
+            self.sleep.as_mut().reset(next);
+            if keepalive {
+                // Registers the waker for the next tick.
+                let _ = self.sleep.as_mut().poll(cx);
+                return Poll::Ready(Due::Keepalive);
+            }
+        }
     }
 }
 
@@ -128,7 +264,9 @@ pub struct UpstreamBody {
     guard: Option<InFlightGuard>,
     sender: Option<SendRequest<RequestBody>>,
     pool_limits: PoolLimits,
-    idle: Option<(Pin<Box<Sleep>>, Duration)>,
+    timer: Option<Timer>,
+    /// When the head came: the connection's idle time counts from its last activity.
+    answered: Instant,
     sse: Option<Box<SseWatch>>,
     record: Option<AccessRecord>,
     /// Set when a drain must close the stream right after the frame just passed.
@@ -141,7 +279,12 @@ pub struct UpstreamParts {
     /// `None` when the connection must not serve another request.
     pub sender: Option<SendRequest<RequestBody>>,
     pub pool_limits: PoolLimits,
+    /// The exchange's timer and when the head came.
+    pub timer: Pin<Box<Sleep>>,
+    pub answered: Instant,
     pub idle_timeout: Option<Duration>,
+    /// SSE only: a keepalive comment after this long without data.
+    pub keepalive: Option<Duration>,
     pub sse: Option<SseWatch>,
     pub record: AccessRecord,
 }
@@ -167,9 +310,13 @@ impl ResponseBody {
             guard: Some(parts.guard),
             sender: parts.sender,
             pool_limits: parts.pool_limits,
-            idle: parts
-                .idle_timeout
-                .map(|d| (Box::pin(tokio::time::sleep(d)), d)),
+            timer: Timer::new(
+                parts.timer,
+                parts.idle_timeout,
+                parts.keepalive,
+                parts.answered,
+            ),
+            answered: parts.answered,
             sse: parts.sse.map(Box::new),
             record: Some(parts.record),
             close_next: false,
@@ -235,6 +382,8 @@ impl UpstreamBody {
                 // connection would never return to the pool.
                 if self.inner.as_ref().is_some_and(Body::is_end_stream) && !self.close_next {
                     self.complete();
+                } else if let Some(timer) = &mut self.timer {
+                    timer.note_data();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -259,14 +408,8 @@ impl UpstreamBody {
                 record.bytes += data.len() as u64;
                 record.state.metrics.bytes_out.inc_by(data.len() as u64);
             }
-            if let Some((sleep, every)) = &mut self.idle {
-                sleep.as_mut().reset(tokio::time::Instant::now() + *every);
-            }
             if let Some(sse) = &mut self.sse {
                 sse.boundary.observe(data);
-                if let Some((sleep, every)) = &mut sse.keepalive {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + *every);
-                }
                 self.scan_endpoint(data);
                 if self
                     .sse
@@ -280,15 +423,16 @@ impl UpstreamBody {
         frame
     }
 
-    /// On a sealed legacy stream, keeps the head back until the `endpoint` event is complete,
-    /// then gives it out with the session id sealed. `None` while still holding.
+    /// On a legacy stream whose endpoint is rewritten, keeps the head back until the `endpoint`
+    /// event is complete, then gives it out rewritten. `None` while still holding.
     fn hold_endpoint(&mut self, frame: Frame<Bytes>) -> Option<Frame<Bytes>> {
         let Some(sse) = self.sse.as_mut() else {
             return Some(frame);
         };
-        let (Some(sealer), Some(scanner), Some(data)) =
-            (sse.seal.clone(), sse.endpoint.as_mut(), frame.data_ref())
-        else {
+        if !sse.rewrites_endpoint() {
+            return Some(frame);
+        }
+        let (Some(scanner), Some(data)) = (sse.endpoint.as_mut(), frame.data_ref()) else {
             return Some(frame);
         };
         sse.held.extend_from_slice(data);
@@ -306,29 +450,40 @@ impl UpstreamBody {
             return Some(Frame::data(Bytes::from(held)));
         };
         self.learn_endpoint(&url);
-        let owner = self
-            .guard
-            .as_ref()
-            .map(|g| Arc::clone(&g.backend().address));
-        let rewritten = owner.and_then(|owner| {
-            let id = crate::mcp::session::legacy_session_id(url.split_once('?')?.1)?;
-            let token = sealer.seal(&owner, id)?;
-            let sealed_url = crate::mcp::seal::with_session_id(&url, &token)?;
-            crate::mcp::sse::replace_first(&held, url.as_bytes(), sealed_url.as_bytes())
+        let rewritten = self.rewritten_endpoint(&url).and_then(|new_url| {
+            crate::mcp::sse::replace_first(&held, url.as_bytes(), new_url.as_bytes())
         });
         match rewritten {
             Some(bytes) => Some(Frame::data(Bytes::from(bytes))),
             None => {
-                tracing::warn!("cannot seal the endpoint event's session id; passing it as is");
+                tracing::warn!("cannot rewrite the endpoint event's URL; passing it as is");
                 Some(Frame::data(Bytes::from(held)))
             }
         }
     }
 
+    /// The endpoint URL as the client must see it: its session id sealed, the route's stripped
+    /// prefix put back in front of its path.
+    fn rewritten_endpoint(&self, url: &str) -> Option<String> {
+        let sse = self.sse.as_ref()?;
+        let mut url = url.to_string();
+        if let Some(sealer) = &sse.seal {
+            let owner = &self.guard.as_ref()?.backend().address;
+            let id = crate::mcp::session::legacy_session_id(url.split_once('?')?.1)?;
+            let token = sealer.seal(owner, id)?;
+            url = crate::mcp::seal::with_session_id(&url, &token)?;
+        }
+        if let Some(prefix) = &sse.prefix {
+            url = crate::mcp::sse::prefixed_endpoint(&url, prefix);
+        }
+        Some(url)
+    }
+
     /// Bytes still held when the stream ends before its endpoint event completed.
     fn release_held(&mut self) -> Option<Bytes> {
         let sse = self.sse.as_mut()?;
-        sse.endpoint.take_if(|_| sse.seal.is_some());
+        sse.endpoint
+            .take_if(|_| sse.seal.is_some() || sse.prefix.is_some());
         let held = std::mem::take(&mut sse.held);
         (!held.is_empty()).then(|| Bytes::from(held))
     }
@@ -337,6 +492,10 @@ impl UpstreamBody {
     /// client's first POST already finds its owner.
     fn scan_endpoint(&mut self, data: &Bytes) {
         let Some(sse) = self.sse.as_mut() else { return };
+        // With sealing, `hold_endpoint` already fed these bytes to the scanner.
+        if sse.seal.is_some() {
+            return;
+        }
         let Some(scanner) = sse.endpoint.as_mut() else {
             return;
         };
@@ -360,9 +519,14 @@ impl UpstreamBody {
         ) else {
             return;
         };
-        let slot = self.sse.as_mut().and_then(|sse| sse.slot.take());
+        let slot = self.sse.as_mut().and_then(|sse| {
+            sse.learned = Some(id.to_owned());
+            sse.slot.take()
+        });
         record.state.learn_session(id, guard.backend(), slot);
-        record.session = Some(crate::mcp::session::session_tag(id));
+        if let Some(log) = &mut record.log {
+            log.session = Some(crate::mcp::session::session_tag(id));
+        }
     }
 
     fn poll_timers(
@@ -386,28 +550,33 @@ impl UpstreamBody {
                 self.end("backend_unhealthy");
                 return Poll::Ready(None);
             }
-            if let Some((sleep, every)) = &mut sse.keepalive
-                && sleep.as_mut().poll(cx).is_ready()
-            {
-                sleep.as_mut().reset(tokio::time::Instant::now() + *every);
-                // Registers the waker for the next tick.
-                let _ = sleep.as_mut().poll(cx);
-                if sse.boundary.at_boundary() && !sse.closing {
-                    sse.boundary.observe(KEEPALIVE);
-                    if let Some(record) = &self.record {
-                        record.state.metrics.keepalives.inc();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEPALIVE)))));
+        }
+        let Some(timer) = &mut self.timer else {
+            return Poll::Pending;
+        };
+        match timer.poll_due(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Due::Idle) => {
+                self.end("idle_timeout");
+                Poll::Ready(None)
+            }
+            Poll::Ready(Due::Keepalive) => {
+                // Only between events, and not on a stream about to close (the timer is
+                // registered for the next tick either way).
+                let Some(sse) = self
+                    .sse
+                    .as_mut()
+                    .filter(|s| s.boundary.at_boundary() && !s.closing)
+                else {
+                    return Poll::Pending;
+                };
+                sse.boundary.observe(KEEPALIVE);
+                if let Some(record) = &self.record {
+                    record.state.metrics.keepalives.inc();
                 }
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEPALIVE)))))
             }
         }
-        if let Some((sleep, _)) = &mut self.idle
-            && sleep.as_mut().poll(cx).is_ready()
-        {
-            self.end("idle_timeout");
-            return Poll::Ready(None);
-        }
-        Poll::Pending
     }
 
     /// Ends a stream that must close for a drain, at an event boundary: the last frame asks
@@ -423,7 +592,8 @@ impl UpstreamBody {
     /// The backend finished the response: the connection can serve another request.
     fn complete(&mut self) {
         if let (Some(sender), Some(guard)) = (self.sender.take(), self.guard.as_ref()) {
-            guard.backend().checkin(sender, self.pool_limits);
+            let since = self.timer.as_ref().map_or(self.answered, |t| t.last_data);
+            guard.backend().checkin_at(sender, self.pool_limits, since);
         }
         self.finish("complete");
     }
@@ -438,8 +608,12 @@ impl UpstreamBody {
 
     fn finish(&mut self, outcome: &'static str) {
         self.inner = None;
-        self.idle = None;
+        self.timer = None;
         self.guard = None;
+        let learned = self.sse.as_mut().and_then(|sse| sse.learned.take());
+        if let (Some(id), Some(record)) = (learned, &self.record) {
+            record.state.sessions.forget(&id);
+        }
         if let Some(record) = self.record.take() {
             record.finish(outcome);
         }

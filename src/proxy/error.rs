@@ -14,6 +14,9 @@ use super::request_id::{RequestId, X_REQUEST_ID};
 pub enum ProxyError {
     #[error("no healthy backend is available")]
     NoBackend,
+    /// No route takes the request's host and path.
+    #[error("no route for this host and path")]
+    NoRoute,
     /// The session names no known owner, or its owner is gone for good or out for now.
     #[error("session not found")]
     SessionNotFound,
@@ -59,7 +62,7 @@ impl ProxyError {
             ProxyError::NoBackend | ProxyError::ShuttingDown | ProxyError::SessionTableFull => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::SessionNotFound => StatusCode::NOT_FOUND,
+            ProxyError::SessionNotFound | ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Upstream(UpstreamError::ResponseTimeout { .. }) => {
                 StatusCode::GATEWAY_TIMEOUT
             }

@@ -60,7 +60,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr 
     client
 }
 
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers, `Upgrade` last (kept on an upgrade).
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -69,29 +70,57 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers and those the `Connection` header names. For an upgrade, the
 /// `Upgrade` and `Connection: upgrade` pair is what the next hop needs, so it stays.
+///
+/// One pass over the names present finds what must go, so a request without hop-by-hop
+/// headers costs no lookups (removing an absent name still hashes it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !(upgrade && name == header::UPGRADE))
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << i;
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if present & 1 != 0 {
+        remove_connection_named(headers, upgrade);
+    }
+    let keep = if upgrade {
+        HOP_BY_HOP.len() - 1
+    } else {
+        HOP_BY_HOP.len()
+    };
+    for (i, name) in HOP_BY_HOP[..keep].iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Removes the headers the `Connection` header names (the `Connection` header itself stays for
+/// the caller). Names are looked up as they are, without building `HeaderName`s.
+fn remove_connection_named(headers: &mut HeaderMap, upgrade: bool) {
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    let first = values.next().cloned();
+    // Almost always one value; more are collected only when sent.
+    let rest: Vec<HeaderValue> = values.cloned().collect();
+    for value in first.iter().chain(&rest) {
+        let Ok(value) = value.to_str() else { continue };
+        for name in value.split(',').map(str::trim) {
+            let skip = name.eq_ignore_ascii_case("keep-alive")
+                || name.eq_ignore_ascii_case("close")
+                || (upgrade && name.eq_ignore_ascii_case("upgrade"));
+            if !skip {
+                // An invalid name finds nothing.
+                headers.remove(name);
+            }
+        }
     }
 }
 
@@ -118,14 +147,19 @@ pub fn upstream_request(
         peer_trusted,
         host.as_ref(),
     );
-    if let Some(host) = host {
+    // A Host header the client sent is already in place; the target's authority replaces it.
+    if parts.uri.authority().is_some()
+        && let Some(host) = host
+    {
         parts.headers.insert(header::HOST, host);
     }
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
+    if parts.uri.scheme().is_some() || parts.uri.path_and_query().is_none() {
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
+    }
     parts.version = Version::HTTP_11;
     Request::from_parts(parts, RequestBody::streaming(body, limits, bytes_in))
 }
@@ -208,12 +242,12 @@ fn set_forwarded(
     if let Ok(value) = HeaderValue::from_str(&forwarded) {
         headers.insert(header::FORWARDED, value);
     }
-    let peer = conn.peer.ip().to_canonical().to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if peer_trusted => format!("{existing}, {peer}"),
-        _ => client_ip.to_canonical().to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    // A value that is not text is replaced, as an untrusted peer's is.
+    let existing = headers
+        .get(&X_FORWARDED_FOR)
+        .filter(|v| peer_trusted && v.to_str().is_ok())
+        .map(HeaderValue::as_bytes);
+    if let Some(value) = forwarded_for(existing, conn.peer.ip(), client_ip) {
         headers.insert(&X_FORWARDED_FOR, value);
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -225,6 +259,29 @@ fn set_forwarded(
             Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
             None => headers.remove(&X_FORWARDED_HOST),
         };
+    }
+}
+
+/// The `X-Forwarded-For` value: the trusted peer appended to what it sent, or the client alone.
+/// Written straight into the value's bytes.
+fn forwarded_for(existing: Option<&[u8]>, peer: IpAddr, client_ip: IpAddr) -> Option<HeaderValue> {
+    use std::io::Write;
+    // The longest IPv6 text is 45 bytes.
+    let mut ip = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut ip[..]);
+    let address = if existing.is_some() { peer } else { client_ip };
+    write!(cursor, "{}", address.to_canonical()).ok()?;
+    let written = usize::try_from(cursor.position()).ok()?;
+    let ip = &ip[..written];
+    match existing {
+        Some(existing) => {
+            let mut value = Vec::with_capacity(existing.len() + 2 + ip.len());
+            value.extend_from_slice(existing);
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(ip);
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
+        }
+        None => HeaderValue::from_bytes(ip).ok(),
     }
 }
 
@@ -263,6 +320,7 @@ mod tests {
         ConnInfo {
             peer: peer.parse().unwrap(),
             tls,
+            sni: None,
         }
     }
 
@@ -316,6 +374,35 @@ mod tests {
         let origin: http::Uri = "/x".parse().unwrap();
         assert_eq!(target_host(&origin, &h).unwrap(), "wrong.example");
         assert!(target_host(&origin, &HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn connection_named_headers_go_whatever_their_case_or_number() {
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("Keep-Alive, X-One"));
+        h.append(
+            "connection",
+            HeaderValue::from_static("x-two, bad name, ,close"),
+        );
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["accept"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends_to_a_trusted_peer_or_names_the_client() {
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let client: IpAddr = "::ffff:1.2.3.4".parse().unwrap();
+        assert_eq!(forwarded_for(None, peer, client).unwrap(), "1.2.3.4");
+        let v6: IpAddr = "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        assert_eq!(
+            forwarded_for(Some(b"6.6.6.6"), v6, client).unwrap(),
+            "6.6.6.6, 2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        assert!(forwarded_for(Some(b"bad\x01"), peer, client).is_none());
     }
 
     #[test]

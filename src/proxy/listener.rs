@@ -211,7 +211,11 @@ async fn handshake_and_serve(
     };
     let redirect = settings.redirect;
     let Some(tls) = settings.tls else {
-        let conn = ConnInfo { peer, tls: false };
+        let conn = ConnInfo {
+            peer,
+            tls: false,
+            sni: None,
+        };
         serve(stream, conn, redirect, state, http, shutdown, permit).await;
         return;
     };
@@ -232,7 +236,12 @@ async fn handshake_and_serve(
         .inc();
     match accepted {
         Ok(Ok(stream)) => {
-            let conn = ConnInfo { peer, tls: true };
+            let sni = stream.get_ref().1.server_name().map(Arc::from);
+            let conn = ConnInfo {
+                peer,
+                tls: true,
+                sni,
+            };
             serve(stream, conn, redirect, state, http, shutdown, permit).await;
         }
         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),

@@ -2,30 +2,34 @@
 //!
 //! 1. [`handle`] reads what the request is ([`RequestMeta`]: class, session, sealed token, request
 //!    id) from the one snapshot it will see throughout, and [`strict::check`](super::strict::check)
-//!    refuses what a backend could read differently; with `[policy]`, [`admit`] then serves the
-//!    protected-resource metadata, authenticates, learns the MCP calls and applies allow-lists and
-//!    rate limits ([`super::policy`]);
-//! 2. [`route`] decides who may take it: the session's owner, or a pick from the active pools;
-//!    a request that may open a session reserves room for it in the table first;
+//!    refuses what a backend could read differently;
+//! 2. [`find_route`] picks the route by host and path (the snapshot's route table); with the
+//!    route's `[policy]`, [`admit`] then authenticates, learns the MCP calls and applies
+//!    allow-lists and rate limits ([`super::policy`]); [`target`] decides who may take the
+//!    request: the session's owner, whatever route it came by, or a pick from the route's active
+//!    pools; a request that may open a session reserves room for it in the table first;
 //! 3. [`send_with_retry`] sends it, to another backend if the first never received it;
 //! 4. [`respond::shape`](super::respond::shape) learns or seals the session and wraps the body
 //!    so that the in-flight guard lives until the last byte.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
+use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
+use crate::config::HostPolicy;
 use crate::mcp::classify::{RouteClass, classify};
 use crate::mcp::seal::{Opened, Unsealed, unseal_request};
 use crate::mcp::session::{SessionSlot, session_id, session_tag};
-use crate::state::{Snapshot, State};
-use crate::upstream::backend::{Backend, Exchange, InFlightGuard, UpstreamError};
+use crate::state::{Route, Snapshot, State};
+use crate::upstream::backend::{InFlightGuard, SendTimeouts, TimedExchange, UpstreamError};
+use crate::upstream::balance::Target;
 use crate::upstream::body::{BodyLimits, RequestBody};
 
-use super::body::ResponseBody;
+use super::body::{AccessLog, ResponseBody};
 use super::error::ProxyError;
 use super::headers::{client_ip, upstream_request};
 use super::request_id::RequestId;
@@ -37,20 +41,27 @@ pub struct ConnInfo {
     /// The client: the TCP peer, or the address a PROXY protocol header gave.
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The name a TLS client sent in SNI: routes match it when the request names no host.
+    pub sni: Option<Arc<str>>,
 }
 
 /// Everything about the request that the later phases still need once its head is gone.
 pub(super) struct RequestMeta {
     pub class: RouteClass,
     pub method: http::Method,
-    pub path: String,
     pub session: Option<String>,
+    /// When the request came; also when its first attempt was sent, for the response deadline
+    /// and the upstream latency (a clock read saved: routing takes microseconds).
     pub started: Instant,
     /// The session as the client named it and what it opened to, when sealing is on.
     pub sealed: Option<(String, Opened)>,
     /// The client named a session whose token does not open: never routed.
     pub forged: bool,
     pub request_id: RequestId,
+    /// The client's address as the access log and the balancer see it (see `client_ip`).
+    pub client: IpAddr,
+    /// Read only when the access log is on; the response's record takes it.
+    pub log: Option<Box<AccessLog>>,
     /// What `[policy]` learned of the request's MCP calls, for the log and metrics.
     pub mcp: Option<Arc<super::policy::observe::Observed>>,
 }
@@ -58,7 +69,7 @@ pub(super) struct RequestMeta {
 impl RequestMeta {
     /// Reads the request once; a sealed session token is opened and the original id put back
     /// into the request, so the backend sees what it minted.
-    fn read(snapshot: &Snapshot, request: &mut Request<Incoming>) -> RequestMeta {
+    fn read(snapshot: &Snapshot, conn: &ConnInfo, request: &mut Request<Incoming>) -> RequestMeta {
         let class = classify(request.method(), request.headers());
         let (sealed, forged) = match unseal_request(snapshot.sealer.as_deref(), request) {
             Unsealed::Opened { token, opened } => (Some((token, opened)), false),
@@ -67,23 +78,38 @@ impl RequestMeta {
         };
         let session = session_id(request.headers(), request.uri().query()).map(str::to_owned);
         let request_id = RequestId::of(request.headers());
+        let trusted = &snapshot.config.trusted_proxies;
+        let client = client_ip(conn.peer.ip(), request.headers(), trusted);
+        let log = AccessLog::enabled().then(|| {
+            Box::new(AccessLog {
+                method: request.method().clone(),
+                path: request.uri().path().into(),
+                session: None,
+                route: None,
+                request_id,
+                client,
+                // Kept as the header value: a reference count, not a copy.
+                user_agent: request.headers().get(header::USER_AGENT).cloned(),
+            })
+        });
         RequestMeta {
             class,
             method: request.method().clone(),
-            path: request.uri().path().to_string(),
             session,
             started: Instant::now(),
             sealed,
             forged,
             request_id,
+            client,
+            log,
             mcp: None,
         }
     }
 }
 
-/// Who may take a request: its session's owner, or any backend the active pools offer.
-enum Route {
-    Owner(Arc<Backend>),
+/// Who may take a request: its session's owner, or any backend the route's active pools offer.
+enum Destination {
+    Owner(Arc<Target>),
     /// New work; `hash_client` is set for streams, which are placed by client address.
     NewWork {
         hash_client: Option<std::net::IpAddr>,
@@ -96,43 +122,57 @@ pub async fn handle(
     mut request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let snapshot = state.snapshot();
-    let mut meta = RequestMeta::read(&snapshot, &mut request);
-    match proxy(&state, &snapshot, &conn, request, &mut meta).await {
-        Ok(response) => response,
-        Err(error) => answer_error(&state, &meta, error),
+    let mut meta = RequestMeta::read(&snapshot, &conn, &mut request);
+    // What a backend could read differently is refused before it can pick a route either.
+    if let Err(error) = super::strict::check(&request, &snapshot.config.limits) {
+        return answer_error(&state, &meta, None, error);
     }
+    // The protected-resource metadata of any route's policy: its path need not be the route's.
+    if let Some(document) = super::policy::metadata_document(&snapshot, &request) {
+        return document;
+    }
+    let Some(route) = find_route(&snapshot, &conn, &request) else {
+        return answer_error(&state, &meta, None, ProxyError::NoRoute);
+    };
+    let mut response = match proxy(&state, &snapshot, route, &conn, request, &mut meta).await {
+        Ok(response) => response,
+        Err(error) => answer_error(&state, &meta, Some(route), error),
+    };
+    route
+        .settings
+        .response_headers
+        .apply(response.headers_mut());
+    response
 }
 
 async fn proxy(
     state: &Arc<State>,
     snapshot: &Snapshot,
+    route: &Route,
     conn: &ConnInfo,
     mut request: Request<Incoming>,
     meta: &mut RequestMeta,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &snapshot.config;
-    super::strict::check(&request, &config.limits)?;
     meta.request_id.stamp(request.headers_mut());
     // A body announced too large is refused before any backend is involved; one that grows too
     // large mid-stream is cut by RequestBody and answered 413 when the send fails.
-    let body_limit = config.limits.max_request_body;
+    let body_limit = route.settings.max_request_body;
     if let Some(limit) = body_limit
         && http_body::Body::size_hint(request.body()).lower() > limit
     {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    let client_ip = client_ip(conn.peer.ip(), request.headers(), &config.trusted_proxies);
-    let admitted = match &snapshot.policy {
-        Some(policy) => {
-            if let Some(document) = super::policy::metadata_document(policy, &request) {
-                return Ok(document);
-            }
-            Some(admit(state, snapshot, policy, client_ip, meta, &mut request).await?)
-        }
+    let client_ip = meta.client;
+    let admitted = match &route.policy {
+        Some(policy) => Some(admit(state, snapshot, policy, client_ip, meta, &mut request).await?),
         None => None,
     };
-    let route = route(state, snapshot, meta, client_ip)?;
-    let slot = reserve_session(state, snapshot, meta, &route)?;
+    let target = target(state, snapshot, route, meta, client_ip)?;
+    let slot = reserve_session(state, snapshot, meta, &target)?;
+    if let Some(prefix) = route.stripped_prefix() {
+        strip_prefix(request.uri_mut(), prefix)?;
+    }
     let client_upgrade =
         (meta.class == RouteClass::WebSocket).then(|| hyper::upgrade::on(&mut request));
     let bytes_in = state.metrics.bytes_in.clone();
@@ -144,13 +184,13 @@ async fn proxy(
     if let Some(admitted) = admitted {
         admitted.attach(outgoing.body_mut());
     }
-    let (guard, exchange) = send_with_retry(state, snapshot, &route, outgoing, meta).await?;
+    let sent = send_with_retry(state, snapshot, route, &target, outgoing, meta).await?;
     Ok(respond::shape(
         state,
         snapshot,
+        route,
         meta,
-        guard,
-        exchange,
+        sent,
         client_upgrade,
         slot,
     ))
@@ -186,10 +226,10 @@ fn reserve_session(
     state: &State,
     snapshot: &Snapshot,
     meta: &RequestMeta,
-    route: &Route,
+    target: &Destination,
 ) -> Result<Option<SessionSlot>, ProxyError> {
     let may_open = meta.method == http::Method::POST || meta.class == RouteClass::SseStream;
-    if !may_open || !matches!(route, Route::NewWork { .. }) || snapshot.sealer.is_some() {
+    if !may_open || !matches!(target, Destination::NewWork { .. }) || snapshot.sealer.is_some() {
         return Ok(None);
     }
     match state.sessions.reserve() {
@@ -202,24 +242,66 @@ fn reserve_session(
     }
 }
 
-/// Phase 2: a request naming a session goes to its owner or gets `404`; anything else is new
-/// work for the active pools.
-fn route(
+/// Phase 2, first step: the route for the request's host and path. The host is the one the
+/// backend will be told (the target's authority: HTTP/2's `:authority` or an absolute-form
+/// target; else the `Host` header), or the TLS SNI name when the request names none.
+fn find_route<'s>(
+    snapshot: &'s Snapshot,
+    conn: &ConnInfo,
+    request: &Request<Incoming>,
+) -> Option<&'s Route> {
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            let host = request.headers().get(http::header::HOST)?;
+            host.to_str().ok()
+        })
+        .or(conn.sni.as_deref());
+    snapshot.route(host, request.uri().path())
+}
+
+/// Phase 2, second step: a request naming a session goes to its owner (sessions are global, so
+/// whatever route it came by) or gets `404`; anything else is new work for the route's pools.
+fn target(
     state: &State,
     snapshot: &Snapshot,
+    route: &Route,
     meta: &RequestMeta,
     client_ip: std::net::IpAddr,
-) -> Result<Route, ProxyError> {
+) -> Result<Destination, ProxyError> {
     if meta.forged {
         state.metrics.session_tokens_rejected.inc();
         return Err(ProxyError::SessionNotFound);
     }
     if let Some(id) = &meta.session {
         let sealed_owner = meta.sealed.as_ref().map(|(_, o)| o.owner.as_str());
-        return session_owner(state, snapshot, id, sealed_owner).map(Route::Owner);
+        return session_owner(state, snapshot, route, id, sealed_owner).map(Destination::Owner);
     }
     let hash_client = meta.class.uses_client_hash().then_some(client_ip);
-    Ok(Route::NewWork { hash_client })
+    Ok(Destination::NewWork { hash_client })
+}
+
+/// Removes a route's prefix from the request's path; what is left always starts with `/`.
+fn strip_prefix(uri: &mut http::Uri, prefix: &str) -> Result<(), ProxyError> {
+    let Some(path_and_query) = uri.path_and_query() else {
+        return Ok(());
+    };
+    let rest = path_and_query
+        .path()
+        .strip_prefix(prefix)
+        .unwrap_or(path_and_query.path());
+    let slash = if rest.starts_with('/') { "" } else { "/" };
+    let query = path_and_query
+        .query()
+        .map_or(String::new(), |q| format!("?{q}"));
+    let stripped = format!("{slash}{rest}{query}");
+    let unusable = || ProxyError::BadRequest("unusable request path");
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(stripped.parse().map_err(|_| unusable())?);
+    *uri = http::Uri::from_parts(parts).map_err(|_| unusable())?;
+    Ok(())
 }
 
 /// The backend that owns session `id`, or `404` if it is unknown, or its owner is out (unhealthy
@@ -229,9 +311,10 @@ fn route(
 fn session_owner(
     state: &State,
     snapshot: &Snapshot,
+    route: &Route,
     id: &str,
     sealed_owner: Option<&str>,
-) -> Result<Arc<Backend>, ProxyError> {
+) -> Result<Arc<Target>, ProxyError> {
     let learned = match sealed_owner {
         Some(_) => None,
         None => state.sessions.owner(id),
@@ -240,18 +323,26 @@ fn session_owner(
         state.metrics.sessions_lost.inc();
         return Err(ProxyError::SessionNotFound);
     };
-    let owner = snapshot.backends.get(address);
-    if let Some(backend) = owner
-        && (backend.serves_its_sessions() || snapshot.fail_open_serves(backend))
+    let owner = snapshot.target(address);
+    if let Some(target) = owner
+        && (target.backend.serves_its_sessions()
+            || snapshot.fail_open_serves(route, &target.backend))
     {
-        return Ok(Arc::clone(backend));
+        return Ok(Arc::clone(target));
     }
-    let gone = owner.is_none_or(|backend| backend.is_gone());
+    let gone = owner.is_none_or(|target| target.backend.is_gone());
     if gone && learned.is_some() && state.sessions.forget(id) {
         state.metrics.sessions_forgotten.inc();
     }
     state.metrics.sessions_lost.inc();
     Err(ProxyError::SessionNotFound)
+}
+
+/// A response head from a backend, with what its body must carry to the end.
+pub(super) struct Sent {
+    pub guard: InFlightGuard,
+    pub timed: TimedExchange,
+    pub target: Arc<Target>,
 }
 
 /// Phase 3: sends to the routed backend. New work that failed before the backend received it
@@ -260,36 +351,43 @@ async fn send_with_retry(
     state: &State,
     snapshot: &Snapshot,
     route: &Route,
+    destination: &Destination,
     mut outgoing: Request<RequestBody>,
     meta: &RequestMeta,
-) -> Result<(InFlightGuard, Exchange), ProxyError> {
+) -> Result<Sent, ProxyError> {
     let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last_error = None;
     loop {
-        let backend = match route {
-            Route::Owner(owner) => Arc::clone(owner),
-            Route::NewWork { hash_client } => {
+        let target = match destination {
+            Destination::Owner(owner) => Arc::clone(owner),
+            Destination::NewWork { hash_client } => {
                 let picked = snapshot
-                    .pick_new(*hash_client, &tried)
-                    .or_else(|| snapshot.fail_open_pick(*hash_client, &tried));
+                    .pick_new(route, *hash_client, &tried)
+                    .or_else(|| snapshot.fail_open_pick(route, *hash_client, &tried));
                 // Every candidate failed: report the last failure, not an empty pool.
-                let Some(backend) = picked else {
+                let Some(target) = picked else {
                     return Err(last_error.map_or(ProxyError::NoBackend, ProxyError::from));
                 };
-                backend
+                target
             }
         };
-        let sent = send_once(state, snapshot, &backend, outgoing, meta).await;
+        // The first attempt began when the request came (a clock read fewer).
+        let begun = if tried.is_empty() {
+            meta.started
+        } else {
+            Instant::now()
+        };
+        let sent = send_once(state, snapshot, route, &target, outgoing, (meta, begun)).await;
         let (error, unsent) = match sent {
             Ok(sent) => return Ok(sent),
             Err(failed) => failed,
         };
-        let retry = matches!(route, Route::NewWork { .. })
+        let retry = matches!(destination, Destination::NewWork { .. })
             && error.request_not_sent()
             && tried.len() < snapshot.config.upstream.retries;
         match unsent {
             Some(request) if retry => {
-                tried.push(Arc::clone(&backend.address));
+                tried.push(Arc::clone(&target.backend.address));
                 outgoing = request;
                 last_error = Some(error);
             }
@@ -300,41 +398,58 @@ async fn send_with_retry(
 
 type SendFailure = (UpstreamError, Option<Request<RequestBody>>);
 
-/// One attempt on one backend; a failure is counted, and counted against the backend's health
-/// unless the client caused it.
+/// One attempt on one backend, begun at `sent`; a failure is counted, and counted against the
+/// backend's health unless the client caused it.
 async fn send_once(
     state: &State,
     snapshot: &Snapshot,
-    backend: &Arc<Backend>,
-    outgoing: Request<RequestBody>,
-    meta: &RequestMeta,
-) -> Result<(InFlightGuard, Exchange), SendFailure> {
-    let config = &snapshot.config;
+    route: &Route,
+    target: &Arc<Target>,
+    mut outgoing: Request<RequestBody>,
+    (meta, sent): (&RequestMeta, Instant),
+) -> Result<Sent, SendFailure> {
+    let backend = &target.backend;
+    // Set per attempt: a retry goes to another backend, with another name.
+    match &route.settings.host {
+        HostPolicy::Client => {}
+        HostPolicy::Backend => {
+            let name = backend.host_header.clone();
+            outgoing.headers_mut().insert(http::header::HOST, name);
+        }
+        HostPolicy::Fixed(name) => {
+            outgoing
+                .headers_mut()
+                .insert(http::header::HOST, name.clone());
+        }
+    }
     let guard = backend.start();
-    let sent = Instant::now();
+    let timeouts = SendTimeouts {
+        connect: route.settings.timeouts.connect,
+        response: route.settings.timeouts.response,
+    };
     let result = backend
-        .send(
+        .send_timed(
             outgoing,
-            config.timeouts.connect,
-            config.timeouts.response,
+            sent,
+            timeouts,
             snapshot.pool_limits,
             snapshot.loaded.upstream_tls.as_ref(),
         )
         .await;
     match result {
-        Ok(exchange) => {
-            state
+        Ok(timed) => {
+            let latency = timed.answered.saturating_duration_since(sent);
+            target
                 .metrics
-                .upstream_latency
-                .get_or_create(&crate::metrics::BackendLabels {
-                    pool: snapshot.pool_of(backend).to_string(),
-                    backend: backend.address.to_string(),
-                })
-                .observe(sent.elapsed().as_secs_f64());
-            Ok((guard, exchange))
+                .observe_latency(&state.metrics, latency.as_secs_f64());
+            Ok(Sent {
+                guard,
+                timed,
+                target: Arc::clone(target),
+            })
         }
         Err((error, unsent)) => {
-            note_send_failure(state, snapshot, backend, &error, meta);
+            note_send_failure(state, snapshot, target, &error, meta);
             Err((error, unsent))
         }
     }
@@ -345,10 +460,11 @@ async fn send_once(
 fn note_send_failure(
     state: &State,
     snapshot: &Snapshot,
-    backend: &Arc<Backend>,
+    target: &Target,
     error: &UpstreamError,
     meta: &RequestMeta,
 ) {
+    let backend = &target.backend;
     let request_id = &meta.request_id;
     if let Some(fault) = error.client_fault() {
         let (backend, fault) = (&backend.address, fault.as_str());
@@ -366,7 +482,7 @@ fn note_send_failure(
     crate::upstream::health::note_request_failure(
         &state.metrics,
         &snapshot.config.health,
-        snapshot.pool_of(backend),
+        target.pool(),
         backend,
         error,
     );
@@ -374,7 +490,12 @@ fn note_send_failure(
 
 /// The answer when no backend response came: logged with its details, counted like any other
 /// request, and answered with a body that has none of them.
-fn answer_error(state: &State, meta: &RequestMeta, error: ProxyError) -> Response<ResponseBody> {
+fn answer_error(
+    state: &State,
+    meta: &RequestMeta,
+    route: Option<&Route>,
+    error: ProxyError,
+) -> Response<ResponseBody> {
     let status = error.status();
     if let Some(reason) = error.client_reason() {
         state
@@ -395,15 +516,18 @@ fn answer_error(state: &State, meta: &RequestMeta, error: ProxyError) -> Respons
     tracing::info!(
         target: "access",
         method = %meta.method,
-        path = %meta.path,
+        path = meta.log.as_ref().map_or("", |log| &log.path),
         class = meta.class.as_str(),
         status = status.as_u16(),
+        route = route.map_or("", |r| &r.name),
         backend = "",
         pool = "",
         duration_us = u64::try_from(meta.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         bytes = 0u64,
         session = meta.session.as_deref().map(session_tag).unwrap_or_default(),
         request_id = %meta.request_id,
+        client = %meta.client,
+        user_agent = user_agent(meta.log.as_ref().and_then(|log| log.user_agent.as_ref())),
         error = %error,
         outcome = "proxy_error",
         mcp_method = mcp.as_ref().map(|m| m.method.as_str()),
@@ -411,5 +535,11 @@ fn answer_error(state: &State, meta: &RequestMeta, error: ProxyError) -> Respons
         subject = mcp.as_ref().map(|m| m.subject.as_str()),
     );
     respond::count_request(state, meta.class, status, "", "");
+    respond::count_route(state, route, status);
     error.into_response(&meta.request_id)
+}
+
+/// The `User-Agent` as the access log writes it: empty when absent or not text.
+pub(super) fn user_agent(value: Option<&HeaderValue>) -> &str {
+    value.and_then(|v| v.to_str().ok()).unwrap_or("")
 }

@@ -12,37 +12,63 @@ use hyper::upgrade::OnUpgrade;
 use crate::mcp::classify::RouteClass;
 use crate::mcp::seal::Sealer;
 use crate::mcp::session::{SESSION_HEADER, SessionSlot, session_tag};
-use crate::metrics::RequestLabels;
-use crate::state::{Snapshot, State};
-use crate::upstream::backend::{Backend, Exchange, InFlightGuard};
+use crate::metrics::{RequestLabels, RouteLabels, RouteName};
+use crate::state::{Route, Snapshot, State};
+use crate::upstream::backend::{Backend, Exchange, TimedExchange};
 
 use super::body::{AccessRecord, ResponseBody, SseWatch, UpstreamParts};
 use super::headers::strip_hop_by_hop;
-use super::request::RequestMeta;
+use super::request::{RequestMeta, Sent};
 use super::request_id::X_REQUEST_ID;
 
 pub(super) fn shape(
     state: &Arc<State>,
     snapshot: &Snapshot,
-    meta: &RequestMeta,
-    mut guard: InFlightGuard,
-    exchange: Exchange,
+    route: &Route,
+    meta: &mut RequestMeta,
+    sent: Sent,
     client_upgrade: Option<OnUpgrade>,
     mut slot: Option<SessionSlot>,
 ) -> Response<ResponseBody> {
-    let Exchange {
-        mut response,
-        sender,
-        reusable,
-    } = exchange;
-    let backend = Arc::clone(guard.backend());
+    let Sent {
+        mut guard,
+        timed,
+        target,
+    } = sent;
+    let TimedExchange {
+        exchange:
+            Exchange {
+                mut response,
+                sender,
+                reusable,
+            },
+        timer,
+        answered,
+    } = timed;
+    let backend = Arc::clone(&target.backend);
     let status = response.status();
-    let session = settle_session(state, snapshot, meta, &backend, &mut response, &mut slot);
+    let mut log = meta.log.take();
+    let want_tag = log.is_some();
+    let tag = settle_session(
+        state,
+        snapshot,
+        meta,
+        &backend,
+        &mut response,
+        (&mut slot, want_tag),
+    );
+    if let Some(log) = &mut log {
+        log.session = tag;
+        log.route = Some(Arc::clone(&route.name));
+    }
     response
         .headers_mut()
         .insert(&X_REQUEST_ID, meta.request_id.header_value());
-    let pool: Arc<str> = Arc::from(snapshot.pool_of(&backend));
-    count_request(state, meta.class, status, &pool, &backend.address);
+    let class = meta.class.as_str();
+    target
+        .metrics
+        .count_request(&state.metrics, class, status.as_u16());
+    count_route(state, Some(route), status);
     let is_sse = is_event_stream(response.headers());
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
     if is_sse || upgraded {
@@ -50,17 +76,13 @@ pub(super) fn shape(
     }
     let record = AccessRecord {
         state: Arc::clone(state),
-        method: meta.method.clone(),
-        path: meta.path.clone(),
+        target,
         class: meta.class,
         status: status.as_u16(),
-        backend: Arc::clone(&backend.address),
-        pool,
-        session,
-        request_id: meta.request_id,
         started: meta.started,
         bytes: 0,
         stream: is_sse || upgraded,
+        log,
         mcp: meta.mcp.clone(),
     };
     if upgraded && let Some(client) = client_upgrade {
@@ -72,36 +94,45 @@ pub(super) fn shape(
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let sse = is_sse.then(|| sse_watch(snapshot, meta, &backend, &mut parts.headers, slot));
-    let timeouts = &snapshot.config.timeouts;
-    let idle_timeout = if is_sse {
-        timeouts.stream_idle
+    let sse = is_sse.then(|| sse_watch(snapshot, route, meta, &backend, &mut parts.headers, slot));
+    let timeouts = &route.settings.timeouts;
+    let (idle_timeout, keepalive) = if is_sse {
+        (timeouts.stream_idle, timeouts.sse_keepalive)
     } else {
-        Some(timeouts.response)
+        (Some(timeouts.response), None)
     };
     let body = ResponseBody::upstream(UpstreamParts {
         body,
         guard,
         sender: reusable.then_some(sender),
         pool_limits: snapshot.pool_limits,
+        timer,
+        answered,
         idle_timeout,
+        keepalive,
         sse,
         record,
     });
     Response::from_parts(parts, body)
 }
 
-/// Learns, forgets and seals the session the response speaks of; returns its log tag.
+/// Learns, forgets and seals the session the response speaks of; returns its log tag if
+/// `want_tag` (the access log is on): the session the response minted, or the one the request
+/// named.
 fn settle_session(
     state: &State,
     snapshot: &Snapshot,
     meta: &RequestMeta,
     backend: &Arc<Backend>,
     response: &mut Response<Incoming>,
-    slot: &mut Option<SessionSlot>,
+    (slot, want_tag): (&mut Option<SessionSlot>, bool),
 ) -> Option<String> {
-    let mut tag = meta.session.as_deref().map(session_tag);
-    track_session(state, meta, &mut tag, backend, response, slot);
+    let minted = track_session(state, meta, backend, response, slot);
+    let tag = if want_tag {
+        minted.or(meta.session.as_deref()).map(session_tag)
+    } else {
+        None
+    };
     if let Some(sealer) = &snapshot.sealer {
         seal_session_header(sealer, meta, backend, response.headers_mut());
     }
@@ -109,29 +140,49 @@ fn settle_session(
 }
 
 /// What watches an SSE response: keepalives, drain closes, and on a new legacy stream the
-/// `endpoint` event that names its session (learned into the room `slot` holds).
+/// `endpoint` event that names its session (learned into the room `slot` holds; rewritten when
+/// its id is sealed or the route strips a prefix the client's POSTs must carry again).
 fn sse_watch(
     snapshot: &Snapshot,
+    route: &Route,
     meta: &RequestMeta,
     backend: &Backend,
     headers: &mut HeaderMap,
     slot: Option<SessionSlot>,
 ) -> SseWatch {
     let learn_endpoint = meta.class == RouteClass::SseStream && meta.session.is_none();
-    let watch = SseWatch::new(
+    let mut watch = SseWatch::new(
         learn_endpoint.then_some(slot).flatten(),
         learn_endpoint,
-        snapshot.config.timeouts.sse_keepalive,
         backend.stream_token(),
     );
-    match &snapshot.sealer {
-        Some(sealer) if learn_endpoint => {
-            // The endpoint event grows when its session id is sealed.
-            headers.remove(header::CONTENT_LENGTH);
-            watch.sealing(Arc::clone(sealer))
-        }
-        _ => watch,
+    if !learn_endpoint {
+        return watch;
     }
+    if let Some(sealer) = &snapshot.sealer {
+        watch = watch.sealing(Arc::clone(sealer));
+    }
+    if let Some(prefix) = route.stripped_prefix() {
+        watch = watch.prefixing(Arc::from(prefix));
+    }
+    if watch.rewrites_endpoint() {
+        // The endpoint event changes length when it is rewritten.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    watch
+}
+
+/// Counts a request per route; `None`: no route matched.
+pub(super) fn count_route(state: &State, route: Option<&Route>, status: StatusCode) {
+    let name = route.map_or_else(|| Arc::from(""), |r| Arc::clone(&r.name));
+    state
+        .metrics
+        .route_requests
+        .get_or_create(&RouteLabels {
+            route: RouteName(name),
+            status: status.as_u16(),
+        })
+        .inc();
 }
 
 pub(super) fn count_request(
@@ -181,26 +232,23 @@ fn seal_session_header(
 }
 
 /// Learns a session the backend minted; forgets one the client ended or the owner disowned.
-fn track_session(
+/// Returns the id of a session the response minted.
+fn track_session<'r>(
     state: &State,
     meta: &RequestMeta,
-    tag: &mut Option<String>,
     backend: &Arc<Backend>,
-    response: &Response<Incoming>,
+    response: &'r Response<Incoming>,
     slot: &mut Option<SessionSlot>,
-) {
+) -> Option<&'r str> {
     let status = response.status();
     let minted = response
         .headers()
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|id| !id.is_empty());
-    if let Some(id) = minted
-        && meta.session.as_deref() != Some(id)
-        && status.is_success()
-    {
+        .filter(|id| !id.is_empty())
+        .filter(|id| meta.session.as_deref() != Some(*id) && status.is_success());
+    if let Some(id) = minted {
         state.learn_session(id, backend, slot.take());
-        *tag = Some(session_tag(id));
     }
     if let Some(id) = meta.session.as_deref() {
         let ended = meta.method == http::Method::DELETE && status.is_success();
@@ -208,6 +256,7 @@ fn track_session(
             state.metrics.sessions_forgotten.inc();
         }
     }
+    minted
 }
 
 fn is_event_stream(headers: &HeaderMap) -> bool {

@@ -19,8 +19,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 pub mod policy;
+pub mod routes;
 pub mod snapshot;
 
+pub use routes::Route;
 pub use snapshot::Snapshot;
 
 /// Everything the request path and the background tasks share.

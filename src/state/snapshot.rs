@@ -17,8 +17,10 @@ use crate::config::{Config, Loaded, LoadedConfig};
 use crate::mcp::seal::Sealer;
 use crate::state::policy::PolicyState;
 use crate::upstream::backend::{Backend, PoolLimits};
-use crate::upstream::balance::{self, Member};
+use crate::upstream::balance::{Member, Target};
 use crate::upstream::discovery::Resolved;
+
+use super::routes::{Route, RouteTable};
 
 #[derive(Debug, Clone)]
 pub struct Pool {
@@ -42,16 +44,19 @@ pub struct Snapshot {
     /// What `config`'s files held when it was loaded: certificates, the admin token, seal keys.
     pub loaded: Arc<Loaded>,
     pub pools: Vec<Pool>,
-    /// Indexes into `pools` with their share of new work.
-    pub active: Vec<(usize, u32)>,
-    active_weight: u32,
+    /// In config order; each holds its active pools as indexes into `pools`.
+    pub routes: Vec<Route>,
+    /// Host and path matchers over `routes`.
+    table: RouteTable,
     /// Every backend that may still serve its sessions: configured ones and draining removed ones.
     pub backends: FxHashMap<Arc<str>, Arc<Backend>>,
+    /// The same backends as the request path uses them (pool name, metric handles), by address.
+    targets: FxHashMap<Arc<str>, Arc<Target>>,
     pub draining: Vec<Draining>,
     pub pool_limits: PoolLimits,
     /// Seals and opens session tokens; `None` when sealing is off.
     pub sealer: Option<Arc<Sealer>>,
-    /// `[policy]`'s limiters and keys; `None`: requests pass blind.
+    /// `[policy]`'s limiters and keys, shared by the routes without a policy of their own.
     pub policy: Option<Arc<PolicyState>>,
 }
 
@@ -83,20 +88,22 @@ impl Snapshot {
         stream_root: &CancellationToken,
         now: Instant,
     ) -> Snapshot {
-        let (pools, backends) = build_pools(&config, resolved, previous, stream_root);
-        let active: Vec<(usize, u32)> = config
-            .active
+        let (pools, targets) = build_pools(&config, resolved, previous, stream_root);
+        let backends = targets
             .iter()
-            .filter_map(|(name, weight)| {
-                let index = pools.iter().position(|p| &*p.name == name.as_str())?;
-                Some((index, *weight))
-            })
+            .map(|(address, t)| (Arc::clone(address), Arc::clone(&t.backend)))
             .collect();
-        let active_weight = active.iter().map(|(_, w)| *w).sum();
+        let mut routes: Vec<Route> = config
+            .routes
+            .iter()
+            .map(|r| Route::build(r, &pools))
+            .collect();
+        let table = RouteTable::build(&config.routes);
         let policy = config.policy.as_ref().map(|p| {
             let before = previous.and_then(|s| s.policy.as_deref());
             Arc::new(PolicyState::build(p, &loaded, before))
         });
+        crate::state::policy::attach(&mut routes, policy.as_ref(), &loaded, previous);
         let mut snapshot = Snapshot {
             policy,
             generation: previous.map_or(1, |p| p.generation + 1),
@@ -108,16 +115,20 @@ impl Snapshot {
             config,
             loaded,
             pools,
-            active,
-            active_weight,
+            routes,
+            table,
             backends,
+            targets,
             draining: Vec::new(),
         };
         snapshot.draining = snapshot.plan_drains(previous, now);
         for d in snapshot.draining.iter().filter(|d| d.removed) {
+            let address = Arc::clone(&d.backend.address);
+            let target = Target::new(Arc::clone(&d.backend), Arc::from(REMOVED_POOL));
             snapshot
                 .backends
-                .insert(Arc::clone(&d.backend.address), Arc::clone(&d.backend));
+                .insert(Arc::clone(&address), Arc::clone(&d.backend));
+            snapshot.targets.insert(address, target);
         }
         snapshot
     }
@@ -171,10 +182,12 @@ impl Snapshot {
             return None;
         }
         let mut backends = self.backends.clone();
+        let mut targets = self.targets.clone();
         for d in &due {
             if d.removed {
                 d.backend.retire();
                 backends.remove(&d.backend.address);
+                targets.remove(&d.backend.address);
             } else {
                 d.backend.close_streams();
             }
@@ -184,9 +197,10 @@ impl Snapshot {
             config: Arc::clone(&self.config),
             loaded: Arc::clone(&self.loaded),
             pools: self.pools.clone(),
-            active: self.active.clone(),
-            active_weight: self.active_weight,
+            routes: self.routes.clone(),
+            table: self.table.clone(),
             backends,
+            targets,
             draining: keep,
             pool_limits: self.pool_limits,
             sealer: self.sealer.clone(),
@@ -199,21 +213,31 @@ impl Snapshot {
         &self.pools[index]
     }
 
+    /// The route for a request to `host` (as the client sent it) and `path`.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        self.table.find(host, path).map(|index| &self.routes[index])
+    }
+
+    /// A backend is active while some route's active pools hold it.
     fn is_active_backend(&self, backend: &Arc<Backend>) -> bool {
-        self.active.iter().any(|(i, _)| {
-            self.pools[*i]
-                .members
-                .iter()
-                .any(|m| Arc::ptr_eq(&m.backend, backend))
+        self.routes.iter().any(|route| {
+            route.active.iter().any(|(i, _)| {
+                self.pools[*i]
+                    .members
+                    .iter()
+                    .any(|m| Arc::ptr_eq(&m.backend, backend))
+            })
         })
     }
 
     pub fn is_active_member(&self, pool: &str, backend: &Arc<Backend>) -> bool {
-        self.active
-            .iter()
-            .any(|(i, _)| &*self.pools[*i].name == pool)
-            && self.is_active_backend(backend)
-            && !backend.is_drained_by_admin()
+        let pool_active = self.routes.iter().any(|route| {
+            route
+                .active
+                .iter()
+                .any(|(i, _)| &*self.pools[*i].name == pool)
+        });
+        pool_active && self.is_active_backend(backend) && !backend.is_drained_by_admin()
     }
 
     /// Every (pool name, member) pair, for metrics and status.
@@ -223,110 +247,89 @@ impl Snapshot {
             .flat_map(|p| p.members.iter().map(move |m| (&*p.name, m)))
     }
 
-    /// The active pool that takes this piece of new work: by client hash for streams (so a client
-    /// keeps landing in the same pool of a canary split), at random by weight otherwise.
-    pub fn choose_active_pool(&self, client: Option<u64>) -> Option<usize> {
-        if self.active.len() == 1 {
-            return Some(self.active[0].0);
-        }
-        let total = self.active_weight.max(1);
-        let mut ticket = match client {
-            Some(hash) => (hash % u64::from(total)) as u32,
-            None => fastrand::u32(..total),
-        };
-        for (index, weight) in &self.active {
-            if ticket < *weight {
-                return Some(*index);
-            }
-            ticket -= weight;
-        }
-        self.active.first().map(|(i, _)| *i)
-    }
-
-    /// Which pool a backend belongs to, for labels and logs (its first active pool if several).
+    /// Which pool a backend belongs to, for labels and logs (the first pool listing it).
     pub fn pool_of(&self, backend: &Arc<Backend>) -> &str {
-        self.pools
-            .iter()
-            .find(|p| p.members.iter().any(|m| Arc::ptr_eq(&m.backend, backend)))
-            .map_or("(removed)", |p| &p.name)
+        self.targets
+            .get(&backend.address)
+            .filter(|t| Arc::ptr_eq(&t.backend, backend))
+            .map_or(REMOVED_POOL, |t| t.pool())
     }
 
-    /// True when some backend of the active pools takes new work (readiness, fail-open).
-    pub fn has_usable_active_backend(&self) -> bool {
-        self.active.iter().any(|(i, _)| {
-            self.pools[*i]
+    /// The backend at `address` as the request path uses it (a session's owner).
+    pub fn target(&self, address: &str) -> Option<&Arc<Target>> {
+        self.targets.get(address)
+    }
+
+    /// The probe path of a backend: that of the first route serving from one of its pools that
+    /// sets `health_path`; `None` for `[health] path`.
+    pub fn probe_path(&self, backend: &Arc<Backend>) -> Option<&http::uri::PathAndQuery> {
+        let holds = |pool: &usize| {
+            self.pools[*pool]
                 .members
                 .iter()
-                .any(|m| m.backend.takes_new_work())
-        })
+                .any(|m| Arc::ptr_eq(&m.backend, backend))
+        };
+        self.routes
+            .iter()
+            .filter(|route| route.pools.iter().any(holds))
+            .find_map(|route| route.settings.health_path.as_ref())
     }
 
-    /// Fail-open (Envoy's panic mode): may this unhealthy owner still serve its sessions?
-    pub fn fail_open_serves(&self, owner: &Backend) -> bool {
-        self.config.health.fail_open && !owner.is_gone() && !self.has_usable_active_backend()
+    /// True when some route has a backend that takes new work (readiness).
+    pub fn has_usable_active_backend(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.has_usable_backend(&self.pools))
     }
 
-    /// Fail-open pick for new work when the whole active pool is unhealthy: health is ignored,
-    /// admin drains and removals are not.
+    /// Fail-open (Envoy's panic mode): may this unhealthy owner still serve its sessions, asked
+    /// on `route`?
+    pub fn fail_open_serves(&self, route: &Route, owner: &Backend) -> bool {
+        self.config.health.fail_open && !owner.is_gone() && !route.has_usable_backend(&self.pools)
+    }
+
+    /// Fail-open pick for new work when the route's whole active pool is unhealthy: health is
+    /// ignored, admin drains and removals are not.
     pub fn fail_open_pick(
         &self,
+        route: &Route,
         client_ip: Option<IpAddr>,
         exclude: &[Arc<str>],
-    ) -> Option<Arc<Backend>> {
-        if !self.config.health.fail_open || self.has_usable_active_backend() {
+    ) -> Option<Arc<Target>> {
+        if !self.config.health.fail_open || route.has_usable_backend(&self.pools) {
             return None;
         }
         let usable = |b: &Backend| {
             !b.is_gone() && !b.is_drained_by_admin() && !exclude.iter().any(|e| **e == *b.address)
         };
-        self.pick_among(client_ip, usable)
+        route.pick_among(&self.pools, client_ip, usable)
     }
 
-    /// Picks a backend for new work of the given kind, skipping `exclude`d addresses.
+    /// Picks a backend of `route` for new work, skipping `exclude`d addresses.
     pub fn pick_new(
         &self,
+        route: &Route,
         client_ip: Option<IpAddr>,
         exclude: &[Arc<str>],
-    ) -> Option<Arc<Backend>> {
-        self.pick_among(client_ip, |b: &Backend| {
+    ) -> Option<Arc<Target>> {
+        route.pick_among(&self.pools, client_ip, |b: &Backend| {
             b.takes_new_work() && !exclude.iter().any(|e| **e == *b.address)
         })
     }
-
-    /// Picks among the active pools' backends that `usable` accepts: by client hash when a
-    /// client address is given (streams), least-connections otherwise.
-    pub fn pick_among(
-        &self,
-        client_ip: Option<IpAddr>,
-        usable: impl Fn(&Backend) -> bool,
-    ) -> Option<Arc<Backend>> {
-        let client = client_ip.map(balance::client_hash);
-        let first = self.choose_active_pool(client)?;
-        // The chosen pool first; other active pools only if it has no usable backend.
-        let order = std::iter::once(first)
-            .chain(self.active.iter().map(|(i, _)| *i).filter(|i| *i != first));
-        for index in order {
-            let members = &self.pools[index].members;
-            let picked = match client {
-                Some(hash) => balance::pick_by_hash(members, hash, &usable),
-                None => balance::pick_least_loaded(members, &usable),
-            };
-            if let Some(member) = picked {
-                return Some(Arc::clone(&member.backend));
-            }
-        }
-        None
-    }
 }
+
+/// The pool a removed backend is named by while it drains.
+const REMOVED_POOL: &str = "(removed)";
 
 /// The pools of `config` with their members, and every configured backend by address: reused from
 /// `previous` where the address matches, so counters, health and pooled connections carry over.
+/// A backend listed by several pools is one target, named by the first of them.
 fn build_pools(
     config: &Config,
     resolved: &Resolved,
     previous: Option<&Snapshot>,
     stream_root: &CancellationToken,
-) -> (Vec<Pool>, FxHashMap<Arc<str>, Arc<Backend>>) {
+) -> (Vec<Pool>, FxHashMap<Arc<str>, Arc<Target>>) {
     let probing = config.health.probes.is_some();
     let reuse = |address: &str, discovered: bool| {
         previous
@@ -343,9 +346,10 @@ fn build_pools(
                 Some(backend)
             })
     };
-    let mut backends: FxHashMap<Arc<str>, Arc<Backend>> = FxHashMap::default();
+    let mut targets: FxHashMap<Arc<str>, Arc<Target>> = FxHashMap::default();
     let mut pools = Vec::with_capacity(config.pools.len());
     for (name, pool) in &config.pools {
+        let pool_name: Arc<str> = Arc::from(name.as_str());
         let mut members = Vec::with_capacity(pool.backends.len());
         let pool_was_serving = previous
             .and_then(|p| p.pools.iter().find(|q| *q.name == *name.as_str()))
@@ -359,26 +363,33 @@ fn build_pools(
                 })
         });
         for (address, weight, discovered) in addresses {
-            // Validation guarantees the address parses.
-            let Some(backend) = reuse(&address, discovered) else {
-                continue;
+            let target = match targets.get(address.as_str()) {
+                Some(target) => Arc::clone(target),
+                None => {
+                    // Validation guarantees the address parses.
+                    let Some(backend) = reuse(&address, discovered) else {
+                        continue;
+                    };
+                    let target = Target::new(backend, Arc::clone(&pool_name));
+                    targets.insert(Arc::clone(&target.backend.address), Arc::clone(&target));
+                    target
+                }
             };
             // A name can resolve to an address also listed as such: one member each.
             if members
                 .iter()
-                .any(|m: &Member| Arc::ptr_eq(&m.backend, &backend))
+                .any(|m: &Member| Arc::ptr_eq(&m.target, &target))
             {
                 continue;
             }
-            backends.insert(Arc::clone(&backend.address), Arc::clone(&backend));
-            members.push(Member { backend, weight });
+            members.push(Member::of(&target, weight));
         }
         pools.push(Pool {
-            name: Arc::from(name.as_str()),
+            name: pool_name,
             members,
         });
     }
-    (pools, backends)
+    (pools, targets)
 }
 
 #[cfg(test)]

@@ -8,14 +8,17 @@
 //! legacy client consumes the request on a connect error, while hyper's `try_send_request` on a
 //! connection we hold gives it back.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::uri::Authority;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::upstream::body::{BodyError, RequestBody, Upload};
@@ -25,6 +28,8 @@ use crate::upstream::body::{BodyError, RequestBody, Upload};
 pub struct Backend {
     pub address: Arc<str>,
     pub authority: Authority,
+    /// `authority` as a `Host` value, for routes that send the backend its own name.
+    pub host_header: http::HeaderValue,
     /// Written `https://host:port`: connections are TLS, verified against the upstream roots.
     pub tls: bool,
     /// Mixed into the client hash by the consistent ring; fixed per address so replicas agree.
@@ -42,6 +47,8 @@ pub struct Backend {
     /// Streams watch the token current when they opened; closing streams cancels it and puts a
     /// fresh one in place for streams that open later.
     streams: Mutex<CancellationToken>,
+    /// Parked keep-alive connections, newest last. Check-out and check-in are a push or a pop
+    /// under an uncontended lock; expired and closed ones are pruned by the periodic task.
     idle: Mutex<Vec<IdleConnection>>,
 }
 
@@ -188,7 +195,9 @@ impl Backend {
     pub fn new(address: &str, stream_root: &CancellationToken) -> Option<Arc<Backend>> {
         let tls_address = address.strip_prefix("https://");
         let authority: Authority = tls_address.unwrap_or(address).parse().ok()?;
+        let host_header = http::HeaderValue::from_str(authority.as_str()).ok()?;
         Some(Arc::new(Backend {
+            host_header,
             address: Arc::from(address),
             ring_key: crate::mcp::hash::stable_hash(address.as_bytes()),
             authority,
@@ -287,34 +296,77 @@ impl Backend {
         }
     }
 
-    /// Sends `request` on a pooled or new connection, waiting at most `timeout` for the head.
-    ///
-    /// On a failure before the request left, the request is handed back for a retry elsewhere.
+    /// Sends `request` on a pooled or new connection, waiting at most `response_timeout` for the
+    /// head (health probes; the request path uses [`Backend::send_timed`]).
     pub async fn send(
         &self,
-        mut request: http::Request<RequestBody>,
+        request: http::Request<RequestBody>,
         connect_timeout: Duration,
         response_timeout: Duration,
         limits: PoolLimits,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<Exchange, (UpstreamError, Option<http::Request<RequestBody>>)> {
+        let timeouts = SendTimeouts {
+            connect: connect_timeout,
+            response: response_timeout,
+        };
+        self.send_timed(request, Instant::now(), timeouts, limits, tls)
+            .await
+            .map(|timed| timed.exchange)
+    }
+
+    /// Sends `request` on a pooled or new connection. The exchange began at `sent`; its response
+    /// head must come within `timeouts.response` of it (of the connect, on a new connection).
+    /// One timer enforces that, and it comes back with the response for the body to reuse.
+    ///
+    /// On a failure before the request left, the request is handed back for a retry elsewhere.
+    pub async fn send_timed(
+        &self,
+        mut request: http::Request<RequestBody>,
+        sent: Instant,
+        timeouts: SendTimeouts,
+        limits: PoolLimits,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<TimedExchange, (UpstreamError, Option<http::Request<RequestBody>>)> {
         let upload = request.body().upload();
         let awaiting_client = || upload.as_ref().is_some_and(Upload::awaits_client);
+        let mut deadline = Box::pin(tokio::time::sleep_until(later(sent, timeouts.response)));
         // A pooled connection may have been closed by the backend a moment ago; hyper then gives
-        // the request back untouched and a fresh connection gets it.
+        // the request back untouched and the next connection gets it.
         loop {
-            let (mut sender, fresh) = match self.checkout(limits) {
+            let (mut sender, fresh) = match self.checkout(limits, sent) {
                 Some(sender) => (sender, false),
-                None => match self.connect(connect_timeout, tls).await {
-                    Ok(sender) => (sender, true),
+                None => match self.connect(timeouts.connect, tls).await {
+                    Ok(sender) => {
+                        let now = Instant::now();
+                        deadline.as_mut().reset(later(now, timeouts.response));
+                        (sender, true)
+                    }
                     Err(error) => return Err((error, Some(request))),
                 },
             };
-            let response =
-                tokio::time::timeout(response_timeout, sender.try_send_request(request)).await;
-            match response {
-                Ok(Ok(response)) => return self.checked(response, sender).map_err(|e| (e, None)),
-                Ok(Err(mut failed)) => match failed.take_message() {
+            if !sender.is_ready() {
+                // Checked in before its connection task saw the end of the last response: it is
+                // ready in a moment, unless it is closing.
+                match until(deadline.as_mut(), sender.ready()).await {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => continue,
+                    None => {
+                        let error = self.timed_out(timeouts, awaiting_client());
+                        return Err((error, Some(request)));
+                    }
+                }
+            }
+            match until(deadline.as_mut(), sender.try_send_request(request)).await {
+                Some(Ok(response)) => {
+                    let exchange = self.checked(response, sender).map_err(|e| (e, None))?;
+                    return Ok(TimedExchange {
+                        exchange,
+                        timer: deadline,
+                        answered: Instant::now(),
+                    });
+                }
+                Some(Err(mut failed)) => match failed.take_message() {
                     Some(unsent) if !fresh => request = unsent,
                     unsent => {
                         let error = UpstreamError::Request {
@@ -325,16 +377,7 @@ impl Backend {
                         return Err((error, unsent));
                     }
                 },
-                Err(_) => {
-                    let address = Arc::clone(&self.address);
-                    let timeout = response_timeout;
-                    let error = if awaiting_client() {
-                        UpstreamError::ClientStalled { address, timeout }
-                    } else {
-                        UpstreamError::ResponseTimeout { address, timeout }
-                    };
-                    return Err((error, None));
-                }
+                None => return Err((self.timed_out(timeouts, awaiting_client()), None)),
             }
         }
     }
@@ -364,48 +407,67 @@ impl Backend {
         })
     }
 
-    fn checkout(&self, limits: PoolLimits) -> Option<http1::SendRequest<RequestBody>> {
+    /// The response deadline passed: the client's fault while its upload still stalled the
+    /// backend, else the backend's.
+    fn timed_out(&self, timeouts: SendTimeouts, awaiting_client: bool) -> UpstreamError {
+        let address = Arc::clone(&self.address);
+        let timeout = timeouts.response;
+        if awaiting_client {
+            UpstreamError::ClientStalled { address, timeout }
+        } else {
+            UpstreamError::ResponseTimeout { address, timeout }
+        }
+    }
+
+    /// The newest parked connection that is open and not past the idle timeout at `now`.
+    fn checkout(
+        &self,
+        limits: PoolLimits,
+        now: Instant,
+    ) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(conn) = idle.pop() {
             // Past the idle timeout the backend may be closing it right now: not worth the race.
-            if conn.sender.is_ready() && conn.since.elapsed() < limits.idle_timeout {
+            // The newest one being that old, so are all the others.
+            if now.saturating_duration_since(conn.since) >= limits.idle_timeout {
+                idle.clear();
+                return None;
+            }
+            if !conn.sender.is_closed() {
                 return Some(conn.sender);
             }
         }
         None
     }
 
-    /// Returns a connection whose response was read to the end, for the next request.
-    pub fn checkin(
-        self: &Arc<Self>,
-        mut sender: http1::SendRequest<RequestBody>,
+    /// Parks a connection whose response was read to the end, for the next request.
+    pub fn checkin(&self, sender: http1::SendRequest<RequestBody>, limits: PoolLimits) {
+        self.checkin_at(sender, limits, Instant::now());
+    }
+
+    /// Parks a connection whose response was read to the end, idle since `since`, for the next
+    /// request. Its connection task may not have seen that end yet; check-out waits for it.
+    pub fn checkin_at(
+        &self,
+        sender: http1::SendRequest<RequestBody>,
         limits: PoolLimits,
+        since: Instant,
     ) {
         if sender.is_closed() || limits.max_idle == 0 {
             return;
         }
-        if sender.is_ready() {
-            self.park(sender, limits);
-            return;
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < limits.max_idle {
+            idle.push(IdleConnection { sender, since });
         }
-        // The connection task may not have seen the end of the body yet; like hyper-util's
-        // pool, wait for it off the request path rather than lose the connection.
-        let backend = Arc::clone(self);
-        tokio::spawn(async move {
-            let ready = tokio::time::timeout(Duration::from_secs(1), sender.ready()).await;
-            if matches!(ready, Ok(Ok(()))) {
-                backend.park(sender, limits);
-            }
-        });
     }
 
-    fn park(&self, sender: http1::SendRequest<RequestBody>, limits: PoolLimits) {
-        let now = Instant::now();
+    /// Drops parked connections that are closed or idle past the timeout (the periodic task).
+    pub fn prune_idle(&self, limits: PoolLimits, now: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.retain(|c| now.duration_since(c.since) < limits.idle_timeout && !c.sender.is_closed());
-        if idle.len() < limits.max_idle {
-            idle.push(IdleConnection { sender, since: now });
-        }
+        idle.retain(|c| {
+            now.saturating_duration_since(c.since) < limits.idle_timeout && !c.sender.is_closed()
+        });
     }
 
     /// Keep-alive connections parked for reuse (those in use are counted by `load`).
@@ -505,12 +567,44 @@ async fn connect_step<T>(
         })
 }
 
+/// `work`, unless `deadline` passes first.
+async fn until<F: Future>(deadline: Pin<&mut Sleep>, work: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        output = work => Some(output),
+        () = deadline => None,
+    }
+}
+
+/// `start + wait`, or as late as an `Instant` goes for a wait too long to matter.
+pub fn later(start: Instant, wait: Duration) -> Instant {
+    start
+        .checked_add(wait)
+        .or_else(|| start.checked_add(Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(start)
+}
+
 /// A response head plus the connection it came on, to be returned at end of body.
 pub struct Exchange {
     pub response: http::Response<hyper::body::Incoming>,
     pub sender: http1::SendRequest<RequestBody>,
     /// False when the backend's answer was odd enough that its connection is closed after it.
     pub reusable: bool,
+}
+
+/// An [`Exchange`] with the timer that bounded it.
+pub struct TimedExchange {
+    pub exchange: Exchange,
+    /// Still armed at the response deadline: the response body re-arms it for its own timeouts.
+    pub timer: Pin<Box<Sleep>>,
+    /// When the response head came.
+    pub answered: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SendTimeouts {
+    pub connect: Duration,
+    pub response: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::mcp::hash::mix;
+use crate::metrics::TargetMetrics;
 use crate::upstream::backend::Backend;
 
 /// A backend's place in one pool.
@@ -17,6 +18,45 @@ use crate::upstream::backend::Backend;
 pub struct Member {
     pub backend: Arc<Backend>,
     pub weight: u32,
+    /// What a request routed here needs, shared by every pool listing the backend.
+    pub target: Arc<Target>,
+}
+
+impl Member {
+    /// A member of a pool named `pool`, with a target of its own.
+    pub fn new(backend: Arc<Backend>, weight: u32, pool: &str) -> Member {
+        Member::of(&Target::new(backend, Arc::from(pool)), weight)
+    }
+
+    pub fn of(target: &Arc<Target>, weight: u32) -> Member {
+        Member {
+            backend: Arc::clone(&target.backend),
+            weight,
+            target: Arc::clone(target),
+        }
+    }
+}
+
+/// A backend as the request path uses it: the pool its metrics and logs name and its metric
+/// handles come with it, computed when the snapshot was built, so a request neither looks up
+/// its pool nor builds labels.
+#[derive(Debug)]
+pub struct Target {
+    pub backend: Arc<Backend>,
+    pub metrics: TargetMetrics,
+}
+
+impl Target {
+    pub fn new(backend: Arc<Backend>, pool: Arc<str>) -> Arc<Target> {
+        let metrics = TargetMetrics::new(pool, Arc::clone(&backend.address));
+        Arc::new(Target { backend, metrics })
+    }
+
+    /// The pool named in metrics and logs: the first pool listing the backend, `(removed)` for
+    /// one that left the config and still drains.
+    pub fn pool(&self) -> &Arc<str> {
+        self.metrics.pool()
+    }
 }
 
 /// Hashes the full client address (all 128 bits of IPv6; not nginx's first three octets).
@@ -91,9 +131,9 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(i, w)| Member {
-                backend: Backend::new(&format!("10.0.0.{}:3000", i + 1), &root).unwrap(),
-                weight: *w,
+            .map(|(i, w)| {
+                let backend = Backend::new(&format!("10.0.0.{}:3000", i + 1), &root).unwrap();
+                Member::new(backend, *w, "p")
             })
             .collect()
     }

@@ -32,7 +32,10 @@ fn check_accepts_the_example_config_and_summarises_it() {
         stdout.contains("pool      blue: 127.0.0.1:3001 (weight 1)"),
         "{stdout}"
     );
-    assert!(stdout.contains("active    blue"), "{stdout}");
+    assert!(
+        stdout.contains("route     default: any host, prefix / → active blue (1)\n"),
+        "{stdout}"
+    );
     assert!(stdout.contains("configuration is valid"), "{stdout}");
 }
 

@@ -137,7 +137,14 @@ async fn legacy_sse_sessions_reach_the_stream_owner() {
             .unwrap()
             .unwrap();
     }
-    assert_eq!(proxy.state.sessions.len(), 20);
+    assert_eq!(proxy.state.metrics.sessions_learned.get(), 20);
+    // Every stream is closed now, and a legacy session lives only as long as its stream.
+    eventually(
+        "the closed streams' sessions are forgotten",
+        Duration::from_secs(5),
+        async || proxy.state.sessions.is_empty().then_some(()),
+    )
+    .await;
 }
 
 /// Stateless (2026-07-28) POSTs whose answers are SSE streams: placed by least-connections,

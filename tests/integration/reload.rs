@@ -494,7 +494,7 @@ async fn sigterm_finishes_in_flight_calls_then_exits_zero() {
 }
 
 /// Writes `text` to a fresh file for one test and starts the proxy from it, as `run` does.
-async fn proxy_from_file(
+pub(crate) async fn proxy_from_file(
     name: &str,
     text: &str,
 ) -> (

@@ -379,13 +379,10 @@ fn the_client_hash_is_pinned_across_builds() {
     use switchyard::upstream::balance::{Member, client_hash, pick_by_hash};
     let root = CancellationToken::new();
     let members: Vec<Member> = (1..=3)
-        .map(|i| Member {
-            backend: switchyard::upstream::backend::Backend::new(
-                &format!("10.0.0.{i}:3000"),
-                &root,
-            )
-            .unwrap(),
-            weight: 1,
+        .map(|i| {
+            let address = format!("10.0.0.{i}:3000");
+            let backend = switchyard::upstream::backend::Backend::new(&address, &root).unwrap();
+            Member::new(backend, 1, "p")
         })
         .collect();
     let placed: Vec<String> = ["192.168.1.10", "192.168.1.11", "203.0.113.7", "2001:db8::1"]

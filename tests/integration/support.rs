@@ -284,9 +284,17 @@ async fn route(name: &str, seen: &Arc<Seen>, req: Request<Incoming>) -> Response
                 "{name}-legacy-{}",
                 SESSION_COUNTER.fetch_add(1, Ordering::SeqCst)
             );
+            // `?absolute=1`: an absolute URL built from the Host received, as some servers do.
+            let origin = match query_param(&req, "absolute") {
+                Some(_) => {
+                    let host = req.headers()["host"].to_str().unwrap();
+                    format!("http://{host}")
+                }
+                None => String::new(),
+            };
             let (tx, body) = channel_body(seen);
             tx.send(Bytes::from(format!(
-                "event: endpoint\ndata: /messages?sessionId={id}\n\n"
+                "event: endpoint\ndata: {origin}/messages?sessionId={id}\n\n"
             )))
             .unwrap();
             seen.legacy.lock().unwrap().insert(id, tx);
@@ -335,6 +343,26 @@ async fn route(name: &str, seen: &Arc<Seen>, req: Request<Incoming>) -> Response
                 }
             });
             sse(body)
+        }
+        // A plain (not SSE) body in `count` chunks `every_ms` apart.
+        ("GET", "/drip") => {
+            let every = Duration::from_millis(
+                query_param(&req, "every_ms")
+                    .unwrap_or("100")
+                    .parse()
+                    .unwrap(),
+            );
+            let count: usize = query_param(&req, "count").unwrap_or("3").parse().unwrap();
+            let (tx, body) = channel_body(seen);
+            tokio::spawn(async move {
+                for i in 0..count {
+                    tokio::time::sleep(every).await;
+                    if tx.send(Bytes::from(format!("chunk {i}\n"))).is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::new(body)
         }
         // An SSE stream that stays open and silent until the client goes away.
         ("GET", "/hold") | ("POST", "/hold") => {
@@ -509,6 +537,7 @@ pub fn config_for(pools: &[(&str, &[&TestBackend])], active: &str, extra: &str) 
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
+        .user_agent("switchyard-tests")
         .pool_max_idle_per_host(0)
         .build()
         .unwrap()

@@ -27,12 +27,23 @@ use observe::{Observed, ScanTap};
 use read::Calls;
 pub use refusal::Refusal;
 
-/// The protected-resource metadata document, when this is a request for it.
+/// The protected-resource metadata document of any policy of the snapshot, when this is a
+/// request for it; for any other request, `None` after one comparison of the path.
 pub fn metadata_document<B>(
-    policy: &PolicyState,
+    snapshot: &Snapshot,
     request: &Request<B>,
 ) -> Option<Response<ResponseBody>> {
-    auth::metadata_document(policy.config.auth.as_ref()?, request)
+    if !request
+        .uri()
+        .path()
+        .starts_with("/.well-known/oauth-protected-resource")
+    {
+        return None;
+    }
+    crate::state::policy::all(snapshot)
+        .iter()
+        .filter_map(|policy| policy.config.auth.as_ref())
+        .find_map(|auth| auth::metadata_document(auth, request))
 }
 
 /// What an admitted request carries on: the body's head read already, a tap to read the rest as

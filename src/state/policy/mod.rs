@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 use crate::config::{JwksSource, Loaded, PolicyConfig};
 
+use super::routes::Route;
+use super::snapshot::Snapshot;
+
 use jwks::JwksStore;
 use limiter::Limiter;
 
@@ -70,4 +73,39 @@ impl PolicyState {
             jwks,
         }
     }
+}
+
+/// Gives each route its policy state. Routes that inherit `[policy]` share `global`, and so its
+/// buckets: a global limit counts across them. A route with a `[route.policy]` of its own gets
+/// its own state, carried over from the previous snapshot's route of the same name.
+pub fn attach(
+    routes: &mut [Route],
+    global: Option<&Arc<PolicyState>>,
+    loaded: &Loaded,
+    previous: Option<&Snapshot>,
+) {
+    for route in routes {
+        route.policy = match (&route.settings.policy, global) {
+            (None, _) => None,
+            (Some(own), Some(global)) if *own == global.config => Some(Arc::clone(global)),
+            (Some(own), _) => {
+                let before = previous
+                    .and_then(|s| s.routes.iter().find(|r| r.name == route.name))
+                    .and_then(|r| r.policy.as_deref());
+                Some(Arc::new(PolicyState::build(own, loaded, before)))
+            }
+        };
+    }
+}
+
+/// Every distinct policy state of a snapshot: `[policy]`'s and the routes' own.
+pub fn all(snapshot: &Snapshot) -> Vec<Arc<PolicyState>> {
+    let mut states: Vec<Arc<PolicyState>> = Vec::new();
+    let routes = snapshot.routes.iter().filter_map(|r| r.policy.as_ref());
+    for state in snapshot.policy.iter().chain(routes) {
+        if !states.iter().any(|s| Arc::ptr_eq(s, state)) {
+            states.push(Arc::clone(state));
+        }
+    }
+    states
 }

@@ -142,12 +142,17 @@ async fn json_access_log_lines_carry_the_fields() {
             "duration_us",
             "bytes",
             "outcome",
+            "request_id",
+            "client",
+            "user_agent",
         ] {
             assert!(line.get(field).is_some(), "no {field} in {line}");
         }
         assert_eq!(line["backend"], backend_address.as_str(), "{line}");
         assert_eq!(line["pool"], "blue", "{line}");
         assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["client"], "127.0.0.1", "{line}");
+        assert_eq!(line["user_agent"], "switchyard-tests", "{line}");
         // Whole microseconds: an integer, never a float such as 1.5274329999999998.
         assert!(line["duration_us"].is_u64(), "{line}");
         assert!(line.get("duration_ms").is_none(), "{line}");

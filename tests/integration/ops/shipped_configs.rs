@@ -1,5 +1,6 @@
 //! The configs shipped for deployment pass `switchyard check`: every `docker/conf/*.toml`, and
-//! the `switchyard.toml` in the ConfigMap of `docker/kubernetes.yaml`.
+//! the `switchyard.toml` in the ConfigMap of `docker/kubernetes.yaml`. Neither the repository nor
+//! the image carries an admin token: the configs read it from a mounted secret.
 
 use std::path::Path;
 use std::process::Command;
@@ -19,6 +20,16 @@ fn check(path: &Path) -> (i32, String) {
     (output.status.code().unwrap_or(-1), text)
 }
 
+/// The value of the first `token_file = "…"` line.
+fn token_file(toml: &str) -> &str {
+    toml.lines()
+        .find_map(|l| l.strip_prefix("token_file = "))
+        .expect("the config's admin section names a token_file")
+        .trim_matches('"')
+}
+
+/// Each docker config, with its token file (an absolute path a volume mounts) pointed at a
+/// temporary file holding a token, as the compose volume would.
 #[test]
 fn docker_configs_pass_check() {
     let docker = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/conf");
@@ -26,7 +37,20 @@ fn docker_configs_pass_check() {
     for entry in std::fs::read_dir(&docker).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let (code, text) = check(&path);
+            let toml = std::fs::read_to_string(&path).unwrap();
+            let mounted = token_file(&toml);
+            assert!(
+                mounted.starts_with("/run/"),
+                "{}: the token comes from a mounted secret, not the image: {mounted}",
+                path.display()
+            );
+            let dir = write_config(&format!("docker-{checked}"), "").with_file_name("mounted");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("admin-token"), TOKEN).unwrap();
+            let local = dir.join("switchyard.toml");
+            let token_path = dir.join("admin-token");
+            std::fs::write(&local, toml.replace(mounted, token_path.to_str().unwrap())).unwrap();
+            let (code, text) = check(&local);
             assert_eq!(code, 0, "{}: {text}", path.display());
             assert!(text.contains("bearer token required"), "{text}");
             checked += 1;
@@ -64,14 +88,31 @@ fn kubernetes_configmap_passes_check() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("switchyard.toml");
     std::fs::write(&path, &toml).unwrap();
-    let token_file = toml
-        .lines()
-        .find_map(|l| l.strip_prefix("token_file = "))
-        .expect("the ConfigMap's admin section names a token_file")
-        .trim_matches('"');
-    let token_path = path.parent().unwrap().join(token_file);
+    let token_path = path.parent().unwrap().join(token_file(&toml));
     std::fs::create_dir_all(token_path.parent().unwrap()).unwrap();
     std::fs::write(&token_path, TOKEN).unwrap();
     let (code, text) = check(&path);
     assert_eq!(code, 0, "{text}\n---\n{toml}");
+}
+
+/// No admin token (or any other secret file) is committed under docker/, the image copies none,
+/// and the Kubernetes manifest carries no Secret object.
+#[test]
+fn no_secret_is_shipped() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(!root.join("docker/conf/admin-token").exists());
+    let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
+    let copies = dockerfile.lines().filter(|l| l.starts_with("COPY"));
+    assert!(
+        copies.clone().all(|l| !l.contains("admin-token")),
+        "the image copies a token: {:?}",
+        copies.collect::<Vec<_>>()
+    );
+    let manifest = std::fs::read_to_string(root.join("docker/kubernetes.yaml")).unwrap();
+    assert!(
+        !manifest.contains("kind: Secret"),
+        "the manifest carries a Secret"
+    );
+    assert!(manifest.contains("seccompProfile: { type: RuntimeDefault }"));
+    assert!(manifest.contains("kind: PodDisruptionBudget"));
 }

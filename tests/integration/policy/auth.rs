@@ -320,3 +320,78 @@ async fn keys_are_fetched_from_an_https_url() {
     );
     assert!(refreshes.await >= 1.0);
 }
+
+#[tokio::test]
+async fn each_route_has_its_own_policy() {
+    let signer = Signer::example();
+    let dir = temp_dir("routes");
+    let jwks = write_jwks(&dir, &[&signer]);
+    let backend = TestBackend::start("b").await;
+    let routes = format!(
+        "[[route]]\nname = \"open\"\nprefix = \"/open/\"\nstrip_prefix = true\nactive = \"blue\"\n\n\
+         [[route]]\nname = \"locked\"\nprefix = \"/locked/\"\nstrip_prefix = true\nactive = \"blue\"\n\
+         [route.policy]\n{}\n[[route.policy.limit]]\nmethod = \"tools/call\"\nkey = \"client\"\n\
+         rate = 1\nper = \"1m\"\nburst = 1\n",
+        auth_table(&jwks, "").replace("[policy.auth]", "[route.policy.auth]")
+    );
+    let config = config_for(&[("blue", &[&backend])], "\"blue\"", &routes);
+    let proxy = TestProxy::start(&config).await;
+    let token = signer.sign(&claims("carol"));
+    let bearer = format!("Bearer {token}");
+
+    let open = client()
+        .get(proxy.url("/open/headers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200, "a route without a policy passes blind");
+    assert_unauthorized(
+        client()
+            .get(proxy.url("/locked/headers"))
+            .send()
+            .await
+            .unwrap(),
+        "the locked route",
+    )
+    .await;
+    let seen: Value = client()
+        .get(proxy.url("/locked/headers"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["x-switchyard-subject"], "carol");
+
+    let body = tool_call(1, "echo").to_string();
+    let headers = [("authorization", bearer.as_str())];
+    assert_eq!(
+        post(&proxy.url("/locked/echo"), &body, &headers)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        post(&proxy.url("/locked/echo"), &body, &headers)
+            .await
+            .status(),
+        429
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            post(&proxy.url("/open/echo"), &body, &[]).await.status(),
+            200
+        );
+    }
+    // The locked route's metadata is served though its path is outside the route's prefix.
+    let document = client()
+        .get(proxy.url("/.well-known/oauth-protected-resource/mcp"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(document.status(), 200);
+    let calls = metric(&proxy, "switchyard_mcp_calls_total", &[]).await;
+    assert_eq!(calls, 2.0, "only the locked route's calls are counted");
+}
