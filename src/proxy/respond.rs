@@ -14,9 +14,10 @@ use crate::mcp::seal::Sealer;
 use crate::mcp::session::{SESSION_HEADER, SessionSlot, session_tag};
 use crate::metrics::{RequestLabels, RouteLabels, RouteName};
 use crate::state::{Route, Snapshot, State};
-use crate::upstream::backend::{Backend, Exchange, TimedExchange};
+use crate::upstream::backend::{Backend, InFlightGuard};
+use crate::upstream::balance::Target;
 
-use super::body::{AccessRecord, ResponseBody, SseWatch, UpstreamParts};
+use super::body::{AccessLog, AccessRecord, ResponseBody, SseWatch, UpstreamParts};
 use super::headers::strip_hop_by_hop;
 use super::request::{RequestMeta, Sent};
 use super::request_id::X_REQUEST_ID;
@@ -30,45 +31,21 @@ pub(super) fn shape(
     client_upgrade: Option<OnUpgrade>,
     mut slot: Option<SessionSlot>,
 ) -> Response<ResponseBody> {
-    let Sent {
-        mut guard,
-        timed,
-        target,
-    } = sent;
-    let TimedExchange {
-        exchange:
-            Exchange {
-                mut response,
-                sender,
-                reusable,
-            },
-        timer,
-        answered,
-    } = timed;
+    let (mut guard, target, timed) = (sent.guard, sent.target, sent.timed);
+    let (timer, answered, exchange) = (timed.timer, timed.answered, timed.exchange);
+    let (mut response, sender) = (exchange.response, exchange.sender);
+    let reusable = exchange.reusable;
     let backend = Arc::clone(&target.backend);
     let status = response.status();
-    let mut log = meta.log.take();
-    let want_tag = log.is_some();
-    let tag = settle_session(
+    let log = account(
         state,
         snapshot,
+        route,
         meta,
-        &backend,
+        &target,
         &mut response,
-        (&mut slot, want_tag),
+        &mut slot,
     );
-    if let Some(log) = &mut log {
-        log.session = tag;
-        log.route = Some(Arc::clone(&route.name));
-    }
-    response
-        .headers_mut()
-        .insert(&X_REQUEST_ID, meta.request_id.header_value());
-    let class = meta.class.as_str();
-    target
-        .metrics
-        .count_request(&state.metrics, class, status.as_u16());
-    count_route(state, Some(route), status);
     let is_sse = is_event_stream(response.headers());
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
     if is_sse || upgraded {
@@ -86,21 +63,12 @@ pub(super) fn shape(
         mcp: meta.mcp.clone(),
     };
     if upgraded && let Some(client) = client_upgrade {
-        let upstream = hyper::upgrade::on(&mut response);
-        super::websocket::spawn_tunnel(state, client, upstream, guard, record);
-        let (mut parts, _) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers, true);
-        return Response::from_parts(parts, ResponseBody::empty());
+        return tunnel(state, client, response, guard, record);
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     let sse = is_sse.then(|| sse_watch(snapshot, route, meta, &backend, &mut parts.headers, slot));
-    let timeouts = &route.settings.timeouts;
-    let (idle_timeout, keepalive) = if is_sse {
-        (timeouts.stream_idle, timeouts.sse_keepalive)
-    } else {
-        (Some(timeouts.response), None)
-    };
+    let (idle_timeout, keepalive) = body_timers(route, is_sse);
     let body = ResponseBody::upstream(UpstreamParts {
         body,
         guard,
@@ -114,6 +82,72 @@ pub(super) fn shape(
         record,
     });
     Response::from_parts(parts, body)
+}
+
+/// A `101`: both sides become a byte tunnel that holds the guard; the client gets the head.
+fn tunnel(
+    state: &Arc<State>,
+    client: OnUpgrade,
+    mut response: Response<Incoming>,
+    guard: InFlightGuard,
+    record: AccessRecord,
+) -> Response<ResponseBody> {
+    let upstream = hyper::upgrade::on(&mut response);
+    super::websocket::spawn_tunnel(state, client, upstream, guard, record);
+    let (mut parts, _) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, true);
+    Response::from_parts(parts, ResponseBody::empty())
+}
+
+/// Settles the session the response speaks of, stamps the request id and counts the answer;
+/// returns the access-log fields, which exist only while the access log is on.
+fn account(
+    state: &State,
+    snapshot: &Snapshot,
+    route: &Route,
+    meta: &mut RequestMeta,
+    target: &Target,
+    response: &mut Response<Incoming>,
+    slot: &mut Option<SessionSlot>,
+) -> Option<Box<AccessLog>> {
+    let status = response.status();
+    let mut log = meta.log.take();
+    let want_tag = log.is_some();
+    let tag = settle_session(
+        state,
+        snapshot,
+        meta,
+        &target.backend,
+        response,
+        (slot, want_tag),
+    );
+    if let Some(log) = &mut log {
+        log.session = tag;
+        log.route = Some(Arc::clone(&route.name));
+    }
+    response
+        .headers_mut()
+        .insert(&X_REQUEST_ID, meta.request_id.header_value());
+    let class = meta.class.as_str();
+    target
+        .metrics
+        .count_request(&state.metrics, class, status.as_u16());
+    count_route(state, Some(route), status);
+    log
+}
+
+/// The response body's idle timeout and SSE keepalive: a stream may stay quiet up to
+/// `stream_idle` (with keepalives), any other answer up to the response timeout.
+fn body_timers(
+    route: &Route,
+    is_sse: bool,
+) -> (Option<std::time::Duration>, Option<std::time::Duration>) {
+    let timeouts = &route.settings.timeouts;
+    if is_sse {
+        (timeouts.stream_idle, timeouts.sse_keepalive)
+    } else {
+        (Some(timeouts.response), None)
+    }
 }
 
 /// Learns, forgets and seals the session the response speaks of; returns its log tag if

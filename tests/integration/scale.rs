@@ -516,9 +516,8 @@ async fn name_via(proxy: &TestProxy) -> String {
 
 #[tokio::test]
 async fn dns_discovery_follows_address_changes() {
-    let first = TestBackend::start("first").await;
+    let (first, second) = pair_on_one_port().await;
     let port = first.address.port();
-    let second = TestBackend::start_on("second", &format!("127.0.0.2:{port}")).await;
     let (one, two) = (Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2));
     let dns = TestDns::start(&[one]).await;
     let config = format!(
@@ -658,9 +657,8 @@ async fn split_endpoint_event_is_sealed_and_the_rest_passes_untouched() {
 /// With health probes on, an address DNS newly reveals takes no traffic until its probes pass.
 #[tokio::test]
 async fn discovered_addresses_join_after_passing_health_checks() {
-    let first = TestBackend::start("first").await;
+    let (first, second) = pair_on_one_port().await;
     let port = first.address.port();
-    let second = TestBackend::start_on("second", &format!("127.0.0.2:{port}")).await;
     second.set_health(&[503]);
     let (one, two) = (Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2));
     let dns = TestDns::start(&[one]).await;
@@ -691,4 +689,18 @@ async fn discovered_addresses_join_after_passing_health_checks() {
         (name_via(&proxy).await == "second").then_some(())
     })
     .await;
+}
+
+/// Two backends on one port, at 127.0.0.1 and 127.0.0.2, as DNS answers for one name would give:
+/// a port free on both, since another test may hold the one picked for 127.0.0.1 on 127.0.0.2.
+async fn pair_on_one_port() -> (TestBackend, TestBackend) {
+    for _ in 0..20 {
+        let first = TestBackend::start("first").await;
+        let port = first.address.port();
+        if std::net::TcpListener::bind(("127.0.0.2", port)).is_ok() {
+            let second = TestBackend::start_on("second", &format!("127.0.0.2:{port}")).await;
+            return (first, second);
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and 127.0.0.2 in 20 tries");
 }
