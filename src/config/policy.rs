@@ -243,29 +243,7 @@ pub(super) fn validate_policy(
 
 fn validate_limit(raw: &Spanned<RawLimit>, has_auth: bool) -> Result<LimitConfig, Invalid> {
     let limit = raw.get_ref();
-    let key = match limit.key.get_ref().as_str() {
-        "client" => LimitKey::Client,
-        "session" => LimitKey::Session,
-        "tool" => LimitKey::Tool,
-        other => match other.strip_prefix("claim:") {
-            Some(claim) if !claim.is_empty() && has_auth => LimitKey::Claim(claim.to_string()),
-            Some(_) if !has_auth => {
-                return Err(invalid(
-                    &limit.key,
-                    format!("key = \"{other}\" needs [policy.auth]: claims come from its tokens"),
-                ));
-            }
-            _ => {
-                return Err(invalid(
-                    &limit.key,
-                    format!(
-                        "`{other}` is not a limit key: write \"client\", \"session\", \"tool\" \
-                         or \"claim:NAME\""
-                    ),
-                ));
-            }
-        },
-    };
+    let key = limit_key(&limit.key, has_auth)?;
     if *limit.rate.get_ref() == 0 {
         return Err(invalid(&limit.rate, "rate must be at least 1".into()));
     }
@@ -308,6 +286,33 @@ fn validate_limit(raw: &Spanned<RawLimit>, has_auth: bool) -> Result<LimitConfig
         per,
         burst,
         max_keys,
+    })
+}
+
+/// `client`, `session`, `tool` or `claim:NAME` (with `[policy.auth]` only).
+fn limit_key(key: &Spanned<String>, has_auth: bool) -> Result<LimitKey, Invalid> {
+    Ok(match key.get_ref().as_str() {
+        "client" => LimitKey::Client,
+        "session" => LimitKey::Session,
+        "tool" => LimitKey::Tool,
+        other => match other.strip_prefix("claim:") {
+            Some(claim) if !claim.is_empty() && has_auth => LimitKey::Claim(claim.to_string()),
+            Some(_) if !has_auth => {
+                return Err(invalid(
+                    key,
+                    format!("key = \"{other}\" needs [policy.auth]: claims come from its tokens"),
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "`{other}` is not a limit key: write \"client\", \"session\", \"tool\" \
+                         or \"claim:NAME\""
+                    ),
+                ));
+            }
+        },
     })
 }
 

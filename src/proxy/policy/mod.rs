@@ -17,7 +17,7 @@ use http::{Request, Response};
 use http_body::Frame;
 use hyper::body::Incoming;
 
-use crate::mcp::identity::Scanner;
+use crate::mcp::identity::{Call, Scanner};
 use crate::state::policy::PolicyState;
 use crate::state::{Snapshot, State};
 use crate::upstream::body::RequestBody;
@@ -67,6 +67,37 @@ impl Admitted {
     }
 }
 
+/// What the access log and metrics will learn of the calls, and the calls known now (with
+/// whether some lie past the scan limit).
+fn observe(
+    calls: Calls,
+    config: &crate::config::PolicyConfig,
+    subject: Option<String>,
+) -> (Admitted, Vec<Call>, bool) {
+    let labels = config.max_tool_labels;
+    let mut admitted = Admitted::default();
+    match calls {
+        Calls::None => (admitted, Vec::new(), false),
+        Calls::Streaming => {
+            let scanner = Scanner::new(config.scan_limit);
+            let observed = Arc::new(Observed::scanning(scanner, subject, labels));
+            admitted.tap = Some(ScanTap(Arc::clone(&observed)));
+            admitted.observed = Some(observed);
+            (admitted, Vec::new(), false)
+        }
+        Calls::Known {
+            calls,
+            head,
+            truncated,
+        } => {
+            admitted.head = head;
+            let observed = Observed::known(calls.clone(), subject, labels);
+            admitted.observed = Some(Arc::new(observed));
+            (admitted, calls, truncated)
+        }
+    }
+}
+
 /// Decides on one request. `Err` carries the refusal and what was learned of its calls.
 pub async fn admit(
     state: &State,
@@ -95,30 +126,7 @@ pub async fn admit(
     let calls = read::read(config, request, idle)
         .await
         .map_err(|refusal| (refusal, None))?;
-    let labels = config.max_tool_labels;
-    let mut admitted = Admitted::default();
-    let (known, truncated) = match calls {
-        Calls::None => (Vec::new(), false),
-        Calls::Streaming => {
-            let observed = Arc::new(Observed::scanning(
-                Scanner::new(config.scan_limit),
-                subject,
-                labels,
-            ));
-            admitted.tap = Some(ScanTap(Arc::clone(&observed)));
-            admitted.observed = Some(observed);
-            (Vec::new(), false)
-        }
-        Calls::Known {
-            calls,
-            head,
-            truncated,
-        } => {
-            admitted.head = head;
-            admitted.observed = Some(Arc::new(Observed::known(calls.clone(), subject, labels)));
-            (calls, truncated)
-        }
-    };
+    let (admitted, known, truncated) = observe(calls, config, subject);
     let refused = |refusal| (refusal, admitted.observed.clone());
     if let (Some(auth), Some(claims)) = (&config.auth, &claims) {
         auth::check_tools(auth, claims, &known, truncated).map_err(refused)?;
