@@ -13,8 +13,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
@@ -23,7 +21,7 @@ use crate::mcp::sse::{BoundaryTracker, DRAIN_RETRY, EndpointScanner, KEEPALIVE};
 use crate::state::State;
 use crate::upstream::backend::{InFlightGuard, PoolLimits, later};
 use crate::upstream::balance::Target;
-use crate::upstream::body::RequestBody;
+use crate::upstream::h1::{H1Body, H1Error};
 
 /// The access-log fields only the log line needs: read from the request only when the access
 /// log is on.
@@ -260,9 +258,8 @@ impl Timer {
 
 /// The parts of a proxied response that live until its last byte.
 pub struct UpstreamBody {
-    inner: Option<Incoming>,
+    inner: Option<H1Body>,
     guard: Option<InFlightGuard>,
-    sender: Option<SendRequest<RequestBody>>,
     pool_limits: PoolLimits,
     timer: Option<Timer>,
     /// When the head came: the connection's idle time counts from its last activity.
@@ -274,10 +271,8 @@ pub struct UpstreamBody {
 }
 
 pub struct UpstreamParts {
-    pub body: Incoming,
+    pub body: H1Body,
     pub guard: InFlightGuard,
-    /// `None` when the connection must not serve another request.
-    pub sender: Option<SendRequest<RequestBody>>,
     pub pool_limits: PoolLimits,
     /// The exchange's timer and when the head came.
     pub timer: Pin<Box<Sleep>>,
@@ -304,11 +299,18 @@ impl ResponseBody {
         ResponseBody::Full(None)
     }
 
-    pub fn upstream(parts: UpstreamParts) -> ResponseBody {
+    pub fn upstream(mut parts: UpstreamParts) -> ResponseBody {
+        // A server sends no body for `HEAD`, `204` or `304` and may never poll it: the connection
+        // goes back now.
+        if parts.body.is_end_stream()
+            && let Some(conn) = parts.body.take_reusable()
+        {
+            let backend = parts.guard.backend();
+            backend.checkin_at(conn, parts.pool_limits, parts.answered);
+        }
         ResponseBody::Upstream(Box::new(UpstreamBody {
             inner: Some(parts.body),
             guard: Some(parts.guard),
-            sender: parts.sender,
             pool_limits: parts.pool_limits,
             timer: Timer::new(
                 parts.timer,
@@ -326,12 +328,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = H1Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Upstream(body) => body.poll_frame(cx),
@@ -360,10 +362,7 @@ impl Body for ResponseBody {
 }
 
 impl UpstreamBody {
-    fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         if std::mem::take(&mut self.close_next) {
             return Poll::Ready(Some(Ok(self.close_for_drain())));
         }
@@ -529,10 +528,7 @@ impl UpstreamBody {
         }
     }
 
-    fn poll_timers(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         let backend_lost = self
             .guard
             .as_ref()
@@ -591,9 +587,10 @@ impl UpstreamBody {
 
     /// The backend finished the response: the connection can serve another request.
     fn complete(&mut self) {
-        if let (Some(sender), Some(guard)) = (self.sender.take(), self.guard.as_ref()) {
+        let conn = self.inner.take().and_then(H1Body::into_reusable);
+        if let (Some(conn), Some(guard)) = (conn, self.guard.as_ref()) {
             let since = self.timer.as_ref().map_or(self.answered, |t| t.last_data);
-            guard.backend().checkin_at(sender, self.pool_limits, since);
+            guard.backend().checkin_at(conn, self.pool_limits, since);
         }
         self.finish("complete");
     }
@@ -602,7 +599,6 @@ impl UpstreamBody {
     /// backend sees the request cancelled.
     fn end(&mut self, outcome: &'static str) {
         self.inner = None;
-        self.sender = None;
         self.finish(outcome);
     }
 

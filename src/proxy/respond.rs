@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 use crate::mcp::classify::RouteClass;
@@ -16,6 +15,7 @@ use crate::metrics::{RequestLabels, RouteLabels, RouteName};
 use crate::state::{Route, Snapshot, State};
 use crate::upstream::backend::{Backend, InFlightGuard};
 use crate::upstream::balance::Target;
+use crate::upstream::h1::H1Body;
 
 use super::body::{AccessLog, AccessRecord, ResponseBody, SseWatch, UpstreamParts};
 use super::headers::strip_hop_by_hop;
@@ -33,8 +33,7 @@ pub(super) fn shape(
 ) -> Response<ResponseBody> {
     let (mut guard, target, timed) = (sent.guard, sent.target, sent.timed);
     let (timer, answered, exchange) = (timed.timer, timed.answered, timed.exchange);
-    let (mut response, sender) = (exchange.response, exchange.sender);
-    let reusable = exchange.reusable;
+    let mut response = exchange.response;
     let backend = Arc::clone(&target.backend);
     let status = response.status();
     let log = account(
@@ -72,7 +71,6 @@ pub(super) fn shape(
     let body = ResponseBody::upstream(UpstreamParts {
         body,
         guard,
-        sender: reusable.then_some(sender),
         pool_limits: snapshot.pool_limits,
         timer,
         answered,
@@ -88,13 +86,14 @@ pub(super) fn shape(
 fn tunnel(
     state: &Arc<State>,
     client: OnUpgrade,
-    mut response: Response<Incoming>,
+    response: Response<H1Body>,
     guard: InFlightGuard,
     record: AccessRecord,
 ) -> Response<ResponseBody> {
-    let upstream = hyper::upgrade::on(&mut response);
-    super::websocket::spawn_tunnel(state, client, upstream, guard, record);
-    let (mut parts, _) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    if let Some(upstream) = body.into_upgraded() {
+        super::websocket::spawn_tunnel(state, client, upstream, guard, record);
+    }
     strip_hop_by_hop(&mut parts.headers, true);
     Response::from_parts(parts, ResponseBody::empty())
 }
@@ -107,7 +106,7 @@ fn account(
     route: &Route,
     meta: &mut RequestMeta,
     target: &Target,
-    response: &mut Response<Incoming>,
+    response: &mut Response<H1Body>,
     slot: &mut Option<SessionSlot>,
 ) -> Option<Box<AccessLog>> {
     let status = response.status();
@@ -158,7 +157,7 @@ fn settle_session(
     snapshot: &Snapshot,
     meta: &RequestMeta,
     backend: &Arc<Backend>,
-    response: &mut Response<Incoming>,
+    response: &mut Response<H1Body>,
     (slot, want_tag): (&mut Option<SessionSlot>, bool),
 ) -> Option<String> {
     let minted = track_session(state, meta, backend, response, slot);
@@ -271,7 +270,7 @@ fn track_session<'r>(
     state: &State,
     meta: &RequestMeta,
     backend: &Arc<Backend>,
-    response: &'r Response<Incoming>,
+    response: &'r Response<H1Body>,
     slot: &mut Option<SessionSlot>,
 ) -> Option<&'r str> {
     let status = response.status();

@@ -8,13 +8,14 @@ use hyper_util::rt::TokioIo;
 use crate::proxy::body::AccessRecord;
 use crate::state::State;
 use crate::upstream::backend::InFlightGuard;
+use crate::upstream::h1::Upgraded;
 
 /// Runs the tunnel in the background; the guard counts it as an open stream until it closes, and
 /// it closes when the backend drains or the proxy shuts down.
 pub fn spawn_tunnel(
     state: &Arc<State>,
     client: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: Upgraded,
     guard: InFlightGuard,
     mut record: AccessRecord,
 ) {
@@ -29,16 +30,19 @@ pub fn spawn_tunnel(
     });
 }
 
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, record: &mut AccessRecord) -> &'static str {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+async fn tunnel(
+    client: OnUpgrade,
+    mut upstream: Upgraded,
+    record: &mut AccessRecord,
+) -> &'static str {
+    let client = match client.await {
+        Ok(client) => client,
         Err(error) => {
             tracing::debug!(%error, "websocket upgrade failed");
             return "upgrade_failed";
         }
     };
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((to_backend, to_client)) => {
             record.bytes = to_backend + to_client;

@@ -3,10 +3,9 @@
 //! A [`Backend`] outlives config reloads: the snapshot builder reuses the same `Arc<Backend>` for
 //! an address that stays, so its counters, health and idle connections carry over.
 //!
-//! The connection pool is ours rather than hyper-util's legacy `Client` because the proxy must
-//! retry a request on another backend when the connection fails before any byte was sent; the
-//! legacy client consumes the request on a connect error, while hyper's `try_send_request` on a
-//! connection we hold gives it back.
+//! The connection pool is ours because the proxy must retry a request on another backend when
+//! the connection fails before the backend can have seen it, and the connections are our own
+//! HTTP/1.1 client's ([`crate::upstream::h1`]), which hold no buffers while idle.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,13 +14,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::upstream::body::{BodyError, RequestBody, Upload};
+use crate::upstream::h1::io::Io;
+use crate::upstream::h1::{H1Body, H1Conn, H1Error, SendError};
 
 /// One upstream server, identified by the address as written in the config.
 #[derive(Debug)]
@@ -54,7 +53,7 @@ pub struct Backend {
 
 #[derive(Debug)]
 struct IdleConnection {
-    sender: http1::SendRequest<RequestBody>,
+    conn: H1Conn,
     since: Instant,
 }
 
@@ -68,11 +67,6 @@ pub enum UpstreamError {
     },
     #[error("connect to {address} timed out")]
     ConnectTimeout { address: Arc<str> },
-    #[error("HTTP handshake with {address} failed: {source}")]
-    Handshake {
-        address: Arc<str>,
-        source: hyper::Error,
-    },
     #[error("{address} did not answer within {timeout:?}")]
     ResponseTimeout {
         address: Arc<str>,
@@ -87,7 +81,7 @@ pub enum UpstreamError {
     #[error("{address} failed the request: {source}")]
     Request {
         address: Arc<str>,
-        source: hyper::Error,
+        source: H1Error,
         /// The proxy was waiting for the client's body when it happened (e.g. the backend's own
         /// body timeout gave up on a slow client).
         awaiting_client: bool,
@@ -148,7 +142,7 @@ impl UpstreamError {
     }
 
     /// Does passive health hold this against the backend? Only what the backend did wrong: it
-    /// refused or dropped the connection, failed the TLS or HTTP handshake, reset the connection
+    /// refused or dropped the connection, failed the TLS handshake, reset the connection
     /// or sent a malformed answer before its response head. A slow answer is not (a long tool
     /// call is legitimate; hung backends are the probes' to find), nor anything the client did.
     pub fn counts_against_backend(&self) -> bool {
@@ -158,7 +152,6 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect { .. }
             | UpstreamError::ConnectTimeout { .. }
-            | UpstreamError::Handshake { .. }
             | UpstreamError::InvalidResponse { .. } => true,
             UpstreamError::Request {
                 awaiting_client, ..
@@ -172,7 +165,6 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::ConnectTimeout { .. } => "connect_timeout",
-            UpstreamError::Handshake { .. } => "handshake",
             UpstreamError::ResponseTimeout { .. } => "response_timeout",
             UpstreamError::ClientStalled { .. } => "client_stalled",
             UpstreamError::Request { .. } => "request",
@@ -184,9 +176,7 @@ impl UpstreamError {
     pub fn request_not_sent(&self) -> bool {
         matches!(
             self,
-            UpstreamError::Connect { .. }
-                | UpstreamError::ConnectTimeout { .. }
-                | UpstreamError::Handshake { .. }
+            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
         )
     }
 }
@@ -331,80 +321,48 @@ impl Backend {
         let upload = request.body().upload();
         let awaiting_client = || upload.as_ref().is_some_and(Upload::awaits_client);
         let mut deadline = Box::pin(tokio::time::sleep_until(later(sent, timeouts.response)));
-        // A pooled connection may have been closed by the backend a moment ago; hyper then gives
-        // the request back untouched and the next connection gets it.
+        // A pooled connection may have been closed by the backend a moment ago; a request it
+        // cannot have seen then goes to the next connection.
         loop {
-            let (mut sender, fresh) = match self.checkout(limits, sent) {
-                Some(sender) => (sender, false),
+            let (conn, fresh) = match self.checkout(limits, sent) {
+                Some(conn) => (conn, false),
                 None => match self.connect(timeouts.connect, tls).await {
-                    Ok(sender) => {
+                    Ok(conn) => {
                         let now = Instant::now();
                         deadline.as_mut().reset(later(now, timeouts.response));
-                        (sender, true)
+                        (conn, true)
                     }
                     Err(error) => return Err((error, Some(request))),
                 },
             };
-            if !sender.is_ready() {
-                // Checked in before its connection task saw the end of the last response: it is
-                // ready in a moment, unless it is closing.
-                match until(deadline.as_mut(), sender.ready()).await {
-                    Some(Ok(())) => {}
-                    Some(Err(_)) => continue,
-                    None => {
-                        let error = self.timed_out(timeouts, awaiting_client());
-                        return Err((error, Some(request)));
-                    }
-                }
-            }
-            match until(deadline.as_mut(), sender.try_send_request(request)).await {
+            match until(deadline.as_mut(), conn.send(request)).await {
                 Some(Ok(response)) => {
-                    let exchange = self.checked(response, sender).map_err(|e| (e, None))?;
                     return Ok(TimedExchange {
-                        exchange,
+                        exchange: Exchange { response },
                         timer: deadline,
                         answered: Instant::now(),
                     });
                 }
-                Some(Err(mut failed)) => match failed.take_message() {
+                Some(Err(SendError { error, unsent })) => match unsent {
                     Some(unsent) if !fresh => request = unsent,
-                    unsent => {
-                        let error = UpstreamError::Request {
-                            address: Arc::clone(&self.address),
-                            source: failed.into_error(),
-                            awaiting_client: awaiting_client(),
-                        };
-                        return Err((error, unsent));
-                    }
+                    unsent => return Err((self.failed(error, awaiting_client()), unsent)),
                 },
                 None => return Err((self.timed_out(timeouts, awaiting_client()), None)),
             }
         }
     }
 
-    /// A response head fit to pass on: a status in 100..=599, and one framing. With both
-    /// `Transfer-Encoding` and `Content-Length`, the coding wins and the length goes (RFC 9112
-    /// section 6.3, as HAProxy does); such a backend is not trusted with another request on
-    /// that connection.
-    fn checked(
-        &self,
-        mut response: http::Response<hyper::body::Incoming>,
-        sender: http1::SendRequest<RequestBody>,
-    ) -> Result<Exchange, UpstreamError> {
-        if !(100..=599).contains(&response.status().as_u16()) {
-            return Err(UpstreamError::InvalidResponse {
-                address: Arc::clone(&self.address),
-                reason: "status outside 100-599",
-            });
+    /// An exchange that failed on the connection: a malformed answer, or the connection broke.
+    fn failed(&self, error: H1Error, awaiting_client: bool) -> UpstreamError {
+        let address = Arc::clone(&self.address);
+        match error {
+            H1Error::Invalid(reason) => UpstreamError::InvalidResponse { address, reason },
+            source => UpstreamError::Request {
+                address,
+                source,
+                awaiting_client,
+            },
         }
-        let headers = response.headers_mut();
-        let framed_twice = headers.contains_key(http::header::TRANSFER_ENCODING)
-            && headers.remove(http::header::CONTENT_LENGTH).is_some();
-        Ok(Exchange {
-            response,
-            sender,
-            reusable: !framed_twice,
-        })
     }
 
     /// The response deadline passed: the client's fault while its upload still stalled the
@@ -420,53 +378,44 @@ impl Backend {
     }
 
     /// The newest parked connection that is open and not past the idle timeout at `now`.
-    fn checkout(
-        &self,
-        limits: PoolLimits,
-        now: Instant,
-    ) -> Option<http1::SendRequest<RequestBody>> {
+    pub fn checkout(&self, limits: PoolLimits, now: Instant) -> Option<H1Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(conn) = idle.pop() {
+        while let Some(mut idle_conn) = idle.pop() {
             // Past the idle timeout the backend may be closing it right now: not worth the race.
             // The newest one being that old, so are all the others.
-            if now.saturating_duration_since(conn.since) >= limits.idle_timeout {
+            if now.saturating_duration_since(idle_conn.since) >= limits.idle_timeout {
                 idle.clear();
                 return None;
             }
-            if !conn.sender.is_closed() {
-                return Some(conn.sender);
+            if !idle_conn.conn.is_stale() {
+                return Some(idle_conn.conn);
             }
         }
         None
     }
 
     /// Parks a connection whose response was read to the end, for the next request.
-    pub fn checkin(&self, sender: http1::SendRequest<RequestBody>, limits: PoolLimits) {
-        self.checkin_at(sender, limits, Instant::now());
+    pub fn checkin(&self, conn: H1Conn, limits: PoolLimits) {
+        self.checkin_at(conn, limits, Instant::now());
     }
 
     /// Parks a connection whose response was read to the end, idle since `since`, for the next
-    /// request. Its connection task may not have seen that end yet; check-out waits for it.
-    pub fn checkin_at(
-        &self,
-        sender: http1::SendRequest<RequestBody>,
-        limits: PoolLimits,
-        since: Instant,
-    ) {
-        if sender.is_closed() || limits.max_idle == 0 {
+    /// request.
+    pub fn checkin_at(&self, conn: H1Conn, limits: PoolLimits, since: Instant) {
+        if limits.max_idle == 0 {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < limits.max_idle {
-            idle.push(IdleConnection { sender, since });
+            idle.push(IdleConnection { conn, since });
         }
     }
 
     /// Drops parked connections that are closed or idle past the timeout (the periodic task).
     pub fn prune_idle(&self, limits: PoolLimits, now: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.retain(|c| {
-            now.saturating_duration_since(c.since) < limits.idle_timeout && !c.sender.is_closed()
+        idle.retain_mut(|c| {
+            now.saturating_duration_since(c.since) < limits.idle_timeout && !c.conn.is_stale()
         });
     }
 
@@ -486,13 +435,12 @@ impl Backend {
             .clear();
     }
 
-    /// A new connection: TCP, then TLS for `https://` backends (within the same connect timeout),
-    /// then the HTTP/1.1 handshake, which is generic over the stream.
+    /// A new connection: TCP, then TLS for `https://` backends (within the same connect timeout).
     async fn connect(
         &self,
         timeout: Duration,
         tls: Option<&Arc<rustls::ClientConfig>>,
-    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+    ) -> Result<H1Conn, UpstreamError> {
         let address = || Arc::clone(&self.address);
         let host = self.authority.host();
         let port = self
@@ -504,7 +452,7 @@ impl Backend {
             connect_step(deadline, &self.address, TcpStream::connect((host, port))).await?;
         let _ = stream.set_nodelay(true);
         if !self.tls {
-            return self.handshake(stream).await;
+            return Ok(H1Conn::new(Io::Plain(stream)));
         }
         let Some(config) = tls else {
             return Err(UpstreamError::Connect {
@@ -528,26 +476,7 @@ impl Backend {
             connector.connect(server_name, stream),
         )
         .await?;
-        self.handshake(stream).await
-    }
-
-    async fn handshake<IO>(&self, io: IO) -> Result<http1::SendRequest<RequestBody>, UpstreamError>
-    where
-        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|source| UpstreamError::Handshake {
-                address: Arc::clone(&self.address),
-                source,
-            })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(H1Conn::new(Io::Tls(Box::new(stream))))
     }
 }
 
@@ -584,12 +513,9 @@ pub fn later(start: Instant, wait: Duration) -> Instant {
         .unwrap_or(start)
 }
 
-/// A response head plus the connection it came on, to be returned at end of body.
+/// A response head; its body reads on from the connection, which it gives back at its end.
 pub struct Exchange {
-    pub response: http::Response<hyper::body::Incoming>,
-    pub sender: http1::SendRequest<RequestBody>,
-    /// False when the backend's answer was odd enough that its connection is closed after it.
-    pub reusable: bool,
+    pub response: http::Response<H1Body>,
 }
 
 /// An [`Exchange`] with the timer that bounded it.

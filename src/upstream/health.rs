@@ -147,17 +147,19 @@ pub async fn probe(
         return ProbeOutcome::Error;
     };
     let exchange = async {
-        let Exchange {
-            response,
-            sender,
-            reusable,
-        } = backend
+        let Exchange { response } = backend
             .send(request, probes.timeout, probes.timeout, limits, tls)
             .await
             .map_err(|(error, _)| error)?;
         let status = response.status().as_u16();
-        if response.into_body().collect().await.is_ok() && reusable {
-            backend.checkin(sender, limits);
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                return Ok(status);
+            }
+        }
+        if let Some(conn) = body.into_reusable() {
+            backend.checkin(conn, limits);
         }
         Ok::<u16, UpstreamError>(status)
     };

@@ -5,4 +5,5 @@ pub mod backend;
 pub mod balance;
 pub mod body;
 pub mod discovery;
+pub mod h1;
 pub mod health;

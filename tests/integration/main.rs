@@ -25,3 +25,4 @@ mod reload_triggers;
 mod routes;
 mod scale;
 mod tls;
+mod upstream_h1;

@@ -1,0 +1,248 @@
+//! The response body as it comes off the connection, framed as its head said, and handed on as
+//! `Bytes` split off the read buffer, which goes back as soon as it is empty. Once the body is
+//! complete the connection can serve another request; an upgrade hands over the whole stream.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::chunked::ChunkDecoder;
+use super::codec::Framing;
+use super::conn::H1Conn;
+use super::io::Io;
+use super::send::{Outgoing, Pending};
+use super::{H1Error, buffers};
+
+/// Where the body stands.
+#[derive(Debug)]
+enum Reader {
+    /// No body at all (`HEAD`, `204`, `304`, `1xx`): its length is not known to be 0, as any
+    /// `Content-Length` the head has speaks of another answer.
+    None,
+    Length(u64),
+    Chunked(ChunkDecoder),
+    UntilClose,
+    Done,
+}
+
+impl Reader {
+    /// The next data in `buf`, consuming framing; `None` when `buf` has none to give.
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, H1Error> {
+        let data = match self {
+            Reader::Length(left) => {
+                let take = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
+                *left -= take as u64;
+                (take > 0).then(|| buf.split_to(take).freeze())
+            }
+            Reader::Chunked(decoder) => {
+                let data = decoder
+                    .decode(buf)
+                    .map_err(|e| H1Error::Invalid(e.reason()))?;
+                // The last chunk often comes with the data before it: the body ends now. An error
+                // here is met again (and returned) by the next read.
+                let _ = decoder.framing(buf);
+                data
+            }
+            Reader::UntilClose => (!buf.is_empty()).then(|| buf.split().freeze()),
+            Reader::None | Reader::Done => None,
+        };
+        if matches!(self, Reader::Length(0))
+            || matches!(self, Reader::Chunked(decoder) if decoder.is_done())
+        {
+            *self = Reader::Done;
+        }
+        Ok(data)
+    }
+}
+
+/// A response body read from an upstream connection by whoever polls it.
+#[derive(Debug)]
+pub struct H1Body {
+    conn: Option<H1Conn>,
+    reader: Reader,
+    /// The head allowed another exchange on the connection, and nothing has ruled it out since.
+    reusable: bool,
+    /// The rest of the request body, for a backend that answered before it had all of it.
+    outgoing: Option<(Outgoing, Pending)>,
+}
+
+impl H1Body {
+    pub(super) fn new(
+        conn: H1Conn,
+        framing: Framing,
+        reusable: bool,
+        (outgoing, out): (Option<Outgoing>, Pending),
+    ) -> H1Body {
+        let reader = match framing {
+            Framing::Empty => Reader::None,
+            Framing::Length(0) => Reader::Done,
+            Framing::Length(length) => Reader::Length(length),
+            Framing::Chunked => Reader::Chunked(ChunkDecoder::default()),
+            Framing::UntilClose => Reader::UntilClose,
+        };
+        let outgoing = (outgoing.is_some() || !out.is_empty())
+            .then(|| (outgoing.unwrap_or_else(Outgoing::finished), out));
+        let mut body = H1Body {
+            conn: Some(conn),
+            reader,
+            reusable,
+            outgoing,
+        };
+        if let (Reader::Chunked(decoder), Some(conn)) = (&mut body.reader, body.conn.as_mut()) {
+            // The whole body may have come with the head (an error is met again by the read).
+            let _ = decoder.framing(&mut conn.buf);
+            if decoder.is_done() {
+                body.reader = Reader::Done;
+            }
+        }
+        body
+    }
+
+    /// The connection, once the body was read to its end, for the next request; `None` when it
+    /// cannot serve one (framing or `Connection: close` said so, or the request body was not
+    /// all sent, or the backend sent more than it framed).
+    pub fn into_reusable(mut self) -> Option<H1Conn> {
+        self.take_reusable()
+    }
+
+    /// Like [`H1Body::into_reusable`], leaving a body that yields nothing more.
+    pub fn take_reusable(&mut self) -> Option<H1Conn> {
+        let done = matches!(self.reader, Reader::Done | Reader::None);
+        let mut conn = self.conn.take()?;
+        let clean = done && self.reusable && self.outgoing.is_none() && conn.buf.is_empty();
+        buffers::release(&mut conn.buf);
+        clean.then(|| {
+            conn.mark_reused();
+            conn
+        })
+    }
+
+    /// The connection of a `101` answer, as a byte stream for the tunnel.
+    pub fn into_upgraded(mut self) -> Option<Upgraded> {
+        let (io, read_ahead) = self.conn.take()?.into_parts();
+        Some(Upgraded { io, read_ahead })
+    }
+
+    /// Sends more of the request body if it is waiting; a failure only stops the sending.
+    fn poll_outgoing(&mut self, cx: &mut Context<'_>) {
+        let (Some((outgoing, out)), Some(conn)) = (self.outgoing.as_mut(), self.conn.as_mut())
+        else {
+            return;
+        };
+        match outgoing.poll_send(&mut conn.io, out, cx) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(())) => self.outgoing = None,
+            Poll::Ready(Err(error)) => {
+                tracing::debug!(%error, "request body not sent to the end");
+                self.outgoing = None;
+                self.reusable = false;
+            }
+        }
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let this = self.get_mut();
+        this.poll_outgoing(cx);
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let decoded = this.reader.decode(&mut conn.buf);
+            buffers::release(&mut conn.buf);
+            match decoded {
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(None) if matches!(this.reader, Reader::Done | Reader::None) => {
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+                Err(error) => return Poll::Ready(Some(Err(this.broken(error)))),
+            }
+            match ready!(conn.io.poll_fill(cx, &mut conn.buf)) {
+                Ok(0) if matches!(this.reader, Reader::UntilClose) => {
+                    this.reader = Reader::Done;
+                    this.reusable = false;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(this.broken(H1Error::Closed)))),
+                Ok(_) => {}
+                Err(error) => return Poll::Ready(Some(Err(this.broken(H1Error::Io(error))))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.reader, Reader::Done | Reader::None)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.reader {
+            Reader::Done => SizeHint::with_exact(0),
+            Reader::Length(left) => SizeHint::with_exact(left),
+            Reader::None | Reader::Chunked(_) | Reader::UntilClose => SizeHint::default(),
+        }
+    }
+}
+
+impl H1Body {
+    /// The body cannot go on: the connection is closed now.
+    fn broken(&mut self, error: H1Error) -> H1Error {
+        self.conn = None;
+        self.reusable = false;
+        self.outgoing = None;
+        error
+    }
+}
+
+/// The connection after a `101`: what was read past the head comes first.
+#[derive(Debug)]
+pub struct Upgraded {
+    io: Io,
+    read_ahead: Bytes,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read_ahead.is_empty() {
+            let take = this.read_ahead.len().min(buf.remaining());
+            buf.put_slice(&this.read_ahead[..take]);
+            this.read_ahead.advance(take);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
