@@ -133,17 +133,17 @@ impl Exchange {
             return Poll::Ready(Err(error));
         }
         loop {
-            if !self.conn.buf.is_empty() {
-                match parse_head(&self.conn.buf, &self.method).map_err(H1Error::Invalid)? {
-                    Some((head, length)) => {
-                        self.conn.buf.advance(length);
-                        if let Some(head) = self.final_head(head)? {
-                            return Poll::Ready(Ok(head));
-                        }
-                        continue;
-                    }
-                    None => {}
+            let parsed = if self.conn.buf.is_empty() {
+                None
+            } else {
+                parse_head(&self.conn.buf, &self.method).map_err(H1Error::Invalid)?
+            };
+            if let Some((head, length)) = parsed {
+                self.conn.buf.advance(length);
+                if let Some(head) = self.final_head(head)? {
+                    return Poll::Ready(Ok(head));
                 }
+                continue;
             }
             match self.conn.io.poll_fill(cx, &mut self.conn.buf) {
                 Poll::Pending => return Poll::Pending,
