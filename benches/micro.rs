@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request decisions: route matching, backend choice, session lookup,
-//! SSE scanning.
+//! SSE scanning; and of the upstream HTTP/1.1 client: head parsing and writing, chunk decoding,
+//! pool check-out and check-in.
 //!
 //! `cargo bench --bench micro` (add `-- --quick` for a short run).
 
@@ -9,11 +10,16 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use switchyard::mcp::session::SessionTable;
 use switchyard::mcp::sse::{BoundaryTracker, EndpointScanner};
-use switchyard::upstream::backend::Backend;
+use switchyard::upstream::backend::{Backend, PoolLimits};
 use switchyard::upstream::balance::{Member, client_hash, pick_by_hash, pick_least_loaded};
+use switchyard::upstream::h1::H1Conn;
+use switchyard::upstream::h1::chunked::ChunkDecoder;
+use switchyard::upstream::h1::codec::{RequestFraming, encode_head, parse_head};
+use switchyard::upstream::h1::io::Io;
 use tokio_util::sync::CancellationToken;
 
 fn members(count: usize) -> Vec<Member> {
@@ -194,5 +200,104 @@ fn routes(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, routes, balance, sessions, sse);
+/// Response heads as MCP servers send them: a JSON answer and an SSE stream.
+const JSON_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+    content-length: 220\r\nmcp-session-id: 0123456789abcdef0123456789abcdef\r\n\
+    date: Mon, 30 Nov 2026 09:00:00 GMT\r\nx-request-id: 3f1c0e8e-7d1a-4c55-9a3f-2b8f1d7c6e5a\r\n\r\n";
+const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+    cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\
+    date: Mon, 30 Nov 2026 09:00:00 GMT\r\n\r\n";
+
+fn h1_codec(c: &mut Criterion) {
+    let mut group = c.benchmark_group("h1");
+    for (name, head) in [("parse_head_json", JSON_HEAD), ("parse_head_sse", SSE_HEAD)] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                parse_head(black_box(head), &http::Method::POST)
+                    .unwrap()
+                    .unwrap()
+                    .1
+            })
+        });
+    }
+    let (parts, ()) = http::Request::post("/mcp")
+        .header(http::header::HOST, "mcp.example.com")
+        .header(http::header::USER_AGENT, "mcp-client/1.0")
+        .header(http::header::ACCEPT, "application/json, text/event-stream")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("mcp-session-id", "0123456789abcdef0123456789abcdef")
+        .header("x-forwarded-for", "192.0.2.7")
+        .body(())
+        .unwrap()
+        .into_parts();
+    group.bench_function("encode_head", |b| {
+        b.iter(|| encode_head(black_box(&parts), RequestFraming::Length(220)).len())
+    });
+    // 64 KiB in 1 KiB chunks, fed as 16 KiB reads, as a big answer comes.
+    let mut wire = Vec::new();
+    for _ in 0..64 {
+        wire.extend_from_slice(b"400\r\n");
+        wire.extend(std::iter::repeat_n(b'x', 1024));
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    group.throughput(Throughput::Bytes(64 * 1024));
+    group.bench_function("decode_chunks_64k", |b| {
+        b.iter(|| {
+            let mut decoder = ChunkDecoder::default();
+            let mut buf = BytesMut::new();
+            let mut total = 0;
+            for read in wire.chunks(16 * 1024) {
+                buf.extend_from_slice(read);
+                while let Some(data) = decoder.decode(&mut buf).unwrap() {
+                    total += data.len();
+                }
+            }
+            assert!(decoder.is_done());
+            total
+        })
+    });
+    group.finish();
+}
+
+/// Check-out and check-in of one of 64 parked connections (real sockets: check-out asks the
+/// socket whether the backend closed it).
+fn pool(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = Backend::new("127.0.0.1:1", &CancellationToken::new()).unwrap();
+    let limits = PoolLimits {
+        max_idle: 64,
+        idle_timeout: std::time::Duration::from_secs(60),
+    };
+    let _peers = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut peers = Vec::new();
+        for _ in 0..64 {
+            let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            peers.push(listener.accept().await.unwrap().0);
+            backend.checkin(H1Conn::new(Io::Plain(stream)), limits);
+        }
+        peers
+    });
+    let _entered = runtime.enter();
+    let mut group = c.benchmark_group("pool");
+    group.bench_function("checkout_checkin_64_parked", |b| {
+        let now = tokio::time::Instant::now();
+        b.iter(|| {
+            let conn = backend.checkout(limits, now).unwrap();
+            backend.checkin_at(black_box(conn), limits, now);
+        });
+    });
+    group.bench_function("prune_64_parked", |b| {
+        let now = tokio::time::Instant::now();
+        b.iter(|| backend.prune_idle(limits, now));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, routes, balance, sessions, sse, h1_codec, pool);
 criterion_main!(benches);
