@@ -45,13 +45,18 @@ impl Io {
     /// no request asked for.
     pub fn is_stale(&mut self) -> bool {
         let mut byte = [0u8; 1];
+        let mut cx = Context::from_waker(std::task::Waker::noop());
         match self {
-            Io::Plain(stream) => !matches!(
-                stream.try_read(&mut byte),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock
-            ),
+            // Readiness first: when the runtime saw nothing since the last read, no syscall.
+            Io::Plain(stream) => match stream.poll_read_ready(&mut cx) {
+                Poll::Pending => false,
+                Poll::Ready(Err(_)) => true,
+                Poll::Ready(Ok(())) => !matches!(
+                    stream.try_read(&mut byte),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock
+                ),
+            },
             Io::Tls(stream) => {
-                let mut cx = Context::from_waker(std::task::Waker::noop());
                 let mut read = ReadBuf::new(&mut byte);
                 Pin::new(stream).poll_read(&mut cx, &mut read).is_ready()
             }

@@ -15,6 +15,9 @@ use super::H1Error;
 use super::io::Io;
 use crate::upstream::body::RequestBody;
 
+/// Pieces queued before a write (a chunk is three: size line, data, line end).
+const GATHERED: usize = 8;
+
 /// Bytes queued for the wire (the head, a chunk with its framing), written in order.
 #[derive(Debug, Default)]
 pub struct Pending(VecDeque<Bytes>);
@@ -30,10 +33,14 @@ impl Pending {
         self.0.is_empty()
     }
 
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Writes until everything went or the socket is full; then flushes (TLS holds records).
     pub fn poll_write(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while !self.0.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 4];
+            let mut slices = [IoSlice::new(&[]); GATHERED + 3];
             let mut count = 0;
             for (slot, bytes) in slices.iter_mut().zip(&self.0) {
                 *slot = IoSlice::new(bytes);
@@ -90,7 +97,9 @@ impl Outgoing {
         }
     }
 
-    /// Sends what the body has: `Ready(Ok)` once all of it is on the wire.
+    /// Sends what the body has: `Ready(Ok)` once all of it is on the wire. What is ready is
+    /// gathered first, so a head and a body that came whole leave in one write (one segment
+    /// for the backend to read, not two).
     pub fn poll_send(
         &mut self,
         io: &mut Io,
@@ -98,18 +107,33 @@ impl Outgoing {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), H1Error>> {
         loop {
-            ready!(out.poll_write(io, cx))?;
-            if self.ended {
-                return Poll::Ready(Ok(()));
+            let waiting = self.gather(out, cx)?;
+            if out.is_empty() {
+                return if self.ended {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
             }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
+            ready!(out.poll_write(io, cx))?;
+            if waiting && !self.ended {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Queues the frames the body has ready (a few writes' worth); true when it has no more yet.
+    fn gather(&mut self, out: &mut Pending, cx: &mut Context<'_>) -> Result<bool, H1Error> {
+        while !self.ended && out.len() < GATHERED {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Pending => return Ok(true),
+                Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         self.queue(data, out);
                     }
                 }
-                Some(Err(error)) => return Poll::Ready(Err(H1Error::Body(error))),
-                None => {
+                Poll::Ready(Some(Err(error))) => return Err(H1Error::Body(error)),
+                Poll::Ready(None) => {
                     self.ended = true;
                     if self.chunked {
                         out.push(Bytes::from_static(b"0\r\n\r\n"));
@@ -117,6 +141,7 @@ impl Outgoing {
                 }
             }
         }
+        Ok(false)
     }
 
     fn queue(&self, data: Bytes, out: &mut Pending) {
