@@ -240,6 +240,19 @@ mod tests {
     }
 
     #[test]
+    fn a_head_parses_only_once_whole() {
+        let wire = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\r\n\r\nok";
+        let end = wire.len() - 2;
+        for at in 0..end {
+            assert!(parse_head(&wire[..at], &Method::GET).unwrap().is_none(), "{at}");
+        }
+        let (head, length) = parse_head(wire, &Method::GET).unwrap().unwrap();
+        assert_eq!(length, end);
+        assert_eq!(head.headers["x-a"], "b");
+        assert_eq!(head.framing, Framing::Length(2));
+    }
+
+    #[test]
     fn partial_heads_wait_and_big_ones_fail() {
         assert!(
             parse_head(b"HTTP/1.1 200 OK\r\nx: y\r\n", &Method::GET)
