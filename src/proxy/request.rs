@@ -90,8 +90,12 @@ impl RequestMeta {
                 route: None,
                 request_id,
                 client,
-                // Kept as the header value: a reference count, not a copy.
-                user_agent: request.headers().get(header::USER_AGENT).cloned(),
+                // Copied: a clone would share (and keep alive for the whole response, for hours
+                // on a stream) the buffer the whole request head was read into.
+                user_agent: request
+                    .headers()
+                    .get(header::USER_AGENT)
+                    .and_then(|agent| HeaderValue::from_bytes(agent.as_bytes()).ok()),
             })
         });
         RequestMeta {
