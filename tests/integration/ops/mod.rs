@@ -16,6 +16,7 @@ mod logs;
 mod metrics;
 mod monitoring;
 mod shipped_configs;
+mod stale_series;
 
 const TOKEN: &str = "ops-test-token-0123456789abcdef";
 
