@@ -15,6 +15,7 @@ mod commands;
 mod logs;
 mod metrics;
 mod monitoring;
+mod packaging;
 mod shipped_configs;
 mod stale_series;
 
