@@ -329,3 +329,21 @@ fn lifecycle_defaults_and_settings() {
     assert!(err.contains("is empty"), "{err}");
     assert!(parse(&format!("{MINIMAL}\n[lifecycle]\nreuse = true\n")).is_err());
 }
+
+#[test]
+fn waits_that_cannot_be_switched_off_refuse_zero() {
+    for name in ["header_read_timeout", "handshake_timeout"] {
+        let err = parse(&format!("{MINIMAL}\n[limits]\n{name} = \"0s\"\n")).unwrap_err();
+        assert!(err.starts_with("t.toml:15:"), "{err}");
+        assert!(
+            err.contains(&format!("{name} must be more than 0s (the default is 10s)")),
+            "{err}"
+        );
+    }
+    assert!(
+        parse(&format!(
+            "{MINIMAL}\n[limits]\nheader_read_timeout = \"1s\"\n"
+        ))
+        .is_ok()
+    );
+}
