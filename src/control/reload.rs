@@ -37,6 +37,7 @@ pub async fn reload_off_runtime(state: std::sync::Arc<State>) -> Result<u64, Rel
 }
 
 pub fn reload_from(state: &State, path: &Path) -> Result<u64, ReloadError> {
+    super::notify::reloading();
     let outcome = Config::load(path)
         .map_err(ReloadError::from)
         .and_then(|config| apply(state, config));
@@ -56,6 +57,8 @@ pub fn reload_from(state: &State, path: &Path) -> Result<u64, ReloadError> {
             tracing::error!(%error, "reload refused; the previous configuration stays in force")
         }
     }
+    // Ready again either way: a refused reload leaves the last good config serving.
+    super::notify::ready();
     outcome
 }
 

@@ -24,5 +24,6 @@ mod reload;
 mod reload_triggers;
 mod routes;
 mod scale;
+mod takeover;
 mod tls;
 mod upstream_h1;
