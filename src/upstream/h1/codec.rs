@@ -244,7 +244,10 @@ mod tests {
         let wire = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\r\n\r\nok";
         let end = wire.len() - 2;
         for at in 0..end {
-            assert!(parse_head(&wire[..at], &Method::GET).unwrap().is_none(), "{at}");
+            assert!(
+                parse_head(&wire[..at], &Method::GET).unwrap().is_none(),
+                "{at}"
+            );
         }
         let (head, length) = parse_head(wire, &Method::GET).unwrap().unwrap();
         assert_eq!(length, end);
