@@ -246,3 +246,66 @@ impl AsyncWrite for Upgraded {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::upstream::body::RequestBody;
+
+    /// A connection to a socket the test plays the backend on, and the response head sent on it.
+    async fn stream_from(head: &[u8]) -> (H1Body, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut backend, _) = listener.accept().await.unwrap();
+        let request = http::Request::get("/sse")
+            .body(RequestBody::empty())
+            .unwrap();
+        let sent = tokio::spawn(H1Conn::new(Io::Plain(client)).send(request));
+        let mut seen = Vec::new();
+        while !seen.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            backend.read_exact(&mut byte).await.unwrap();
+            seen.push(byte[0]);
+        }
+        assert!(seen.starts_with(b"GET /sse HTTP/1.1\r\n"));
+        backend.write_all(head).await.unwrap();
+        let response = sent.await.unwrap().unwrap();
+        (response.into_body(), backend)
+    }
+
+    fn held(body: &H1Body) -> usize {
+        body.conn.as_ref().map_or(0, |c| c.buf.capacity())
+    }
+
+    #[tokio::test]
+    async fn an_open_stream_holds_no_read_buffer_between_events() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                     transfer-encoding: chunked\r\n\r\n";
+        let (mut body, mut backend) = stream_from(head).await;
+        assert_eq!(held(&body), 0, "after the head");
+        for (wire, data) in [
+            (&b"9\r\ndata: 1\n\n\r\n"[..], &b"data: 1\n\n"[..]),
+            (b"9\r\ndata", b"data"),
+            (b": 2\n\n\r\n", b": 2\n\n"),
+        ] {
+            backend.write_all(wire).await.unwrap();
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), data);
+            assert_eq!(held(&body), 0, "between events");
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert_eq!(held(&body), 0, "while waiting");
+        backend.write_all(b"0\r\n\r\n").await.unwrap();
+        assert!(body.frame().await.is_none());
+        assert!(body.into_reusable().is_some());
+    }
+}
