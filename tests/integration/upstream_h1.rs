@@ -385,3 +385,36 @@ async fn a_parked_connection_the_backend_closed_is_not_used() {
     }
     assert_eq!(backend.connections(), 3);
 }
+
+/// The second request on a connection finds the backend closing it without an answer: a `GET`
+/// goes again on a new connection, a `POST` (which the backend may have acted on) gets `502`.
+#[tokio::test]
+async fn a_get_the_backend_dropped_on_a_reused_connection_goes_again() {
+    for (request, expected, connections) in [
+        (GET, 200, 2),
+        (
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi",
+            502,
+            1,
+        ),
+    ] {
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&served);
+        let backend = ScriptedBackend::start(move |_| {
+            if count.fetch_add(1, Ordering::SeqCst) == 1 {
+                (Vec::new(), true)
+            } else {
+                (
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                    false,
+                )
+            }
+        })
+        .await;
+        let proxy = proxy_for(&backend).await;
+        assert_eq!(status(&exchange(&proxy, GET).await), 200);
+        let response = exchange(&proxy, request).await;
+        assert_eq!(status(&response), expected, "{request}: {response}");
+        assert_eq!(backend.connections(), connections, "{request}");
+    }
+}

@@ -199,11 +199,15 @@ impl Exchange {
         }
     }
 
-    /// The body of a request that may go elsewhere: one without a body, on a reused connection
-    /// the backend ended before any answer (it closed it as the request went out).
+    /// The body of a request that may go to another connection: an idempotent one without a
+    /// body, on a reused connection the backend ended before any answer (it closed it as the
+    /// request went out, RFC 9112 section 9.3.1).
     fn unsent(&mut self) -> Option<RequestBody> {
-        if !self.conn.reused || self.read_any || matches!(self.write_error, Some(H1Error::Body(_)))
-        {
+        let idempotent = matches!(
+            self.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        );
+        if !idempotent || !self.conn.reused || self.read_any {
             return None;
         }
         self.bodiless.take()
