@@ -10,6 +10,7 @@ mod bench;
 mod cli;
 mod dataplane;
 mod demo;
+mod dns_reload;
 mod handover;
 mod health;
 mod hostile;

@@ -105,6 +105,7 @@ async fn removed_backends_leave_no_stale_series() {
 
     proxy
         .reload(&config_for(&[("blue", &[&a])], "\"blue\"", drain))
+        .await
         .unwrap();
     let samples = scrape(&proxy).await;
     assert_eq!(total(&samples, "switchyard_config_generation", &[]), 2.0);
