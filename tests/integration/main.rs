@@ -20,6 +20,7 @@ mod legacy_stream;
 mod limits;
 mod ops;
 mod policy;
+mod properties;
 mod proxy;
 mod reload;
 mod reload_triggers;
