@@ -9,12 +9,13 @@
 # $PROXY_CPU with one worker (nginx worker_processes 1, HAProxy nbthread 1, Switchyard
 # TOKIO_WORKER_THREADS=1), the backend and the load generator pinned to CPU $LOAD_CPU.
 # Loopback only. Every run is bounded by `timeout`; the trap stops everything it started.
-# Raw results (one JSON line per run) go to $OUT/results.jsonl; the table goes to stdout and
+# Raw results (one JSON line per run) go to $OUT/results.jsonl; the tables (every scenario, then
+# issue 14's targets judged from this run: goal, measured, met or not) go to stdout and
 # $OUT/table.md.
 #
 # Settings (environment):
 #   BENCH_SECONDS   measured seconds per run (default 10; each run also warms up 1 s)
-#   BENCH_STREAMS   SSE fan-out sizes (default "1000 10000 max"); each is capped by the open-file
+#   BENCH_STREAMS   SSE fan-out sizes (default "1000 5000 10000 max"); each is capped by the open-file
 #                   limit (a proxy holds two descriptors per stream), "max" means that cap
 #   BENCH_TARGETS   which targets to run, in order (default "nginx haproxy switchyard direct";
 #                   nginx first because the fixed-rate runs use half its maximum)
@@ -34,7 +35,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
-STREAMS=${BENCH_STREAMS:-"1000 10000 max"}
+STREAMS=${BENCH_STREAMS:-"1000 5000 10000 max"}
 TARGETS=${BENCH_TARGETS:-"nginx haproxy switchyard direct"}
 SCENARIOS=" ${BENCH_SCENARIOS:-post ws tls https sse} "
 PROXY_CPU=${PROXY_CPU:-0}
@@ -486,6 +487,45 @@ for title, scenario, key, better in rows:
         theirs = value(t, scenario, key)
         row.append(f"{mine / theirs:.2f}×" if mine is not None and theirs else "–")
     print("| " + " | ".join(row) + " |")
+
+# Issue 14's targets, each judged from this run alone: a ratio needs both targets in the run.
+def ratio(scenario, key, other):
+    mine, theirs = value("switchyard", scenario, key), value(other, scenario, key)
+    return mine / theirs if mine is not None and theirs else None
+def judge(title, measured, goal, ok):
+    if measured is None:
+        status = "not measured in this run"
+    else:
+        status = "met" if ok(measured) else "**not met**"
+    shown = "–" if measured is None else (f"{measured:.2f}×" if isinstance(goal, str) and "×" in goal else fmt(measured))
+    print(f"| {title} | {goal} | {shown} | {status} |")
+print()
+print("| target | goal | measured | status |")
+print("|---|---|---|---|")
+sizes = sys.argv[3].split()
+for size in sizes:
+    per = value("switchyard", f"sse_{size}", "rss_bytes_per_stream")
+    judge(f"RSS per open SSE stream at {size} streams (bytes)", per, "≤ 5120", lambda v: v <= 5120)
+for size in sizes[-1:]:
+    line = results.get(("switchyard", f"sse_{size}"), {})
+    per, idle = line.get("rss_bytes_per_stream"), line.get("watched_rss_kib_before")
+    if per is not None and idle is not None:
+        print(f"| idle RSS before the streams (MiB) | – | {idle / 1024:.1f} | – |")
+        print(f"| 50 000 streams, extrapolated from {size} (MiB) | – | {(idle * 1024 + 50000 * per) / 2**20:,.0f} | linear guess |")
+judge("POST max req/s vs nginx (wrk)", ratio("post_max_wrk", "per_second", "nginx"), "≥ 1.2×", lambda v: v >= 1.2)
+judge("POST max req/s vs HAProxy (wrk)", ratio("post_max_wrk", "per_second", "haproxy"), "≥ 1.1×", lambda v: v >= 1.1)
+judge("proxy CPU per POST vs nginx (wrk)", ratio("post_max_wrk", "cpu_us_per_op", "nginx"), "≤ 0.85×", lambda v: v <= 0.85)
+judge("POST p99 @ ½ nginx max vs nginx", ratio("post_fixed", "p99_us", "nginx"), "≤ 1×", lambda v: v <= 1)
+judge("POST p99 @ ½ nginx max vs HAProxy", ratio("post_fixed", "p99_us", "haproxy"), "≤ 1×", lambda v: v <= 1)
+big = min(sizes, key=lambda s: abs(int(s) - 10000)) if sizes else None
+if big:
+    judge(f"SSE delivery p99 at {big} streams vs HAProxy", ratio(f"sse_{big}", "p99_us", "haproxy"), "≤ 1×", lambda v: v <= 1)
+judge("TLS full handshakes/s vs nginx", ratio("tls", "per_second", "nginx"), "≥ 1.5×", lambda v: v >= 1.5)
+judge("HTTPS keep-alive req/s vs nginx", ratio("https_wrk", "per_second", "nginx"), "≥ 1.2×", lambda v: v >= 1.2)
+judge("WS proxy CPU/message vs baseline", ratio("ws", "cpu_us_per_op", "baseline"), "≤ 1.05×", lambda v: v <= 1.05)
+small = min(sizes, key=lambda s: int(s)) if sizes else None
+if small:
+    judge(f"SSE delivery p99 at {small} streams vs baseline", ratio(f"sse_{small}", "p99_us", "baseline"), "≤ 1.05×", lambda v: v <= 1.05)
 EOF
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use switchyard::config::{AdminToken, ConfigError, LoadedConfig};
+use switchyard::control::notify;
 use switchyard::control::server::Proxy;
 use switchyard::control::upgrade::{self, UpgradeError};
 use switchyard::proxy::listener::Inherited;
@@ -353,13 +354,18 @@ async fn run(path: &Path, start: Start, log_format: LogFormat) -> anyhow::Result
         shutdown.clone(),
         exit_cleanup,
     );
-    if let Some(takeover) = predecessor
-        && let Err(error) = confirm(takeover, &shutdown).await
-    {
-        tracing::error!(%error, "the old process keeps its sockets; this one stops");
-        shutdown.cancel();
-        proxy.wait().await;
-        return Ok(ExitCode::from(1));
+    match predecessor {
+        Some(takeover) => {
+            if let Err(error) = confirm(takeover, &shutdown).await {
+                tracing::error!(%error, "the old process keeps its sockets; this one stops");
+                shutdown.cancel();
+                proxy.wait().await;
+                return Ok(ExitCode::from(1));
+            }
+            // systemd follows this process from now on (the unit's NotifyAccess=all).
+            notify::ready_as_main();
+        }
+        None => notify::ready(),
     }
     let offered = prepared.and_then(|prepared| offer_upgrades(prepared, &mut proxy));
     proxy.wait().await;
@@ -506,6 +512,7 @@ impl Signals {
                     std::process::exit(1);
                 }
                 stopping = true;
+                notify::stopping();
                 tracing::info!("signal received: draining (send it again to exit at once)");
                 shutdown.cancel();
             }

@@ -11,9 +11,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use std::sync::{OnceLock, PoisonError};
+use std::sync::PoisonError;
 
 mod process;
+mod targets;
+
+pub use targets::{HEALTH_STATES, PROBE_OUTCOMES, TargetMetrics};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -137,6 +140,8 @@ pub struct Metrics {
     pub jwks_refreshes: Family<OutcomeLabels, Counter>,
     /// Tool names that have a label of their own, at most the configured number.
     tools_labelled: std::sync::Mutex<rustc_hash::FxHashSet<Box<str>>>,
+    /// The `requests` series that name a backend, so that one that left can take them away.
+    request_series: std::sync::Mutex<rustc_hash::FxHashSet<RequestLabels>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -206,6 +211,7 @@ impl Metrics {
             policy_denials: Family::default(),
             jwks_refreshes: Family::default(),
             tools_labelled: std::sync::Mutex::default(),
+            request_series: std::sync::Mutex::default(),
             registry: Registry::default(),
         };
         let r = registry.sub_registry_with_prefix("switchyard");
@@ -486,131 +492,5 @@ impl Metrics {
             out.clear();
         }
         out
-    }
-}
-
-/// How many (class, status) series of `switchyard_requests_total` one target keeps a handle
-/// for; a rarer combination beyond these is counted through the family.
-const REQUEST_SLOTS: usize = 12;
-
-/// The series one backend's requests move, as handles taken on first use and kept for the
-/// snapshot's life: a request counts with an atomic add instead of building label `String`s and
-/// hashing them into the family. Taken lazily, so `/metrics` shows exactly the series that
-/// traffic created, as it did when every request went through `get_or_create`.
-#[derive(Debug)]
-pub struct TargetMetrics {
-    pool: std::sync::Arc<str>,
-    backend: std::sync::Arc<str>,
-    latency: OnceLock<Histogram>,
-    requests: [OnceLock<(&'static str, u16, Counter)>; REQUEST_SLOTS],
-}
-
-impl TargetMetrics {
-    pub fn new(pool: std::sync::Arc<str>, backend: std::sync::Arc<str>) -> TargetMetrics {
-        TargetMetrics {
-            pool,
-            backend,
-            latency: OnceLock::new(),
-            requests: std::array::from_fn(|_| OnceLock::new()),
-        }
-    }
-
-    pub fn pool(&self) -> &std::sync::Arc<str> {
-        &self.pool
-    }
-
-    /// `switchyard_upstream_response_seconds` for this target.
-    pub fn observe_latency(&self, metrics: &Metrics, seconds: f64) {
-        self.latency
-            .get_or_init(|| {
-                metrics
-                    .upstream_latency
-                    .get_or_create_owned(&self.backend_labels())
-            })
-            .observe(seconds);
-    }
-
-    /// `switchyard_requests_total` for this target.
-    pub fn count_request(&self, metrics: &Metrics, class: &'static str, status: u16) {
-        for slot in &self.requests {
-            // The first free slot is claimed for this combination; a slot another thread
-            // claimed meanwhile for another one is simply passed over.
-            let (slot_class, slot_status, counter) = slot.get_or_init(|| {
-                let counter = metrics
-                    .requests
-                    .get_or_create_owned(&self.request_labels(class, status));
-                (class, status, counter)
-            });
-            if *slot_status == status && *slot_class == class {
-                counter.inc();
-                return;
-            }
-        }
-        metrics
-            .requests
-            .get_or_create(&self.request_labels(class, status))
-            .inc();
-    }
-
-    fn backend_labels(&self) -> BackendLabels {
-        BackendLabels {
-            pool: self.pool.to_string(),
-            backend: self.backend.to_string(),
-        }
-    }
-
-    fn request_labels(&self, class: &'static str, status: u16) -> RequestLabels {
-        RequestLabels {
-            class,
-            status,
-            pool: self.pool.to_string(),
-            backend: self.backend.to_string(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn series(metrics: &Metrics, name: &str) -> Vec<String> {
-        metrics
-            .encode()
-            .lines()
-            .filter(|l| l.starts_with(name))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    #[test]
-    fn target_handles_create_only_the_series_traffic_moves() {
-        let metrics = Metrics::new();
-        let target = TargetMetrics::new("blue".into(), "10.0.0.1:80".into());
-        assert!(series(&metrics, "switchyard_requests_total").is_empty());
-        // More combinations than slots: the rest are counted through the family.
-        for status in 200..200 + REQUEST_SLOTS as u16 + 5 {
-            target.count_request(&metrics, "message", status);
-        }
-        target.count_request(&metrics, "message", 200);
-        target.count_request(&metrics, "sse", 200);
-        let requests = series(&metrics, "switchyard_requests_total");
-        assert_eq!(requests.len(), REQUEST_SLOTS + 5 + 1, "{requests:#?}");
-        let ok = "switchyard_requests_total{class=\"message\",status=\"200\",pool=\"blue\",backend=\"10.0.0.1:80\"} 2";
-        assert!(requests.iter().any(|l| l == ok), "{requests:#?}");
-        let last = 200 + REQUEST_SLOTS as u16 + 4;
-        assert!(
-            requests
-                .iter()
-                .any(|l| l.contains(&format!("status=\"{last}\"")) && l.ends_with(" 1")),
-            "{requests:#?}"
-        );
-        assert!(series(&metrics, "switchyard_upstream_response_seconds_count").is_empty());
-        target.observe_latency(&metrics, 0.001);
-        target.observe_latency(&metrics, 0.002);
-        let latency = series(&metrics, "switchyard_upstream_response_seconds_count");
-        assert_eq!(
-            latency,
-            ["switchyard_upstream_response_seconds_count{pool=\"blue\",backend=\"10.0.0.1:80\"} 2"]
-        );
     }
 }

@@ -18,6 +18,26 @@ pub(super) fn duration(raw: &RawDuration, default: Duration) -> Result<Duration,
     }
 }
 
+/// Like [`duration`], for a wait that cannot be switched off: `"0s"` would refuse every client
+/// (each connection would time out before its first byte), so it is an error.
+pub(super) fn positive_duration(
+    raw: &RawDuration,
+    default: Duration,
+    name: &str,
+) -> Result<Duration, Invalid> {
+    let value = duration(raw, default)?;
+    match raw {
+        Some(text) if value.is_zero() => Err(invalid(
+            text,
+            format!(
+                "{name} must be more than 0s (the default is {}s)",
+                default.as_secs()
+            ),
+        )),
+        _ => Ok(value),
+    }
+}
+
 /// Like [`duration`], but `"0s"` turns the feature off.
 pub(super) fn optional_duration(
     raw: &RawDuration,
@@ -86,8 +106,16 @@ pub(super) fn validate_limits(raw: &RawLimits) -> Result<Limits, Invalid> {
             })?;
     Ok(Limits {
         max_connections: raw.max_connections.unwrap_or(100_000),
-        header_read_timeout: duration(&raw.header_read_timeout, Duration::from_secs(10))?,
-        handshake_timeout: duration(&raw.handshake_timeout, Duration::from_secs(10))?,
+        header_read_timeout: positive_duration(
+            &raw.header_read_timeout,
+            Duration::from_secs(10),
+            "header_read_timeout",
+        )?,
+        handshake_timeout: positive_duration(
+            &raw.handshake_timeout,
+            Duration::from_secs(10),
+            "handshake_timeout",
+        )?,
         max_header_size,
         max_headers,
         max_request_body: Some(raw.max_request_body.unwrap_or(10 * 1024 * 1024))

@@ -32,6 +32,7 @@ pub enum ReloadError {
 /// connections on it), then the names the new config adds are resolved, then it is swapped in.
 /// Every reload (admin, SIGHUP, the file watcher) comes through here.
 pub async fn reload_off_runtime(state: Arc<State>) -> Result<u64, ReloadError> {
+    super::notify::reloading();
     let reader = Arc::clone(&state);
     let prepared = tokio::task::spawn_blocking(move || {
         let source = reader.snapshot().config.source.clone();
@@ -44,6 +45,8 @@ pub async fn reload_off_runtime(state: Arc<State>) -> Result<u64, ReloadError> {
         Err(error) => Err(error),
     };
     record(&state, &outcome);
+    // Ready again either way: a refused reload leaves the last good config serving.
+    super::notify::ready();
     outcome
 }
 

@@ -316,8 +316,8 @@ fn spawn_background(state: &Arc<State>, stop: &CancellationToken) {
     ));
 }
 
-/// Periodic upkeep: session expiry, drain deadlines, and pruning the connection pools (so that
-/// check-in on the request path never scans them).
+/// Periodic upkeep: session expiry, drain deadlines, the series of backends that left, and
+/// pruning the connection pools (so that check-in on the request path never scans them).
 async fn maintain(state: Arc<State>, stop: CancellationToken) {
     let mut last_expiry = Instant::now();
     let mut ticks = super::periodic::Ticks::new(Duration::from_millis(250), &stop);
@@ -335,6 +335,7 @@ async fn maintain(state: Arc<State>, stop: CancellationToken) {
                 "drain deadline reached; remaining streams closed"
             );
         }
+        state.forget_departed();
         let idle = state.snapshot().config.sessions.idle_timeout;
         if now.duration_since(last_expiry) >= Duration::from_secs(10).min(idle) {
             last_expiry = now;

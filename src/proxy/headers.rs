@@ -321,6 +321,7 @@ mod tests {
             peer: peer.parse().unwrap(),
             tls,
             sni: None,
+            takeover: None,
         }
     }
 

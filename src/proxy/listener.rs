@@ -4,6 +4,7 @@
 //! [`super::serve`].
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use super::admission::{AcceptErrors, Refusals};
 use super::proxy_protocol;
 use super::request::ConnInfo;
 use super::serve::{CurrentHttp, Http, serve};
+use super::takeover::Offer;
 
 /// Binds a fresh listening socket. `SO_REUSEPORT` only when `reuse_port` asks for it: without
 /// it a port another process holds is an error here rather than a silent split of its traffic.
@@ -211,12 +213,24 @@ async fn handshake_and_serve(
     };
     let redirect = settings.redirect;
     let Some(tls) = settings.tls else {
+        let (offer, taken) = Offer::new(stream.as_raw_fd());
         let conn = ConnInfo {
             peer,
             tls: false,
             sni: None,
+            takeover: Some(offer),
         };
-        serve(stream, conn, redirect, state, http, shutdown, permit).await;
+        serve(
+            stream,
+            conn,
+            redirect,
+            state,
+            http,
+            shutdown,
+            permit,
+            Some(taken),
+        )
+        .await;
         return;
     };
     let accepted = tokio::time::timeout_at(
@@ -241,8 +255,9 @@ async fn handshake_and_serve(
                 peer,
                 tls: true,
                 sni,
+                takeover: None,
             };
-            serve(stream, conn, redirect, state, http, shutdown, permit).await;
+            serve(stream, conn, redirect, state, http, shutdown, permit, None).await;
         }
         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -13,4 +13,5 @@ pub mod request_id;
 pub mod respond;
 pub mod serve;
 mod strict;
+pub mod takeover;
 pub mod websocket;

@@ -36,13 +36,15 @@ use super::request_id::RequestId;
 use super::respond;
 
 /// What the listener knows about the connection a request came on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     /// The client: the TCP peer, or the address a PROXY protocol header gave.
     pub peer: SocketAddr,
     pub tls: bool,
     /// The name a TLS client sent in SNI: routes match it when the request names no host.
     pub sni: Option<Arc<str>>,
+    /// Plain HTTP/1 connections only: where an endless stream leaves hyper.
+    pub takeover: Option<super::takeover::Offer>,
 }
 
 /// Everything about the request that the later phases still need once its head is gone.
@@ -88,8 +90,12 @@ impl RequestMeta {
                 route: None,
                 request_id,
                 client,
-                // Kept as the header value: a reference count, not a copy.
-                user_agent: request.headers().get(header::USER_AGENT).cloned(),
+                // Copied: a clone would share (and keep alive for the whole response, for hours
+                // on a stream) the buffer the whole request head was read into.
+                user_agent: request
+                    .headers()
+                    .get(header::USER_AGENT)
+                    .and_then(|agent| HeaderValue::from_bytes(agent.as_bytes()).ok()),
             })
         });
         RequestMeta {
@@ -122,6 +128,7 @@ pub async fn handle(
     mut request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let snapshot = state.snapshot();
+    let eligible = super::takeover::Eligible::of(&request);
     let mut meta = RequestMeta::read(&snapshot, &conn, &mut request);
     // What a backend could read differently is refused before it can pick a route either.
     if let Err(error) = super::strict::check(&request, &snapshot.config.limits) {
@@ -142,7 +149,10 @@ pub async fn handle(
         .settings
         .response_headers
         .apply(response.headers_mut());
-    response
+    match &conn.takeover {
+        Some(offer) => offer.take_or_keep(eligible, response).await,
+        None => response,
+    }
 }
 
 async fn proxy(

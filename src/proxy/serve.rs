@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Limits, Redirect};
@@ -28,6 +28,7 @@ use crate::state::{Snapshot, State};
 
 use super::body::ResponseBody;
 use super::request::{self, ConnInfo};
+use super::takeover::{self, Taken};
 
 /// HTTP/2 flow-control windows and send buffer: what one connection may hold for a slow reader
 /// or a slow backend. hyper's own defaults, written down so the README can name them.
@@ -116,6 +117,30 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// An open client connection, counted in `switchyard_connections_open` and holding its place
+/// under `max_connections` until dropped: by [`serve`], or by the pump of a stream taken over.
+struct OpenConnection {
+    state: Arc<State>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    fn new(state: Arc<State>, permit: OwnedSemaphorePermit) -> OpenConnection {
+        state.metrics.connections_open.inc();
+        OpenConnection {
+            state,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.state.metrics.connections_open.dec();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<IO>(
     io: IO,
     conn: ConnInfo,
@@ -123,11 +148,12 @@ pub async fn serve<IO>(
     state: Arc<State>,
     http: Arc<Http>,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+    takeover: Option<oneshot::Receiver<Taken>>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    state.metrics.connections_open.inc();
+    let open = OpenConnection::new(Arc::clone(&state), permit);
     let conn = Arc::new(conn);
     let service_state = Arc::clone(&state);
     let redirect = redirect.map(Arc::new);
@@ -151,15 +177,34 @@ pub async fn serve<IO>(
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
-    drive(
-        connection,
+    let served = drive(
+        connection.as_mut(),
         |connection| connection.graceful_shutdown(),
         &first,
         http.first_request,
         &shutdown,
-    )
-    .await;
-    state.metrics.connections_open.dec();
+    );
+    let taken = tokio::select! {
+        () = served => None,
+        Ok(taken) = taken_over(takeover) => Some(taken),
+    };
+    if let Some(taken) = taken {
+        // hyper's connection (buffers, timers, this request's future) is dropped when this
+        // returns; the stream goes on in a task of its own that holds only what it sends.
+        state.tasks.spawn(async move {
+            takeover::pump(taken).await;
+            drop(open);
+        });
+    }
+}
+
+async fn taken_over(
+    takeover: Option<oneshot::Receiver<Taken>>,
+) -> Result<Taken, oneshot::error::RecvError> {
+    match takeover {
+        Some(receiver) => receiver.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Set by the service when it is called: the connection's first request head has arrived.

@@ -18,6 +18,7 @@ use crate::upstream::discovery::Resolved;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
+mod departed;
 pub mod policy;
 pub mod routes;
 pub mod snapshot;
@@ -42,6 +43,8 @@ pub struct State {
     resolved: Mutex<Arc<Resolved>>,
     /// Wakes the discovery task (a reload may have added a hostname).
     pub rediscover: tokio::sync::Notify,
+    /// Targets that left the snapshot, until their series are removed.
+    departed: Mutex<Vec<departed::Departed>>,
 }
 
 impl State {
@@ -61,6 +64,7 @@ impl State {
             draining: AtomicBool::new(false),
             resolved: Mutex::new(Arc::default()),
             rediscover: tokio::sync::Notify::new(),
+            departed: Mutex::default(),
         }
     }
 
@@ -92,7 +96,7 @@ impl State {
         );
         let generation = next.generation;
         self.metrics.config_generation.set(generation as i64);
-        self.snapshot.store(Arc::new(next));
+        self.store(&previous, next);
         self.rediscover.notify_one();
         generation
     }
@@ -130,7 +134,7 @@ impl State {
             Instant::now(),
         );
         self.metrics.config_generation.set(next.generation as i64);
-        self.snapshot.store(Arc::new(next));
+        self.store(&previous, next);
         true
     }
 
@@ -142,8 +146,25 @@ impl State {
         let Some((next, finished)) = current.end_due_drains(now) else {
             return 0;
         };
-        self.snapshot.store(Arc::new(next));
+        self.store(&current, next);
         finished
+    }
+
+    /// Puts `next` in place of `previous`, noting the targets that left. The writer's lock is
+    /// held.
+    fn store(&self, previous: &Snapshot, next: Snapshot) {
+        let mut departed = self.departed.lock().unwrap_or_else(PoisonError::into_inner);
+        departed::note_departures(previous, &next, &mut departed);
+        self.snapshot.store(Arc::new(next));
+    }
+
+    /// Removes the series of backends that have left and that nothing counts for any more
+    /// (run by the upkeep task and before each scrape).
+    pub fn forget_departed(&self) {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.snapshot.load();
+        let mut departed = self.departed.lock().unwrap_or_else(PoisonError::into_inner);
+        departed::sweep(&mut departed, &current, &self.metrics);
     }
 
     /// Records that `backend` owns session `id` (minted in a response header or a legacy
@@ -165,8 +186,13 @@ impl State {
 
     /// Copies live per-backend values into gauges and renders the Prometheus text format.
     pub fn render_metrics(&self) -> String {
+        self.forget_departed();
         let metrics = &self.metrics;
         let snapshot = self.snapshot();
+        let serving = departed::still_serving(
+            &self.departed.lock().unwrap_or_else(PoisonError::into_inner),
+            &snapshot,
+        );
         let _scrape = metrics.scrape_lock();
         for family in metrics.per_backend_gauges() {
             family.clear();
@@ -176,7 +202,9 @@ impl State {
             .draining
             .iter()
             .filter(|d| d.removed)
-            .map(|d| ("(removed)", &d.backend, true));
+            .map(|d| &d.backend)
+            .chain(&serving)
+            .map(|b| (snapshot::REMOVED_POOL, b, true));
         let configured = snapshot.all_members().map(|(pool, member)| {
             let draining = !snapshot.is_active_member(pool, &member.backend);
             (pool, &member.backend, draining)

@@ -255,6 +255,11 @@ impl Snapshot {
             .map_or(REMOVED_POOL, |t| t.pool())
     }
 
+    /// Every backend as the request path uses it, removed ones that still drain included.
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
+        self.targets.values()
+    }
+
     /// The backend at `address` as the request path uses it (a session's owner).
     pub fn target(&self, address: &str) -> Option<&Arc<Target>> {
         self.targets.get(address)
@@ -319,7 +324,7 @@ impl Snapshot {
 }
 
 /// The pool a removed backend is named by while it drains.
-const REMOVED_POOL: &str = "(removed)";
+pub const REMOVED_POOL: &str = "(removed)";
 
 /// The pools of `config` with their members, and every configured backend by address: reused from
 /// `previous` where the address matches, so counters, health and pooled connections carry over.

@@ -32,7 +32,7 @@ use http::header;
 use http_body_util::BodyExt;
 
 use crate::config::{HealthConfig, ProbeConfig};
-use crate::metrics::{BackendLabels, Metrics, ProbeLabels, TransitionLabels};
+use crate::metrics::{BackendLabels, HEALTH_STATES, Metrics, ProbeLabels, TransitionLabels};
 use crate::upstream::backend::{Backend, Exchange, PoolLimits, UpstreamError};
 use crate::upstream::body::RequestBody;
 
@@ -199,14 +199,14 @@ pub fn record_probe(
 pub fn turn_healthy(metrics: &Metrics, backend: &Arc<Backend>) {
     if !backend.swap_healthy(true) {
         tracing::info!(backend = %backend.address, "backend healthy");
-        count_transition(metrics, backend, "healthy");
+        count_transition(metrics, backend, HEALTH_STATES[0]);
     }
 }
 
 fn turn_unhealthy(metrics: &Metrics, backend: &Arc<Backend>, why: &str) {
     if backend.swap_healthy(false) {
         tracing::warn!(backend = %backend.address, why, "backend unhealthy");
-        count_transition(metrics, backend, "unhealthy");
+        count_transition(metrics, backend, HEALTH_STATES[1]);
         cut_off(backend);
     }
 }
@@ -274,6 +274,18 @@ pub fn note_request_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_probe_outcome_is_one_a_departed_backend_forgets() {
+        for outcome in [
+            ProbeOutcome::Pass,
+            ProbeOutcome::BadStatus(500),
+            ProbeOutcome::Timeout,
+            ProbeOutcome::Error,
+        ] {
+            assert!(crate::metrics::PROBE_OUTCOMES.contains(&outcome.as_str()));
+        }
+    }
 
     #[test]
     fn verdicts_need_full_streaks() {

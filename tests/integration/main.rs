@@ -26,4 +26,5 @@ mod reload;
 mod reload_triggers;
 mod routes;
 mod scale;
+mod takeover;
 mod tls;

@@ -317,6 +317,7 @@ async fn serve(listener: UnixListener, handover: Handover, handed_over: Arc<Atom
         match hand_over(&stream, &handover).await {
             Ok(successor) => {
                 handed_over.store(true, Ordering::SeqCst);
+                super::notify::stand_down();
                 tracing::info!(
                     successor,
                     "listening sockets handed over; no longer accepting, draining"

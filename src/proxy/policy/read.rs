@@ -2,12 +2,13 @@
 //! body read before forwarding (only when a limit or an allow-list must decide on them), or from
 //! the body as it streams past (for metrics and the log only, never delaying it).
 //!
-//! Header and body disagreeing: the SEP that introduced `Mcp-Method` and `Mcp-Name` for the
-//! 2026-07-28 protocol has servers and intermediaries treat a request whose headers do not match
-//! its body as an invalid request. Switchyard answers it `400` with JSON-RPC's Invalid Request
-//! error (-32600) whenever it reads the body before forwarding; when it only watches the body
-//! stream past, the request is already on its way and the backend is left to judge it. (The
-//! wording of the published specification could not be checked where this was written.)
+//! Header and body disagreeing: the MCP 2026-07-28 schema's `HeaderMismatchError` is "returned
+//! when a server rejects a request because the values in the HTTP headers do not match the
+//! corresponding values in the request body … For HTTP, the response status code MUST be 400 Bad
+//! Request", with the reserved code `-32020` (`HEADER_MISMATCH`; SEP-2243 introduced the headers).
+//! Switchyard answers so whenever it reads the body before forwarding; when it only watches the
+//! body stream past, the request is already on its way and the backend, which must make the same
+//! check, is left to judge it.
 
 use std::time::Duration;
 
@@ -62,8 +63,7 @@ pub(super) async fn read(
     if let Some(header) = header {
         if identity::disagree(&header, scanner.calls()) {
             let id = scanner.calls().first().and_then(|c| c.id.as_deref());
-            return Err(Refusal::invalid(
-                "mismatch",
+            return Err(Refusal::header_mismatch(
                 "Mcp-Method or Mcp-Name does not match the request body",
                 id,
             ));

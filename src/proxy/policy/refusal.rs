@@ -8,9 +8,11 @@ use http::{Response, StatusCode};
 use super::super::body::ResponseBody;
 use super::super::request_id::{RequestId, X_REQUEST_ID};
 
-/// JSON-RPC error codes of refusals. `-32600` is JSON-RPC's own "Invalid Request"; the others
-/// are in the range JSON-RPC leaves to servers.
+/// JSON-RPC error codes of refusals. `-32600` is JSON-RPC's own "Invalid Request"; `-32020` is
+/// the MCP 2026-07-28 schema's `HeaderMismatchError`; the others are in the range JSON-RPC leaves
+/// to servers.
 pub const INVALID_REQUEST: i64 = -32600;
+pub const HEADER_MISMATCH: i64 = -32020;
 pub const UNAUTHORIZED: i64 = -32010;
 pub const FORBIDDEN: i64 = -32011;
 pub const RATE_LIMITED: i64 = -32012;
@@ -63,6 +65,18 @@ impl Refusal {
             StatusCode::BAD_REQUEST,
             reason,
             INVALID_REQUEST,
+            message.to_string(),
+        )
+        .with_id(id)
+    }
+
+    /// A `400` for `Mcp-Method`/`Mcp-Name` headers that contradict the body, in the shape the
+    /// specification gives it (see `read.rs`).
+    pub fn header_mismatch(message: &str, id: Option<&str>) -> Refusal {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "mismatch",
+            HEADER_MISMATCH,
             message.to_string(),
         )
         .with_id(id)

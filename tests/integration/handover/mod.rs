@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::KillOnDrop;
 
+mod notify;
 mod restart;
 mod start;
 

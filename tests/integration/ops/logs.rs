@@ -186,3 +186,30 @@ async fn log_level_comes_from_the_config() {
         "access=off in [log] level: {rest:?}"
     );
 }
+
+/// With `[policy]`, each access line names the MCP call it carried.
+#[tokio::test]
+async fn access_lines_name_the_mcp_method_and_tool_with_policy() {
+    let backend = TestBackend::start("b1").await;
+    let text = config_for(&[("blue", &[&backend])], "\"blue\"", "[policy]\n");
+    let config = write_config("mcp-log", &text);
+    let mut proxy = LoggingProxy::start(&config, Some("info")).await;
+    let body = crate::policy::tool_call(1, "echo").to_string();
+    let reply = client()
+        .post(proxy.url("/echo"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let line = loop {
+        let line = next_line(&mut proxy.lines).await.expect("an access line");
+        if line["target"] == "access" {
+            break line;
+        }
+    };
+    assert_eq!(line["mcp_method"], "tools/call", "{line}");
+    assert_eq!(line["mcp_tool"], "echo", "{line}");
+    assert_eq!(line["path"], "/echo", "{line}");
+}

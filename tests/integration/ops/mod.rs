@@ -15,7 +15,9 @@ mod commands;
 mod logs;
 mod metrics;
 mod monitoring;
+mod packaging;
 mod shipped_configs;
+mod stale_series;
 
 const TOKEN: &str = "ops-test-token-0123456789abcdef";
 

@@ -109,9 +109,10 @@ async fn exposed_after_traffic() -> BTreeSet<String> {
         listener.local_addr().unwrap()
     };
     let alive = TestBackend::start("b1").await;
-    // The dead backend alone takes new work, probes off: the first request ejects it.
+    // The dead backend alone takes new work, probes off: the first request ejects it. It stays
+    // in pool green, so its ejection series stays too (series of a pool it left would go).
     let passive = "[health]\ninterval = \"0s\"\nmax_fails = 1\nejection = \"200ms\"\n";
-    let first = config_for_addresses(&[("blue", &[dead])], "\"blue\"", passive);
+    let first = config_for_addresses(&[("green", &[dead])], "\"green\"", passive);
     let proxy = TestProxy::start(&first).await;
     let refused = client()
         .post(proxy.url("/mcp"))

@@ -395,3 +395,21 @@ async fn each_route_has_its_own_policy() {
     let calls = metric(&proxy, "switchyard_mcp_calls_total", &[]).await;
     assert_eq!(calls, 2.0, "only the locked route's calls are counted");
 }
+
+#[tokio::test]
+async fn limits_keyed_by_a_claim_count_each_caller_apart() {
+    let signer = Signer::example();
+    let limit = "\n[[policy.limit]]\nmethod = \"tools/call\"\nkey = \"claim:sub\"\nrate = 1\nper = \"1m\"\nburst = 1\n";
+    let s = setup("claim-limit", &[&signer], limit).await;
+    let call = async |subject: &str, id: u64| {
+        let token = format!("Bearer {}", signer.sign(&claims(subject)));
+        let body = tool_call(id, "echo").to_string();
+        let headers = [("authorization", token.as_str())];
+        post(&s.proxy.url("/echo"), &body, &headers).await.status()
+    };
+    assert_eq!(call("alice", 1).await, 200);
+    assert_eq!(call("alice", 2).await, 429, "alice's bucket is empty");
+    // Same client address, another subject: its own bucket.
+    assert_eq!(call("bob", 3).await, 200);
+    assert_eq!(call("bob", 4).await, 429);
+}

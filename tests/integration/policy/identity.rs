@@ -157,7 +157,8 @@ async fn headers_that_contradict_the_body_are_refused() {
         let response = post(&proxy.url("/echo"), &body, &headers).await;
         assert_eq!(response.status(), 400);
         let answer: Value = response.json().await.unwrap();
-        assert_eq!(answer["error"]["code"], -32600, "{answer}");
+        // MCP 2026-07-28: HeaderMismatchError, code -32020, HTTP 400.
+        assert_eq!(answer["error"]["code"], -32020, "{answer}");
         assert_eq!(answer["id"], 4, "{answer}");
     }
     let twice = r#"{"id":5,"method":"tools/call","params":{"name":"echo","name":"sleep"}}"#;

@@ -1,0 +1,293 @@
+//! Long SSE streams leave hyper once their head is known, so an open stream holds no buffers.
+//!
+//! hyper's HTTP/1 server keeps a read buffer, a write buffer and the connection's task for as
+//! long as the connection lives; for a stream that sends a few bytes a minute for hours, those
+//! are nearly all of its memory. So a stream that can only end the connection anyway — a `GET`
+//! without a body, over HTTP/1.1 in clear, answered `200` with `text/event-stream` from a
+//! backend — is taken over: the handler hands the shaped response and a duplicate of the
+//! connection's socket to [`super::serve`], which drops hyper's connection (its buffers and task
+//! go with it) and spawns [`pump`]. The pump writes the head and the body in chunked encoding
+//! straight from the body's frames, keeps nothing between events, and notices a client that
+//! leaves by the socket becoming readable, not by a read buffer. The response carries
+//! `Connection: close`: after the stream the connection ends, as it would with hyper once a
+//! client gives up on an endless stream.
+//!
+//! What is not taken over keeps hyper: TLS (rustls holds its own buffers), HTTP/2, requests with
+//! a body (hyper may still be reading it), and anything that is not an event stream. A client
+//! that pipelines requests behind a stream loses them (the connection closes after the stream);
+//! HTTP clients in use do not pipeline.
+
+use std::io::IoSlice;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use super::body::ResponseBody;
+
+/// What a handler hands back to its connection: the response to send, on a duplicate of the
+/// socket.
+pub struct Taken {
+    pub stream: TcpStream,
+    pub response: Response<ResponseBody>,
+}
+
+/// Offered by a plain HTTP/1 connection to its requests: the socket, and where to send it.
+pub struct Offer {
+    /// The connection's socket, open as long as the connection (and so any of its requests) is.
+    socket: RawFd,
+    to_connection: Mutex<Option<oneshot::Sender<Taken>>>,
+}
+
+impl std::fmt::Debug for Offer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offer")
+            .field("socket", &self.socket)
+            .finish()
+    }
+}
+
+impl Offer {
+    pub fn new(socket: RawFd) -> (Offer, oneshot::Receiver<Taken>) {
+        let (sender, receiver) = oneshot::channel();
+        let offer = Offer {
+            socket,
+            to_connection: Mutex::new(Some(sender)),
+        };
+        (offer, receiver)
+    }
+
+    /// Hands `response` to the connection if it qualifies; otherwise gives it back. Never
+    /// returns once handed over: the connection drops this request's future with hyper's.
+    pub async fn take_or_keep(
+        &self,
+        request: Eligible,
+        response: Response<ResponseBody>,
+    ) -> Response<ResponseBody> {
+        if !request.0 || !is_endless_stream(&response) {
+            return response;
+        }
+        let Some(sender) = self.to_connection.lock().ok().and_then(|mut s| s.take()) else {
+            return response;
+        };
+        let stream = match self.duplicate() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "stream stays with hyper: socket not duplicated");
+                return response;
+            }
+        };
+        if let Err(taken) = sender.send(Taken { stream, response }) {
+            return taken.response;
+        }
+        std::future::pending().await
+    }
+
+    fn duplicate(&self) -> std::io::Result<TcpStream> {
+        // SAFETY: only a request's handler calls this, and handlers run inside hyper's connection
+        // future, which owns the socket: it is open (and this number is still its) meanwhile.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.socket) };
+        let owned = socket.try_clone_to_owned()?;
+        let std_stream = std::net::TcpStream::from(owned);
+        std_stream.set_nonblocking(true)?;
+        TcpStream::from_std(std_stream)
+    }
+}
+
+/// Whether the request allows its response to be taken over, read before the request is sent
+/// on (its head is gone by the time the response comes).
+#[derive(Debug, Clone, Copy)]
+pub struct Eligible(bool);
+
+impl Eligible {
+    pub fn of<B: http_body::Body>(request: &http::Request<B>) -> Eligible {
+        Eligible(
+            request.method() == Method::GET
+                && request.version() == Version::HTTP_11
+                && request.body().is_end_stream(),
+        )
+    }
+}
+
+fn is_endless_stream(response: &Response<ResponseBody>) -> bool {
+    response.status() == StatusCode::OK
+        && matches!(response.body(), ResponseBody::Upstream(_))
+        && !response.headers().contains_key(header::CONTENT_LENGTH)
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"))
+}
+
+/// Sends a taken-over response to its end, or until the client leaves.
+pub async fn pump(taken: Taken) {
+    let Taken {
+        mut stream,
+        response,
+    } = taken;
+    let (parts, mut body) = response.into_parts();
+    if let Err(error) = stream.write_all(&head(&parts)).await {
+        tracing::debug!(%error, "client left before the stream's head was sent");
+        return;
+    }
+    let mut ignored = [0u8; 512];
+    loop {
+        tokio::select! {
+            frame = body.frame() => match frame {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    if let Err(error) = write_chunk(&mut stream, data).await {
+                        tracing::debug!(%error, "client left during a stream");
+                        return;
+                    }
+                }
+                // The body already ended the stream its way (counted, logged); the client sees
+                // a chunked body without its last chunk, as with hyper.
+                Some(Err(_)) => return,
+                None => {
+                    let _ = stream.write_all(b"0\r\n\r\n").await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            },
+            readable = stream.readable() => {
+                if readable.is_err() || client_left(&stream, &mut ignored) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reads what the client sent (nothing is expected) to tell a close from spurious readiness.
+fn client_left(stream: &TcpStream, scratch: &mut [u8]) -> bool {
+    loop {
+        match stream.try_read(scratch) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// The response head as hyper would write it, with the framing this connection uses.
+fn head(parts: &http::response::Parts) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        if let Ok(date) = HeaderValue::try_from(date) {
+            head.extend_from_slice(b"date: ");
+            head.extend_from_slice(date.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+    }
+    head.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+    head
+}
+
+/// One chunk: its size line, the data and the CRLF, in as few writes as the socket allows and
+/// without copying the data.
+async fn write_chunk(stream: &mut TcpStream, data: Bytes) -> std::io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let (size, size_len) = chunk_size_line(data.len());
+    let mut slices = [
+        IoSlice::new(&size[..size_len]),
+        IoSlice::new(&data),
+        IoSlice::new(b"\r\n"),
+    ];
+    let mut remaining: &mut [IoSlice<'_>] = &mut slices;
+    while !remaining.is_empty() {
+        let written = stream.write_vectored(remaining).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut remaining, written);
+    }
+    Ok(())
+}
+
+/// `len` in hex and CRLF, on the stack: an event costs no allocation.
+fn chunk_size_line(len: usize) -> ([u8; 18], usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut line = [0u8; 18];
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, slot) in line[..digits].iter_mut().enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        *slot = HEX[(len >> shift) & 0xf];
+    }
+    line[digits] = b'\r';
+    line[digits + 1] = b'\n';
+    (line, digits + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_is_chunked_and_closes() {
+        let response = Response::builder()
+            .status(200)
+            .header("content-type", "text/event-stream")
+            .header("transfer-encoding", "chunked")
+            .header("connection", "keep-alive")
+            .header("date", "Mon, 30 Nov 2026 09:00:00 GMT")
+            .body(())
+            .unwrap();
+        let (parts, ()) = response.into_parts();
+        let head = String::from_utf8(head(&parts)).unwrap();
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+             date: Mon, 30 Nov 2026 09:00:00 GMT\r\n\
+             transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex() {
+        for len in [0, 1, 15, 16, 255, 4096, 65536, usize::MAX] {
+            let (line, used) = chunk_size_line(len);
+            assert_eq!(line[..used], *format!("{len:x}\r\n").as_bytes(), "{len}");
+        }
+    }
+
+    #[test]
+    fn only_get_over_http11_without_a_body_qualifies() {
+        let get = http::Request::get("/sse").body(http_body_util::Empty::<Bytes>::new());
+        assert!(Eligible::of(&get.unwrap()).0);
+        let post = http::Request::post("/mcp").body(http_body_util::Full::new(Bytes::from("x")));
+        assert!(!Eligible::of(&post.unwrap()).0);
+        let old = http::Request::get("/sse")
+            .version(Version::HTTP_10)
+            .body(http_body_util::Empty::<Bytes>::new());
+        assert!(!Eligible::of(&old.unwrap()).0);
+        let h2 = http::Request::get("/sse")
+            .version(Version::HTTP_2)
+            .body(http_body_util::Empty::<Bytes>::new());
+        assert!(!Eligible::of(&h2.unwrap()).0);
+    }
+}
