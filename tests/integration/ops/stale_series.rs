@@ -76,7 +76,8 @@ async fn a_removed_backend_leaves_no_series_after_its_drain() {
     }
 
     proxy
-        .reload(&config_for(&[("blue", &[&a])], "\"blue\"", HEALTH)).await
+        .reload(&config_for(&[("blue", &[&a])], "\"blue\"", HEALTH))
+        .await
         .unwrap();
     let draining = scrape(&proxy).await;
     let removed = [("pool", "(removed)"), ("backend", b_address.as_str())];
@@ -111,7 +112,8 @@ async fn a_removed_backend_still_serving_keeps_its_series_until_done() {
     assert!(long.chunk().await.unwrap().is_some());
 
     proxy
-        .reload(&config_for(&[("blue", &[&a])], "\"blue\"", extra)).await
+        .reload(&config_for(&[("blue", &[&a])], "\"blue\"", extra))
+        .await
         .unwrap();
     eventually("b's drain ends", Duration::from_secs(5), async || {
         (!proxy
@@ -148,7 +150,8 @@ async fn a_backend_removed_and_added_back_counts_again() {
     let proxy = TestProxy::start(&both).await;
     traffic_to(&proxy, &b, 1).await;
     proxy
-        .reload(&config_for(&[("blue", &[&a])], "\"blue\"", HEALTH)).await
+        .reload(&config_for(&[("blue", &[&a])], "\"blue\"", HEALTH))
+        .await
         .unwrap();
     until_gone(&proxy, &b_address).await;
 
@@ -194,7 +197,8 @@ async fn a_pool_removed_by_a_reload_takes_its_series_along() {
     traffic_to(&proxy, &a, 1).await;
     // The same backend, now in a pool of another name.
     proxy
-        .reload(&config_for(&[("azure", &[&a])], "\"azure\"", extra)).await
+        .reload(&config_for(&[("azure", &[&a])], "\"azure\"", extra))
+        .await
         .unwrap();
     traffic_to(&proxy, &a, 2).await;
     eventually(
