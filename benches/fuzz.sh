@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the property tests of hostile-input code (tests/integration/properties: config parser,
 # SSE boundary tracker and endpoint scanner, PROXY headers, sealed tokens, request
-# classification) with many more cases than CI does, round after round with fresh random seeds,
+# classification; and the strict HTTP checks' unit property) with many more cases than CI does, round after round with fresh random seeds,
 # until the time is up. A failure stops the run; proptest writes the shrunk case to
 # proptest-regressions/ (commit it with the fix: it is replayed first on every later run).
 #
@@ -17,7 +17,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 cd "$(dirname "$0")/.."
-cargo test --locked --test integration --no-run
+cargo test --locked --lib --test integration --no-run
 deadline=$(( $(date +%s) + MINUTES * 60 ))
 round=0
 while [ "$(date +%s)" -lt "$deadline" ]; do
@@ -27,7 +27,7 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
     # A round that outlives the deadline is cut off: the time bound holds.
     set +e
     PROPTEST_CASES=$CASES timeout --signal=INT "$left" \
-        cargo test --locked --test integration properties:: -- --test-threads=2 -q
+        cargo test --locked --lib --test integration properties -- --test-threads=2 -q
     status=$?
     set -e
     if [ "$status" -eq 124 ]; then
