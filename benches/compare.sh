@@ -541,7 +541,7 @@ fi
 make_certificates
 write_configs
 TOKIO_WORKER_THREADS=1 start_pinned "$LOAD_CPU" "$OUT/backend.log" \
-    "$BIN" backend --listen "127.0.0.1:$BACKEND_PORT" --name bench
+    "$BIN" backend --listen "127.0.0.1:$BACKEND_PORT" --name bench --bench-routes
 BACKEND_PID=$STARTED
 wait_port "$BACKEND_PORT"
 {

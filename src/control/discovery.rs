@@ -1,6 +1,7 @@
 //! DNS discovery in the background: resolve hostname pool entries before the proxy serves, then
-//! every `discovery.interval` (or when a reload adds a name), and swap in a snapshot when an
-//! answer changed. What an entry expands to lives in [`crate::upstream::discovery`].
+//! every `discovery.interval`, and swap in a snapshot when an answer changed. A reload resolves
+//! the names it adds itself, before its swap ([`resolve_new_names`]). What an entry expands to
+//! lives in [`crate::upstream::discovery`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, Config};
 use crate::metrics::OutcomeLabels;
 use crate::state::State;
 use crate::upstream::discovery::{LOOKUP_TIMEOUT, Lookup, Resolved, hostnames};
@@ -20,38 +21,14 @@ async fn resolve_round(state: &State, lookup: &Lookup) -> bool {
     let previous = state.resolved();
     let mut resolved = Resolved::new();
     for name in hostnames(&config) {
-        let Some((host, port)) = (BackendConfig {
-            address: name.clone(),
-            weight: 1,
-        })
-        .hostname()
-        .map(|(h, p)| (h.to_string(), p)) else {
-            continue;
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let answer = tokio::time::timeout(LOOKUP_TIMEOUT, lookup.resolve(host, port)).await;
-        let outcome = if matches!(answer, Ok(Ok(_))) {
-            "success"
-        } else {
-            "failure"
-        };
-        state
-            .metrics
-            .discovery_lookups
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
-        match answer {
-            Ok(Ok(addresses)) => {
+        match lookup_one(state, lookup, &name).await {
+            Ok(addresses) => {
                 if previous.get(&name) != Some(&addresses) {
                     tracing::info!(name = %name, addresses = ?addresses, "discovery: addresses changed");
                 }
                 resolved.insert(name, addresses);
             }
-            failed => {
-                let why = match failed {
-                    Ok(Err(why)) => why,
-                    _ => "timed out".to_string(),
-                };
+            Err(why) => {
                 tracing::warn!(name = %name, error = %why, "discovery: lookup failed; keeping the last answer");
                 if let Some(last) = previous.get(&name) {
                     resolved.insert(name, last.clone());
@@ -60,6 +37,76 @@ async fn resolve_round(state: &State, lookup: &Lookup) -> bool {
         }
     }
     state.apply_resolved(resolved)
+}
+
+/// One name (`host:port` as written in a pool), within [`LOOKUP_TIMEOUT`], counted.
+async fn lookup_one(state: &State, lookup: &Lookup, name: &str) -> Result<Vec<SocketAddr>, String> {
+    let entry = BackendConfig {
+        address: name.to_string(),
+        weight: 1,
+    };
+    let Some((host, port)) = entry.hostname() else {
+        return Err("not a host name".to_string());
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let answer = tokio::time::timeout(LOOKUP_TIMEOUT, lookup.resolve(host, port))
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_string()));
+    let outcome = if answer.is_ok() { "success" } else { "failure" };
+    state
+        .metrics
+        .discovery_lookups
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc();
+    answer
+}
+
+/// What a reload's new names resolved to, and the names that did not resolve.
+#[derive(Debug, Default)]
+pub struct NewNames {
+    pub resolved: Resolved,
+    pub failed: Vec<String>,
+}
+
+/// Resolves the hostname entries of `config` that discovery has no answer for yet (a reload
+/// adding a pool of names), all at once and within [`LOOKUP_TIMEOUT`], with `config`'s own
+/// resolver. Without this the new pool would be swapped in empty and answer 503 until the
+/// discovery task's next round.
+pub async fn resolve_new_names(state: &State, config: &Config) -> NewNames {
+    if config.discovery.interval.is_none() {
+        return NewNames::default();
+    }
+    let known = state.resolved();
+    let names: Vec<String> = hostnames(config)
+        .into_iter()
+        .filter(|name| !known.contains_key(name))
+        .collect();
+    if names.is_empty() {
+        return NewNames::default();
+    }
+    let Some(lookup) = make_lookup(config.discovery.resolver) else {
+        return NewNames {
+            resolved: Resolved::new(),
+            failed: names,
+        };
+    };
+    let answers =
+        futures_util::future::join_all(names.iter().map(|n| lookup_one(state, &lookup, n))).await;
+    let mut outcome = NewNames::default();
+    for (name, answer) in names.iter().cloned().zip(answers) {
+        match answer {
+            Ok(addresses) if !addresses.is_empty() => {
+                tracing::info!(name = %name, addresses = ?addresses, "discovery: new name resolved");
+                outcome.resolved.insert(name, addresses);
+            }
+            Ok(_) => outcome.failed.push(name),
+            Err(why) => {
+                tracing::warn!(name = %name, error = %why, "discovery: a new name did not resolve");
+                outcome.failed.push(name);
+            }
+        }
+    }
+    outcome
 }
 
 /// Resolves once before the proxy serves (so hostname pools are not empty at start), then keeps

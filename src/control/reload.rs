@@ -2,8 +2,9 @@
 //! at once; or, if any step fails, change nothing and keep serving the last good config
 //! (agentgateway's state manager does the same).
 
-use std::path::Path;
+use std::sync::Arc;
 
+use super::discovery::NewNames;
 use crate::config::{Config, ConfigError, LoadedConfig};
 use crate::state::State;
 
@@ -17,30 +18,39 @@ pub enum ReloadError {
     )]
     ListenersChanged(String),
     #[error(
+        "route `{route}` would have no backend: {names} did not resolve (check the names and `[discovery] resolver`; the previous configuration stays in force)"
+    )]
+    Unresolved { route: String, names: String },
+    #[error(
         "the reload task stopped before it finished; the previous configuration stays in force"
     )]
     Interrupted,
 }
 
-/// Reloads from the file the running config came from.
-pub fn reload_from_file(state: &State) -> Result<u64, ReloadError> {
-    let source = state.snapshot().config.source.clone();
-    reload_from(state, &source)
-}
-
-/// `reload_from_file` on a blocking thread: reading and parsing files (certificates, keys, a
-/// config on a slow or remote mount) must not hold up a runtime worker and the connections on it.
-pub async fn reload_off_runtime(state: std::sync::Arc<State>) -> Result<u64, ReloadError> {
-    tokio::task::spawn_blocking(move || reload_from_file(&state))
-        .await
-        .unwrap_or(Err(ReloadError::Interrupted))
-}
-
-pub fn reload_from(state: &State, path: &Path) -> Result<u64, ReloadError> {
+/// Reloads from the file the running config came from: files are read and parsed on a blocking
+/// thread (a config on a slow or remote mount must not hold up a runtime worker and the
+/// connections on it), then the names the new config adds are resolved, then it is swapped in.
+/// Every reload (admin, SIGHUP, the file watcher) comes through here.
+pub async fn reload_off_runtime(state: Arc<State>) -> Result<u64, ReloadError> {
     super::notify::reloading();
-    let outcome = Config::load(path)
-        .map_err(ReloadError::from)
-        .and_then(|config| apply(state, config));
+    let reader = Arc::clone(&state);
+    let prepared = tokio::task::spawn_blocking(move || {
+        let source = reader.snapshot().config.source.clone();
+        prepare(&reader, Config::load(&source)?)
+    })
+    .await
+    .unwrap_or(Err(ReloadError::Interrupted));
+    let outcome = match prepared {
+        Ok(ready) => commit(&state, ready).await,
+        Err(error) => Err(error),
+    };
+    record(&state, &outcome);
+    // Ready again either way: a refused reload leaves the last good config serving.
+    super::notify::ready();
+    outcome
+}
+
+fn record(state: &State, outcome: &Result<u64, ReloadError>) {
     let label = if outcome.is_ok() {
         "success"
     } else {
@@ -51,22 +61,25 @@ pub fn reload_from(state: &State, path: &Path) -> Result<u64, ReloadError> {
         .reloads
         .get_or_create(&crate::metrics::OutcomeLabels { outcome: label })
         .inc();
-    match &outcome {
+    match outcome {
         Ok(generation) => tracing::info!(generation, "configuration reloaded"),
         Err(error) => {
             tracing::error!(%error, "reload refused; the previous configuration stays in force")
         }
     }
-    // Ready again either way: a refused reload leaves the last good config serving.
-    super::notify::ready();
-    outcome
 }
 
 /// Loads the files a validated config names and applies it, refusing changes a running process
 /// cannot make: the bound sockets stay, everything else about a listener (certificates included)
 /// comes from the new snapshot for each connection accepted after the swap. Nothing changes
 /// unless every step succeeds.
-pub fn apply(state: &State, config: Config) -> Result<u64, ReloadError> {
+pub async fn apply(state: &State, config: Config) -> Result<u64, ReloadError> {
+    let ready = prepare(state, config)?;
+    commit(state, ready).await
+}
+
+/// Every check that needs no network: the files the config names, and the listeners.
+fn prepare(state: &State, config: Config) -> Result<LoadedConfig, ReloadError> {
     let ready = LoadedConfig::from_config(config)?;
     let config = &ready.config;
     let current = state.snapshot();
@@ -81,7 +94,53 @@ pub fn apply(state: &State, config: Config) -> Result<u64, ReloadError> {
     if !same {
         return Err(ReloadError::ListenersChanged(format!("{old:?} -> {new:?}")));
     }
-    Ok(state.apply(ready))
+    Ok(ready)
+}
+
+/// Resolves the names `ready` adds, then swaps it in.
+///
+/// A new name that does not resolve (a typo, a Service not created yet, the nameserver down)
+/// refuses the reload only when it would leave a route with nothing to serve from: applying it
+/// would turn a reload into an outage, and the refusal tells the operator at once (`switchyard
+/// reload` prints it) while the previous config keeps serving. Otherwise the reload applies with
+/// a warning and that pool starts empty until discovery resolves the name: a standby pool being
+/// prepared must not hold up the rest of a reload (a certificate rotation, a backend removed).
+async fn commit(state: &State, ready: LoadedConfig) -> Result<u64, ReloadError> {
+    let new = super::discovery::resolve_new_names(state, &ready.config).await;
+    if !new.failed.is_empty() {
+        if let Some(route) = stranded_route(&ready.config, state, &new) {
+            return Err(ReloadError::Unresolved {
+                route,
+                names: new.failed.join(", "),
+            });
+        }
+        tracing::warn!(names = ?new.failed, "reload: new names did not resolve; their pools start empty until discovery resolves them");
+    }
+    Ok(state.apply(ready, new.resolved))
+}
+
+/// The first route whose active pools would hold no backend because their names did not resolve.
+fn stranded_route(config: &Config, state: &State, new: &NewNames) -> Option<String> {
+    let known = state.resolved();
+    let serves = |entry: &crate::config::BackendConfig| {
+        entry.hostname().is_none()
+            || new.resolved.contains_key(&entry.address)
+            || known.get(&entry.address).is_some_and(|a| !a.is_empty())
+    };
+    config
+        .routes
+        .iter()
+        .find(|route| {
+            let entries = || {
+                route
+                    .active
+                    .iter()
+                    .filter_map(|(pool, _)| config.pools.get(pool))
+                    .flat_map(|p| &p.backends)
+            };
+            !entries().any(serves) && entries().any(|e| new.failed.contains(&e.address))
+        })
+        .map(|route| route.name.clone())
 }
 
 /// Polls the config file every `interval` and reloads when its contents differ both from the
@@ -91,7 +150,7 @@ pub fn apply(state: &State, config: Config) -> Result<u64, ReloadError> {
 /// or admin reload already applied is not loaded again; a broken edit is tried once, not on
 /// every tick.
 pub async fn watch(
-    state: std::sync::Arc<State>,
+    state: Arc<State>,
     interval: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -107,7 +166,7 @@ pub async fn watch(
         if digest != current.config.digest && tried != Some(digest) {
             tried = Some(digest);
             tracing::info!(file = %source.display(), "config file changed; reloading");
-            let _ = reload_off_runtime(std::sync::Arc::clone(&state)).await;
+            let _ = reload_off_runtime(Arc::clone(&state)).await;
         }
     }
 }

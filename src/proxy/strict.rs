@@ -160,4 +160,62 @@ mod tests {
         assert_eq!(verdict(Version::HTTP_2, &five), Some(431));
         assert_eq!(verdict(Version::HTTP_2, &five[..4]), None);
     }
+
+    /// Arbitrary header lists never panic, and whatever passes keeps the rules: one authority
+    /// `Host` at most (exactly one on HTTP/1.1), one `chunked` coding at most, the count bound.
+    /// (`benches/fuzz.sh` runs it with many more cases, with the integration properties.)
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn pairs() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
+            let name = prop_oneof![
+                Just("host".to_string()),
+                Just("transfer-encoding".to_string()),
+                "[a-z-]{1,8}",
+            ];
+            let value = prop_oneof![
+                Just(b"chunked".to_vec()),
+                Just(b" Chunked , ".to_vec()),
+                Just(b"a.example:80".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..24),
+            ];
+            proptest::collection::vec((name, value), 0..7)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn what_passes_keeps_the_rules(
+                version in prop_oneof![Just(Version::HTTP_10), Just(Version::HTTP_11), Just(Version::HTTP_2)],
+                pairs in pairs(),
+            ) {
+                let mut request = Request::post("/mcp").version(version).body(()).unwrap();
+                for (name, value) in &pairs {
+                    if let (Ok(name), Ok(value)) = (
+                        header::HeaderName::from_bytes(name.as_bytes()),
+                        header::HeaderValue::from_bytes(value),
+                    ) {
+                        request.headers_mut().append(name, value);
+                    }
+                }
+                if check(&request, &limits()).is_err() {
+                    return Ok(());
+                }
+                let headers = request.headers();
+                let hosts: Vec<_> = headers.get_all(header::HOST).iter().collect();
+                prop_assert!(hosts.len() <= 1);
+                prop_assert!(version != Version::HTTP_11 || hosts.len() == 1);
+                prop_assert!(hosts.iter().all(|h| !h.as_bytes().iter().any(|b| b"@/ \"".contains(b))));
+                let codings: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+                prop_assert!(codings.len() <= 1);
+                prop_assert!(codings.iter().all(|c| c.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")));
+                prop_assert!(headers.len() <= limits().max_headers);
+            }
+        }
+    }
 }

@@ -72,11 +72,20 @@ impl State {
         self.snapshot.load_full()
     }
 
-    /// Swaps in a validated and loaded config; returns the new generation.
-    pub fn apply(&self, ready: LoadedConfig) -> u64 {
+    /// Swaps in a validated and loaded config, with what the names it added resolved to
+    /// (`fresh`); returns the new generation.
+    pub fn apply(&self, ready: LoadedConfig, fresh: Resolved) -> u64 {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let previous = self.snapshot.load_full();
-        let resolved = self.resolved();
+        let resolved = {
+            let mut current = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
+            if !fresh.is_empty() {
+                let mut merged = (**current).clone();
+                merged.extend(fresh);
+                *current = Arc::new(merged);
+            }
+            Arc::clone(&current)
+        };
         let next = Snapshot::build_resolved(
             Arc::new(ready.config),
             Arc::new(ready.loaded),
@@ -98,16 +107,24 @@ impl State {
 
     /// Rebuilds the snapshot from the current config with new DNS answers: addresses that stay
     /// keep their backends, new ones join, vanished ones drain. Returns false if nothing changed.
-    pub fn apply_resolved(&self, resolved: Resolved) -> bool {
+    /// A round started before a reload added names has no answer for them: the answers that
+    /// reload resolved are kept, or its new pools would empty again.
+    pub fn apply_resolved(&self, mut resolved: Resolved) -> bool {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = self.snapshot.load_full();
         {
             let mut current = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
+            let names = crate::upstream::discovery::hostnames(&previous.config);
+            for (name, addresses) in current.iter() {
+                if names.contains(name) && !resolved.contains_key(name) {
+                    resolved.insert(name.clone(), addresses.clone());
+                }
+            }
             if **current == resolved {
                 return false;
             }
             *current = Arc::new(resolved.clone());
         }
-        let previous = self.snapshot.load_full();
         let next = Snapshot::build_resolved(
             Arc::clone(&previous.config),
             Arc::clone(&previous.loaded),

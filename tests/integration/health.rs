@@ -511,6 +511,7 @@ async fn health_follows_reloads() {
 
     proxy
         .reload(&config(&[a.address, b.address, c.address], health))
+        .await
         .unwrap();
     assert!(Arc::ptr_eq(&sick, &backend(&proxy, b.address)));
     assert!(!sick.is_healthy(), "health survives the reload");
@@ -521,6 +522,7 @@ async fn health_follows_reloads() {
 
     proxy
         .reload(&config(&[a.address, c.address], health))
+        .await
         .unwrap();
     eventually("b2 forgotten after its drain", WAIT, async || {
         let snapshot = proxy.state.snapshot();
@@ -545,7 +547,10 @@ async fn health_follows_reloads() {
         (!down.is_healthy()).then_some(())
     })
     .await;
-    proxy.reload(&config(&[a.address, c.address], "")).unwrap();
+    proxy
+        .reload(&config(&[a.address, c.address], ""))
+        .await
+        .unwrap();
     eventually("b3 healthy once probes are off", WAIT, async || {
         down.is_healthy().then_some(())
     })

@@ -168,7 +168,7 @@ async fn blue_green_flips_under_load_lose_nothing() {
     {
         tokio::time::sleep_until(started + Duration::from_secs(2 * (flip as u64 + 1))).await;
         reloaded_at.push(tokio::time::Instant::now());
-        proxy.reload(&pools(active)).unwrap();
+        proxy.reload(&pools(active)).await.unwrap();
         // New work goes to the new pool at once.
         for _ in 0..4 {
             let session = new_session(&client, &proxy.url("/mcp")).await;
@@ -226,7 +226,7 @@ async fn invalid_reload_changes_nothing() {
             "needs a port",
         ),
     ] {
-        let error = proxy.reload(&bad).unwrap_err();
+        let error = proxy.reload(&bad).await.unwrap_err();
         assert!(error.contains(why) || why == "syntax", "{error}");
         assert!(error.starts_with("test.toml:"), "{error}");
         assert_eq!(proxy.state.snapshot().generation, 1, "nothing changed");
@@ -321,7 +321,7 @@ async fn drain_deadline_closes_streams_at_an_event_boundary() {
     let stream = get_sse(&client, &proxy.url("/split")).await;
     assert_eq!(blue.requests(), 1);
     let flipped = Instant::now();
-    proxy.reload(&pools("green")).unwrap();
+    proxy.reload(&pools("green")).await.unwrap();
     let raw = tokio::time::timeout(Duration::from_secs(5), stream.bytes())
         .await
         .unwrap()
@@ -364,6 +364,7 @@ async fn removed_backend_serves_sessions_until_its_drain_ends() {
     let session = new_session(&client, &proxy.url("/mcp")).await;
     proxy
         .reload(&config_for(&[("blue", &[&b])], "\"blue\"", extra))
+        .await
         .unwrap();
     let during = post_in_session(&client, &proxy.url("/mcp"), &session).await;
     assert_eq!(during.status(), 200);

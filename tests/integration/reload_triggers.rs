@@ -39,7 +39,9 @@ async fn watcher_does_not_reload_what_another_reload_applied() {
         text.replace("active = \"blue\"", "active = \"green\""),
     )
     .unwrap();
-    switchyard::control::reload::reload_from_file(&state).unwrap();
+    switchyard::control::reload::reload_off_runtime(std::sync::Arc::clone(&state))
+        .await
+        .unwrap();
     let after = successes();
     // Waiting for something not to happen: 25 watcher intervals.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -153,7 +153,7 @@ async fn four_services_by_prefix_and_host_flip_one_at_a_time() {
 
     // Flip github alone to green: its new work moves, everything else stays where it was.
     let flipped = four_services_config(&services, &["green", "blue", "blue", "blue"]);
-    proxy.reload(&flipped).unwrap();
+    proxy.reload(&flipped).await.unwrap();
     for service in &services {
         let base = base(&proxy, service.name);
         let colour = if service.name == "github" {

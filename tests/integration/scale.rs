@@ -354,6 +354,7 @@ async fn rotated_keys_still_open_old_tokens() {
 
     // Reloading the old replica with the rotated keys: both tokens open there.
     old.reload(&config_for(pools, "\"blue\"", &rotated_keys.sessions()))
+        .await
         .unwrap();
     assert_eq!(message(&old, &new_token).await.0, 200);
     assert_eq!(message(&old, &old_token).await.0, 200);
@@ -437,11 +438,13 @@ async fn replicas_place_a_new_stream_on_the_same_backend() {
 }
 
 /// A tiny authoritative nameserver on 127.0.0.1:0 whose A records the test changes.
-struct TestDns {
-    address: SocketAddr,
+pub(crate) struct TestDns {
+    pub(crate) address: SocketAddr,
     answers: Arc<Mutex<Vec<Ipv4Addr>>>,
-    failing: Arc<AtomicBool>,
+    pub(crate) failing: Arc<AtomicBool>,
     queries: Arc<AtomicUsize>,
+    /// How long each answer takes (a slow nameserver), in milliseconds.
+    pub(crate) delay_ms: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
 }
 
@@ -452,19 +455,21 @@ impl Drop for TestDns {
 }
 
 impl TestDns {
-    async fn start(answers: &[Ipv4Addr]) -> TestDns {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    pub(crate) async fn start(answers: &[Ipv4Addr]) -> TestDns {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let dns = TestDns {
             address: socket.local_addr().unwrap(),
             answers: Arc::new(Mutex::new(answers.to_vec())),
             failing: Arc::new(AtomicBool::new(false)),
             queries: Arc::new(AtomicUsize::new(0)),
+            delay_ms: Arc::default(),
             stop: CancellationToken::new(),
         };
-        let (answers, failing, queries, stop) = (
+        let (answers, failing, queries, delay, stop) = (
             Arc::clone(&dns.answers),
             Arc::clone(&dns.failing),
             Arc::clone(&dns.queries),
+            Arc::clone(&dns.delay_ms),
             dns.stop.clone(),
         );
         tokio::spawn(async move {
@@ -499,13 +504,18 @@ impl TestDns {
                         }
                     }
                 }
-                let _ = socket.send_to(&reply.to_vec().unwrap(), from).await;
+                let delay = Duration::from_millis(delay.load(Ordering::SeqCst));
+                let socket = Arc::clone(&socket);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = socket.send_to(&reply.to_vec().unwrap(), from).await;
+                });
             }
         });
         dns
     }
 
-    fn set(&self, answers: &[Ipv4Addr]) {
+    pub(crate) fn set(&self, answers: &[Ipv4Addr]) {
         *self.answers.lock().unwrap() = answers.to_vec();
     }
 }
@@ -693,7 +703,7 @@ async fn discovered_addresses_join_after_passing_health_checks() {
 
 /// Two backends on one port, at 127.0.0.1 and 127.0.0.2, as DNS answers for one name would give:
 /// a port free on both, since another test may hold the one picked for 127.0.0.1 on 127.0.0.2.
-async fn pair_on_one_port() -> (TestBackend, TestBackend) {
+pub(crate) async fn pair_on_one_port() -> (TestBackend, TestBackend) {
     for _ in 0..20 {
         let first = TestBackend::start("first").await;
         let port = first.address.port();

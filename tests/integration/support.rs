@@ -510,9 +510,11 @@ impl TestProxy {
         }
     }
 
-    pub fn reload(&self, config: &str) -> Result<u64, String> {
+    pub async fn reload(&self, config: &str) -> Result<u64, String> {
         let config = Config::parse(config, Path::new("test.toml")).map_err(|e| e.to_string())?;
-        switchyard::control::reload::apply(&self.state, config).map_err(|e| e.to_string())
+        switchyard::control::reload::apply(&self.state, config)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

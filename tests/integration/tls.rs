@@ -338,7 +338,10 @@ async fn certificate_reload_keeps_open_streams_and_serves_the_new_certificate() 
     let mut body = sender.send_request(request).await.unwrap().into_body();
     next_events(&mut body, 1).await;
 
-    proxy.reload(&with_listener(base, &tls_line(&new))).unwrap();
+    proxy
+        .reload(&with_listener(base, &tls_line(&new)))
+        .await
+        .unwrap();
 
     let fresh = tls_connect(proxy.address, "localhost", Arc::clone(&client))
         .await
@@ -364,12 +367,14 @@ async fn reload_with_a_broken_certificate_changes_nothing() {
     };
     let err = proxy
         .reload(&with_listener(base.clone(), &tls_line(&missing)))
+        .await
         .unwrap_err();
     assert!(err.contains("missing.pem"), "{err}");
     // Certificates may change on reload; the set of bound sockets may not.
     let two_listeners = format!("[[listener]]\nbind = \"127.0.0.1:0\"\n\n{base}");
     let err = proxy
         .reload(&with_listener(two_listeners, &tls_line(&good)))
+        .await
         .unwrap_err();
     assert!(err.contains("bind addresses cannot change"), "{err}");
     let stream = tls_connect(proxy.address, "localhost", pki.client_config(&[]))

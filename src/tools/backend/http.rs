@@ -33,6 +33,9 @@ pub struct App {
     legacy: Arc<LegacySessions>,
     origins: OriginPolicy,
     sessions_end: CancellationToken,
+    /// `--metrics` and `--bench-routes`: off, those paths are `404` like any unknown one.
+    metrics: bool,
+    bench_routes: bool,
 }
 
 impl App {
@@ -73,6 +76,8 @@ impl App {
                 extra: args.allowed_origins.clone(),
             },
             sessions_end,
+            metrics: args.metrics,
+            bench_routes: args.bench_routes,
         }
     }
 
@@ -84,7 +89,7 @@ impl App {
                 with_body(StatusCode::SERVICE_UNAVAILABLE, full("draining\n"))
             }
             (_, "/readyz") => with_body(StatusCode::OK, full("ready\n")),
-            (_, "/metrics") => {
+            (_, "/metrics") if self.metrics => {
                 let mut response = with_body(StatusCode::OK, full(self.stats.render()));
                 // prometheus-client writes OpenMetrics text (`# EOF`, `_total` on counter
                 // samples only), so that is the type to declare, as the proxy's /metrics does.
@@ -96,7 +101,9 @@ impl App {
                 );
                 response
             }
-            (_, bench) if bench.starts_with("/bench/") => super::bench::handle(request).await,
+            (_, bench) if self.bench_routes && bench.starts_with("/bench/") => {
+                super::bench::handle(request).await
+            }
             (_, "/mcp" | "/sse" | "/messages" | "/ws") => self.mcp_endpoint(request).await,
             _ => with_body(StatusCode::NOT_FOUND, full("not found\n")),
         }

@@ -51,6 +51,15 @@ pub struct BackendArgs {
     /// Serve /mcp without sessions (every request stands alone; JSON responses where possible).
     #[arg(long)]
     pub stateless: bool,
+    /// Serve GET /metrics (OpenMetrics). Off by default: the MCP listener is what a proxy
+    /// forwards clients to, and they have no business reading the backend's counters.
+    #[arg(long)]
+    pub metrics: bool,
+    /// Serve the benchmark harness's plain-HTTP routes, POST /bench/echo and GET /bench/sse
+    /// (`benches/compare.sh` passes it). Off by default: reachable through a proxy, they would
+    /// let any client hold streams open or echo large bodies off the MCP path.
+    #[arg(long)]
+    pub bench_routes: bool,
 }
 
 impl BackendArgs {
@@ -63,6 +72,8 @@ impl BackendArgs {
             allowed_hosts: Vec::new(),
             drain_timeout: Duration::from_secs(10),
             stateless: false,
+            metrics: false,
+            bench_routes: false,
         }
     }
 }

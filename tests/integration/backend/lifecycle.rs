@@ -13,6 +13,7 @@ use switchyard::tools::backend::BackendArgs;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_refuses_new_sessions_and_lets_in_flight_calls_finish() {
     let mut args = BackendArgs::new("drainer");
+    args.metrics = true;
     args.drain_timeout = Duration::from_secs(5);
     let mut backend = RefBackend::start_with(args).await;
     let url = backend.url("/mcp");
@@ -130,6 +131,34 @@ async fn operational_and_bench_routes() {
     assert_eq!(missing.status(), 404);
 }
 
+/// Without `--metrics` and `--bench-routes` (the default), a client the proxy forwards reaches
+/// only the MCP transports and health: the counters and the bench routes answer `404`.
+#[tokio::test]
+async fn metrics_and_bench_routes_are_off_by_default() {
+    let backend = RefBackend::start_with(BackendArgs::new("plain")).await;
+    let config = config_for_addresses(&[("blue", &[backend.address])], "\"blue\"", "");
+    let proxy = TestProxy::start(&config).await;
+    let paths = [
+        (reqwest::Method::GET, "/metrics"),
+        (reqwest::Method::POST, "/bench/echo"),
+        (reqwest::Method::GET, "/bench/sse?every_ms=20&count=1"),
+    ];
+    for base in [backend.url(""), proxy.url("")] {
+        for (method, path) in &paths {
+            let response = client()
+                .request(method.clone(), format!("{base}{path}"))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 404, "{base}{path}");
+        }
+    }
+    let health = client().get(backend.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(!raw_session(&backend.url("/mcp")).await.is_empty());
+}
+
 // ---------------------------------------------------------------- the CLI
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +167,7 @@ async fn backend_cli_prints_its_address_ignores_sighup_and_drains_on_sigterm() {
     use std::process::{Command, Stdio};
     let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["backend", "--listen", "127.0.0.1:0", "--name", "cli-1"])
-        .args(["--drain-timeout", "3s"])
+        .args(["--drain-timeout", "3s", "--metrics"])
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -169,6 +198,19 @@ async fn backend_cli_prints_its_address_ignores_sighup_and_drains_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    // `--metrics` was given, `--bench-routes` was not.
+    let metrics = client()
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let bench = client()
+        .post(format!("http://{address}/bench/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bench.status(), 404);
     let session = raw_session(&format!("http://{address}/mcp")).await;
     assert!(!session.is_empty());
 

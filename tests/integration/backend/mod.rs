@@ -38,8 +38,12 @@ impl Drop for RefBackend {
 }
 
 impl RefBackend {
+    /// With `/metrics` and the bench routes on, as the tests read counters through them.
     async fn start(name: &str) -> RefBackend {
-        Self::start_with(BackendArgs::new(name)).await
+        let mut args = BackendArgs::new(name);
+        args.metrics = true;
+        args.bench_routes = true;
+        Self::start_with(args).await
     }
 
     async fn start_with(args: BackendArgs) -> RefBackend {

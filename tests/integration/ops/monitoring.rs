@@ -128,7 +128,7 @@ async fn exposed_after_traffic() -> BTreeSet<String> {
         "\"blue\"",
         probes,
     );
-    proxy.reload(&second).unwrap();
+    proxy.reload(&second).await.unwrap();
     initialize(&proxy).await;
     let stream = get_sse(&client(), &proxy.url("/ticks?count=2&every_ms=10")).await;
     stream.bytes().await.unwrap();

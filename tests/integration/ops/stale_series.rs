@@ -77,6 +77,7 @@ async fn a_removed_backend_leaves_no_series_after_its_drain() {
 
     proxy
         .reload(&config_for(&[("blue", &[&a])], "\"blue\"", HEALTH))
+        .await
         .unwrap();
     let draining = scrape(&proxy).await;
     let removed = [("pool", "(removed)"), ("backend", b_address.as_str())];
@@ -112,6 +113,7 @@ async fn a_removed_backend_still_serving_keeps_its_series_until_done() {
 
     proxy
         .reload(&config_for(&[("blue", &[&a])], "\"blue\"", extra))
+        .await
         .unwrap();
     eventually("b's drain ends", Duration::from_secs(5), async || {
         (!proxy
@@ -149,10 +151,11 @@ async fn a_backend_removed_and_added_back_counts_again() {
     traffic_to(&proxy, &b, 1).await;
     proxy
         .reload(&config_for(&[("blue", &[&a])], "\"blue\"", HEALTH))
+        .await
         .unwrap();
     until_gone(&proxy, &b_address).await;
 
-    proxy.reload(&both).unwrap();
+    proxy.reload(&both).await.unwrap();
     let before = b.requests();
     traffic_to(&proxy, &b, before + 3).await;
     let labels = [("pool", "blue"), ("backend", b_address.as_str())];
@@ -195,6 +198,7 @@ async fn a_pool_removed_by_a_reload_takes_its_series_along() {
     // The same backend, now in a pool of another name.
     proxy
         .reload(&config_for(&[("azure", &[&a])], "\"azure\"", extra))
+        .await
         .unwrap();
     traffic_to(&proxy, &a, 2).await;
     eventually(
