@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the property tests of hostile-input code (tests/integration/properties: config parser,
 # SSE boundary tracker and endpoint scanner, PROXY headers, sealed tokens, request
-# classification; and the strict HTTP checks' unit property) with many more cases than CI does, round after round with fresh random seeds,
+# classification, the upstream client's chunk decoder and head parser; and the strict HTTP
+# checks' unit property) with many more cases than CI does, round after round with fresh random seeds,
 # until the time is up. A failure stops the run; proptest writes the shrunk case to
 # proptest-regressions/ (commit it with the fix: it is replayed first on every later run).
 #

@@ -1,7 +1,8 @@
 //! Property tests (proptest) of the code that reads hostile input: the config parser, the SSE
-//! boundary tracker and legacy endpoint scanner, PROXY headers, sealed session tokens and
-//! request classification. Each property states what must hold for *any* input: no panic, and
-//! the answer the simple path gives.
+//! boundary tracker and legacy endpoint scanner, PROXY headers, sealed session tokens, request
+//! classification, and the upstream HTTP/1.1 client's chunk decoder and head parser. Each
+//! property states what must hold for *any* input: no panic, and the answer the simple path
+//! gives.
 //!
 //! The case count is small by default so the whole set stays within a few seconds of CI;
 //! `benches/fuzz.sh` runs the same properties with `PROPTEST_CASES` raised, for a bounded time.
@@ -10,6 +11,7 @@
 
 mod classify;
 mod config;
+mod h1;
 mod proxy_header;
 mod seal;
 mod sse;
