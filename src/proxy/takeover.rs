@@ -132,11 +132,14 @@ pub async fn pump(taken: Taken) {
         response,
     } = taken;
     let (parts, mut body) = response.into_parts();
-    if let Err(error) = stream.write_all(&head(&parts)).await {
+    let head = head(&parts);
+    // The header map's storage is not kept for the stream's life.
+    drop(parts);
+    if let Err(error) = stream.write_all(&head).await {
         tracing::debug!(%error, "client left before the stream's head was sent");
         return;
     }
-    let mut ignored = [0u8; 512];
+    drop(head);
     loop {
         tokio::select! {
             frame = body.frame() => match frame {
@@ -157,7 +160,7 @@ pub async fn pump(taken: Taken) {
                 }
             },
             readable = stream.readable() => {
-                if readable.is_err() || client_left(&stream, &mut ignored) {
+                if readable.is_err() || client_left(&stream) {
                     return;
                 }
             }
@@ -166,9 +169,11 @@ pub async fn pump(taken: Taken) {
 }
 
 /// Reads what the client sent (nothing is expected) to tell a close from spurious readiness.
-fn client_left(stream: &TcpStream, scratch: &mut [u8]) -> bool {
+/// The scratch space is on the stack of this call, not in the stream's future.
+fn client_left(stream: &TcpStream) -> bool {
+    let mut scratch = [0u8; 512];
     loop {
-        match stream.try_read(scratch) {
+        match stream.try_read(&mut scratch) {
             Ok(0) => return true,
             Ok(_) => continue,
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return false,
