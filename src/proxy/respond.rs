@@ -292,13 +292,14 @@ fn track_session<'r>(
     minted
 }
 
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        })
+/// Whether a response is an SSE stream, whatever the case of its media type (compared in place:
+/// no lowercased copy per response).
+pub(super) fn is_event_stream(headers: &HeaderMap) -> bool {
+    const SSE: &[u8] = b"text/event-stream";
+    headers.get(header::CONTENT_TYPE).is_some_and(|value| {
+        let value = value.as_bytes().trim_ascii_start();
+        value
+            .get(..SSE.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(SSE))
+    })
 }

@@ -119,10 +119,7 @@ fn is_endless_stream(response: &Response<ResponseBody>) -> bool {
     response.status() == StatusCode::OK
         && matches!(response.body(), ResponseBody::Upstream(_))
         && !response.headers().contains_key(header::CONTENT_LENGTH)
-        && response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"))
+        && super::respond::is_event_stream(response.headers())
 }
 
 /// Sends a taken-over response to its end, or until the client leaves.
@@ -270,6 +267,22 @@ mod tests {
              date: Mon, 30 Nov 2026 09:00:00 GMT\r\n\
              transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn event_streams_are_known_whatever_the_case() {
+        let of = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            super::super::respond::is_event_stream(&headers)
+        };
+        assert!(of("text/event-stream"));
+        assert!(of(" Text/Event-Stream; charset=utf-8"));
+        assert!(!of("text/event"));
+        assert!(!of("application/json"));
+        assert!(!super::super::respond::is_event_stream(
+            &http::HeaderMap::new()
+        ));
     }
 
     #[test]
