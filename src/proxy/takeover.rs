@@ -22,7 +22,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::body::ResponseBody;
+use crate::upstream::h1::codec::write_fields;
 
 /// What a handler hands back to its connection: the response to send, on a duplicate of the
 /// socket.
@@ -187,22 +188,13 @@ fn head(parts: &http::response::Parts) -> Vec<u8> {
     head.push(b' ');
     head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
+    write_fields(&mut head, &parts.headers, |name| {
+        name == header::CONNECTION || name == header::TRANSFER_ENCODING
+    });
     if !parts.headers.contains_key(header::DATE) {
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-        if let Ok(date) = HeaderValue::try_from(date) {
-            head.extend_from_slice(b"date: ");
-            head.extend_from_slice(date.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
+        head.extend_from_slice(b"date: ");
+        head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
     head
@@ -273,7 +265,7 @@ mod tests {
     fn event_streams_are_known_whatever_the_case() {
         let of = |value: &'static str| {
             let mut headers = http::HeaderMap::new();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static(value));
             super::super::respond::is_event_stream(&headers)
         };
         assert!(of("text/event-stream"));

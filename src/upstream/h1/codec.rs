@@ -29,15 +29,7 @@ pub fn encode_head(parts: &http::request::Parts, framing: RequestFraming) -> Vec
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        if framing_header(name) {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
+    write_fields(&mut head, &parts.headers, framing_header);
     match framing {
         RequestFraming::Length(length) => {
             head.extend_from_slice(b"content-length: ");
@@ -52,6 +44,20 @@ pub fn encode_head(parts: &http::request::Parts, framing: RequestFraming) -> Vec
     }
     head.extend_from_slice(b"\r\n");
     head
+}
+
+/// Appends `name: value` lines for every field of `headers` that `skip` does not refuse: the
+/// field lines of any HTTP/1.1 head the proxy writes itself.
+pub fn write_fields(head: &mut Vec<u8>, headers: &HeaderMap, skip: impl Fn(&HeaderName) -> bool) {
+    for (name, value) in headers {
+        if skip(name) {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
 }
 
 /// Framing is ours to write: the client's own headers for it never pass as they came.
