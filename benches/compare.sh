@@ -497,7 +497,7 @@ def judge(title, measured, goal, ok):
         status = "not measured in this run"
     else:
         status = "met" if ok(measured) else "**not met**"
-    shown = "–" if measured is None else (f"{measured:.2f}×" if isinstance(goal, str) and "×" in goal else fmt(measured))
+    shown = "–" if measured is None else (f"{measured:.2f}×" if "×" in goal else fmt(measured))
     print(f"| {title} | {goal} | {shown} | {status} |")
 print()
 print("| target | goal | measured | status |")
