@@ -316,10 +316,13 @@ fn spawn_background(state: &Arc<State>, stop: &CancellationToken) {
     ));
 }
 
-/// Periodic upkeep: session expiry, drain deadlines, the series of backends that left, and
-/// pruning the connection pools (so that check-in on the request path never scans them).
+/// Periodic upkeep: session expiry, drain deadlines, the series of backends that left, pruning
+/// the connection pools (so that check-in on the request path never scans them), and returning
+/// freed memory to the system.
 async fn maintain(state: Arc<State>, stop: CancellationToken) {
     let mut last_expiry = Instant::now();
+    let mut last_trim = Instant::now();
+    let trimmer = Arc::new(std::sync::Mutex::new(super::memory::Trimmer::default()));
     let mut ticks = super::periodic::Ticks::new(Duration::from_millis(250), &stop);
     while ticks.next().await {
         let now = Instant::now();
@@ -342,5 +345,29 @@ async fn maintain(state: Arc<State>, stop: CancellationToken) {
             let expired = state.sessions.expire(idle);
             state.metrics.sessions_expired.inc_by(expired as u64);
         }
+        if now.duration_since(last_trim) >= super::memory::TRIM_EVERY {
+            last_trim = now;
+            trim_memory(&trimmer);
+        }
     }
+}
+
+/// Runs beside the workers: a trim walks every heap, which takes milliseconds once the heap holds
+/// tens of thousands of connections. The lock only orders ticks: one trim at a time.
+fn trim_memory(trimmer: &Arc<std::sync::Mutex<super::memory::Trimmer>>) {
+    let trimmer = Arc::clone(trimmer);
+    tokio::task::spawn_blocking(move || {
+        let Ok(mut trimmer) = trimmer.try_lock() else {
+            return;
+        };
+        let started = Instant::now();
+        if let Some(trim) = trimmer.tick() {
+            tracing::debug!(
+                free_bytes = trim.free_before,
+                released = trim.released,
+                took_us = started.elapsed().as_micros() as u64,
+                "allocator trimmed"
+            );
+        }
+    });
 }

@@ -216,7 +216,12 @@ async fn admit(
     request: &mut Request<Incoming>,
 ) -> Result<super::policy::Admitted, ProxyError> {
     let session = meta.session.as_deref();
-    match super::policy::admit(state, snapshot, policy, client_ip, session, request).await {
+    // Boxed: authentication and reading the calls need more state than the rest of a request,
+    // and only routes with a policy take this path.
+    let admitted = Box::pin(super::policy::admit(
+        state, snapshot, policy, client_ip, session, request,
+    ));
+    match admitted.await {
         Ok(admitted) => {
             meta.mcp = admitted.observed.clone();
             Ok(admitted)

@@ -191,10 +191,7 @@ pub async fn serve<IO>(
     if let Some(taken) = taken {
         // hyper's connection (buffers, timers, this request's future) is dropped when this
         // returns; the stream goes on in a task of its own that holds only what it sends.
-        state.tasks.spawn(async move {
-            takeover::pump(taken).await;
-            drop(open);
-        });
+        state.tasks.spawn(takeover::pump(taken, open));
     }
 }
 

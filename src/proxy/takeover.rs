@@ -17,6 +17,7 @@
 //! that pipelines requests behind a stream loses them (the connection closes after the stream);
 //! HTTP clients in use do not pipeline.
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::Mutex;
@@ -123,16 +124,25 @@ fn is_endless_stream(response: &Response<ResponseBody>) -> bool {
         && super::respond::is_event_stream(response.headers())
 }
 
-/// Sends a taken-over response to its end, or until the client leaves.
-pub async fn pump(taken: Taken) {
-    let Taken {
-        mut stream,
-        response,
-    } = taken;
-    let (parts, mut body) = response.into_parts();
+/// Sends a taken-over response to its end, or until the client leaves. The response is taken
+/// apart before the stream's future exists: that future lives as long as the stream, and would
+/// otherwise keep room for the whole response (head and header map) next to what it sends.
+/// `open` (what counts the connection as open) is dropped when the stream ends.
+pub fn pump<Open: Send + 'static>(taken: Taken, open: Open) -> impl Future<Output = ()> + Send {
+    let Taken { stream, response } = taken;
+    let (parts, body) = response.into_parts();
     let head = head(&parts);
-    // The header map's storage is not kept for the stream's life.
     drop(parts);
+    send_stream(stream, head, body, open)
+}
+
+async fn send_stream<Open>(
+    mut stream: TcpStream,
+    head: Vec<u8>,
+    mut body: ResponseBody,
+    open: Open,
+) {
+    let _open = open;
     if let Err(error) = stream.write_all(&head).await {
         tracing::debug!(%error, "client left before the stream's head was sent");
         return;

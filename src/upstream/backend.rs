@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -326,7 +327,9 @@ impl Backend {
         loop {
             let (conn, fresh) = match self.checkout(limits, sent) {
                 Some(conn) => (conn, false),
-                None => match self.connect(timeouts.connect, tls).await {
+                // Boxed: a connect's state is larger than a whole exchange's, and only new
+                // connections need it; unboxed, every request's future would carry its room.
+                None => match Box::pin(self.connect(timeouts.connect, tls)).await {
                     Ok(conn) => {
                         let now = Instant::now();
                         deadline.as_mut().reset(later(now, timeouts.response));
@@ -335,7 +338,13 @@ impl Backend {
                     Err(error) => return Err((error, Some(request))),
                 },
             };
-            match until(deadline.as_mut(), conn.send(request)).await {
+            let work = std::pin::pin!(conn.send(request));
+            match (Until {
+                work,
+                deadline: deadline.as_mut(),
+            })
+            .await
+            {
                 Some(Ok(response)) => {
                     return Ok(TimedExchange {
                         exchange: Exchange { response },
@@ -497,11 +506,22 @@ async fn connect_step<T>(
 }
 
 /// `work`, unless `deadline` passes first.
-async fn until<F: Future>(deadline: Pin<&mut Sleep>, work: F) -> Option<F::Output> {
-    tokio::select! {
-        biased;
-        output = work => Some(output),
-        () = deadline => None,
+/// `work`, or `None` once `deadline` passes; `work` goes first when both are ready. A struct
+/// over pinned references rather than an `async fn` with `select!`, which would hold `work` twice
+/// in every request's future.
+struct Until<'w, 'd, F> {
+    work: Pin<&'w mut F>,
+    deadline: Pin<&'d mut Sleep>,
+}
+
+impl<F: Future> Future for Until<'_, '_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(output) = self.work.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        self.deadline.as_mut().poll(cx).map(|()| None)
     }
 }
 
