@@ -418,3 +418,53 @@ async fn a_get_the_backend_dropped_on_a_reused_connection_goes_again() {
         assert_eq!(backend.connections(), connections, "{request}");
     }
 }
+
+/// A backend that answers an upload as soon as it has the head: the answer's first chunk reaches
+/// the client at once, and the rest of the upload, which the client sends only after seeing it,
+/// still reaches the backend (sent on by the response body, the request having been answered).
+#[tokio::test]
+async fn an_upload_answered_early_still_reaches_the_backend_whole() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let backend = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        read_until(&mut stream, &mut buf, b"\r\n\r\n")
+            .await
+            .unwrap();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nearly\r\n")
+            .await
+            .unwrap();
+        while buf.len() < 11 {
+            if !read_more(&mut stream, &mut buf).await {
+                break;
+            }
+        }
+        let received = String::from_utf8_lossy(&buf).into_owned();
+        let last = format!("{:x}\r\n{received}\r\n0\r\n\r\n", received.len());
+        stream.write_all(last.as_bytes()).await.unwrap();
+    });
+    let config = config_for_addresses(&[("blue", &[address])], "\"blue\"", "");
+    let proxy = TestProxy::start(&config).await;
+    let mut client = TcpStream::connect(proxy.address).await.unwrap();
+    client
+        .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\nhello")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let first = read_until(&mut client, &mut response, b"early\r\n");
+    tokio::time::timeout(WAIT, first)
+        .await
+        .expect("the early answer in time")
+        .expect("the early answer");
+    client.write_all(b" world").await.unwrap();
+    let rest = read_until(&mut client, &mut response, b"0\r\n\r\n");
+    let rest = tokio::time::timeout(WAIT, rest)
+        .await
+        .expect("the end of the answer in time")
+        .expect("the end of the answer");
+    let rest = String::from_utf8_lossy(&rest).into_owned();
+    assert!(rest.contains("hello world"), "{rest}");
+    backend.await.unwrap();
+}
