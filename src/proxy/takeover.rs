@@ -140,9 +140,9 @@ async fn send_stream<Open>(
     mut stream: TcpStream,
     head: Vec<u8>,
     mut body: ResponseBody,
-    open: Open,
+    // Held, not used: an argument lives as long as the future.
+    _open: Open,
 ) {
-    let _open = open;
     if let Err(error) = stream.write_all(&head).await {
         tracing::debug!(%error, "client left before the stream's head was sent");
         return;

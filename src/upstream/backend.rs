@@ -505,7 +505,6 @@ async fn connect_step<T>(
         })
 }
 
-/// `work`, unless `deadline` passes first.
 /// `work`, or `None` once `deadline` passes; `work` goes first when both are ready. A struct
 /// over pinned references rather than an `async fn` with `select!`, which would hold `work` twice
 /// in every request's future.
