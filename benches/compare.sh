@@ -31,6 +31,9 @@
 #   PROXY_CPU, LOAD_CPU   CPU numbers for taskset (default 0 and 1)
 #   OUT             output directory (default: a new /tmp/switchyard-bench.* directory)
 #   SWITCHYARD_EXTRA  TOML appended to Switchyard's config, e.g. "[policy]"
+#   BENCH_TLS_KEY   the certificates' key type: rsa2048 (default) or ecdsa-p256
+#   BENCH_TLS_AES128  "yes": nginx and HAProxy also choose TLS_AES_128_GCM_SHA256 first, as
+#                   Switchyard does (default "no": their own defaults, AES-256 first)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,6 +44,14 @@ SCENARIOS=" ${BENCH_SCENARIOS:-post ws tls https sse} "
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 FIXED_RATE=${BENCH_FIXED_RATE:-}
+TLS_KEY=${BENCH_TLS_KEY:-rsa2048}
+TLS_AES128=${BENCH_TLS_AES128:-no}
+case $TLS_KEY in
+    rsa2048) NEWKEY=(-newkey rsa:2048) ;;
+    ecdsa-p256) NEWKEY=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1) ;;
+    *) echo "BENCH_TLS_KEY must be rsa2048 or ecdsa-p256, not $TLS_KEY" >&2; exit 2 ;;
+esac
+AES128_FIRST=TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
 OUT=${OUT:-$(mktemp -d /tmp/switchyard-bench.XXXXXX)}
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
@@ -141,9 +152,9 @@ raise_limits() {
 make_certificates() {
     local dir="$OUT/tls"
     mkdir -p "$dir"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=switchyard-bench-ca \
+    openssl req -x509 "${NEWKEY[@]}" -nodes -days 2 -subj /CN=switchyard-bench-ca \
         -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
-    openssl req -newkey rsa:2048 -nodes -subj /CN=localhost \
+    openssl req "${NEWKEY[@]}" -nodes -subj /CN=localhost \
         -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
     printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$dir/ext.cnf"
     openssl x509 -req -days 2 -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
@@ -176,6 +187,9 @@ http {
         ssl_certificate $OUT/tls/server.pem;
         ssl_certificate_key $OUT/tls/server.key;
         ssl_protocols TLSv1.3;
+$(if [[ $TLS_AES128 == yes ]]; then
+    printf '        ssl_prefer_server_ciphers on;\n        ssl_conf_command Ciphersuites %s;\n' "$AES128_FIRST"
+fi)
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -206,7 +220,8 @@ defaults
     timeout tunnel 1h
 frontend bench
     bind 127.0.0.1:${HTTP_PORT[haproxy]}
-    bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $OUT/tls/combined.pem ssl-min-ver TLSv1.3
+    bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $OUT/tls/combined.pem ssl-min-ver TLSv1.3$(
+        if [[ $TLS_AES128 == yes ]]; then printf ' ciphersuites %s' "$AES128_FIRST"; fi)
     default_backend backend
 backend backend
     server b1 127.0.0.1:$BACKEND_PORT
@@ -548,6 +563,7 @@ wait_port "$BACKEND_PORT"
     echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'), kernel $(uname -r)"
     echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "versions: $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $("$BIN" --version)"
+    echo "TLS: $TLS_KEY certificates, nginx and HAProxy choosing AES-128 first: $TLS_AES128"
 } | tee "$OUT/machine.txt" >&2
 for target in $TARGETS; do
     run_target "$target"

@@ -16,7 +16,7 @@ use std::sync::PoisonError;
 mod process;
 mod targets;
 
-pub use targets::{HEALTH_STATES, PROBE_OUTCOMES, TargetMetrics};
+pub use targets::{HEALTH_STATES, PROBE_OUTCOMES, RouteMetrics, TargetMetrics};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {

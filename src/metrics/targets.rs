@@ -6,7 +6,9 @@ use std::sync::{OnceLock, PoisonError};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::{BackendLabels, Metrics, ProbeLabels, RequestLabels, TransitionLabels};
+use super::{
+    BackendLabels, Metrics, ProbeLabels, RequestLabels, RouteLabels, RouteName, TransitionLabels,
+};
 
 /// Every outcome `switchyard_health_probes_total` counts (`ProbeOutcome::as_str`).
 pub const PROBE_OUTCOMES: [&str; 4] = ["pass", "bad_status", "timeout", "error"];
@@ -143,6 +145,56 @@ impl TargetMetrics {
     }
 }
 
+/// How many statuses of `switchyard_route_requests_total` one route keeps a handle for; a rarer
+/// status beyond these is counted through the family.
+const ROUTE_SLOTS: usize = 8;
+
+/// The series one route's answers move: like [`TargetMetrics`], handles taken on first use and
+/// kept for the snapshot's life, so counting an answer is an atomic add, not a hash of the
+/// route's name into the family under its lock. The family hands a rebuilt snapshot the same
+/// series, so counts carry over a reload.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    name: RouteName,
+    requests: [OnceLock<(u16, Counter)>; ROUTE_SLOTS],
+}
+
+impl RouteMetrics {
+    pub fn new(name: std::sync::Arc<str>) -> RouteMetrics {
+        RouteMetrics {
+            name: RouteName(name),
+            requests: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// `switchyard_route_requests_total` for this route and `status`.
+    pub fn count(&self, metrics: &Metrics, status: u16) {
+        for slot in &self.requests {
+            let (slot_status, counter) = slot.get_or_init(|| {
+                let counter = metrics
+                    .route_requests
+                    .get_or_create_owned(&self.labels(status));
+                (status, counter)
+            });
+            if *slot_status == status {
+                counter.inc();
+                return;
+            }
+        }
+        metrics
+            .route_requests
+            .get_or_create(&self.labels(status))
+            .inc();
+    }
+
+    fn labels(&self, status: u16) -> RouteLabels {
+        RouteLabels {
+            route: self.name.clone(),
+            status,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +238,30 @@ mod tests {
             latency,
             ["switchyard_upstream_response_seconds_count{pool=\"blue\",backend=\"10.0.0.1:80\"} 2"]
         );
+    }
+
+    #[test]
+    fn route_handles_count_into_the_family_and_carry_over_a_rebuild() {
+        let metrics = Metrics::new();
+        let route = RouteMetrics::new("github".into());
+        assert!(series(&metrics, "switchyard_route_requests_total").is_empty());
+        // More statuses than slots: the rest are counted through the family.
+        for status in 200..200 + ROUTE_SLOTS as u16 + 3 {
+            route.count(&metrics, status);
+        }
+        route.count(&metrics, 200);
+        // A reload builds new handles; they find the same series.
+        let rebuilt = RouteMetrics::new("github".into());
+        rebuilt.count(&metrics, 200);
+        let last = 200 + ROUTE_SLOTS as u16 + 2;
+        rebuilt.count(&metrics, last);
+        let requests = series(&metrics, "switchyard_route_requests_total");
+        assert_eq!(requests.len(), ROUTE_SLOTS + 3, "{requests:#?}");
+        let ok = "switchyard_route_requests_total{route=\"github\",status=\"200\"} 3";
+        assert!(requests.iter().any(|l| l == ok), "{requests:#?}");
+        let rare =
+            format!("switchyard_route_requests_total{{route=\"github\",status=\"{last}\"}} 2");
+        assert!(requests.contains(&rare), "{requests:#?}");
     }
 
     #[test]

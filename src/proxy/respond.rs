@@ -207,15 +207,19 @@ fn sse_watch(
 
 /// Counts a request per route; `None`: no route matched.
 pub(super) fn count_route(state: &State, route: Option<&Route>, status: StatusCode) {
-    let name = route.map_or_else(|| Arc::from(""), |r| Arc::clone(&r.name));
-    state
-        .metrics
-        .route_requests
-        .get_or_create(&RouteLabels {
-            route: RouteName(name),
-            status: status.as_u16(),
-        })
-        .inc();
+    match route {
+        Some(route) => route.metrics.count(&state.metrics, status.as_u16()),
+        None => {
+            state
+                .metrics
+                .route_requests
+                .get_or_create(&RouteLabels {
+                    route: RouteName(Arc::from("")),
+                    status: status.as_u16(),
+                })
+                .inc();
+        }
+    }
 }
 
 pub(super) fn count_request(

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::config::{HostMatch, PathMatch, RouteConfig};
+use crate::metrics::RouteMetrics;
 use crate::upstream::backend::Backend;
 use crate::upstream::balance::{self, Target};
 
@@ -31,6 +32,8 @@ pub struct Route {
     pub pools: Vec<usize>,
     /// The route's `[policy]` state (see `state::policy::attach`); `None`: requests pass blind.
     pub policy: Option<Arc<super::policy::PolicyState>>,
+    /// The route's metric handles.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 impl Route {
@@ -42,8 +45,10 @@ impl Route {
             .iter()
             .filter_map(|(name, weight)| Some((index(name)?, *weight)))
             .collect();
+        let name: Arc<str> = Arc::from(settings.name.as_str());
         Route {
-            name: Arc::from(settings.name.as_str()),
+            metrics: Arc::new(RouteMetrics::new(Arc::clone(&name))),
+            name,
             active_weight: active.iter().map(|(_, w)| *w).sum(),
             active,
             pools: settings.pools.iter().filter_map(|p| index(p)).collect(),

@@ -234,6 +234,81 @@ async fn handshake_with_a_client_that_trusts_the_test_ca() {
     assert!(metrics.contains("tls_handshakes"));
 }
 
+/// A client with rustls' (and OpenSSL's) default order, AES-256 first, or offering only the
+/// given suites.
+fn client_offering(pki: &Pki, suites: Option<&[rustls::CipherSuite]>) -> Arc<rustls::ClientConfig> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    assert_eq!(
+        provider.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        "the test needs a client that lists AES-256 first"
+    );
+    if let Some(suites) = suites {
+        provider
+            .cipher_suites
+            .retain(|suite| suites.contains(&suite.suite()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject as _;
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(pki.ca_path()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+#[tokio::test]
+async fn the_listener_picks_aes_128_even_when_the_client_lists_aes_256_first() {
+    let pki = Pki::new("suites");
+    let leaf = pki.leaf("localhost", &["localhost"]);
+    let backend = TestBackend::start("b1").await;
+    let config = with_listener(
+        config_for(&[("blue", &[&backend])], "\"blue\"", ""),
+        &tls_line(&leaf),
+    );
+    let proxy = TestProxy::start(&config).await;
+    let negotiated = async |client| {
+        let stream = tls_connect(proxy.address, "localhost", client)
+            .await
+            .unwrap();
+        let suite = stream
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .unwrap()
+            .suite();
+        let mut sender = http1(stream).await;
+        assert_eq!(
+            get(&mut sender, "/name").await,
+            (StatusCode::OK, "b1".into())
+        );
+        suite
+    };
+
+    use rustls::CipherSuite as S;
+    assert_eq!(
+        negotiated(client_offering(&pki, None)).await,
+        S::TLS13_AES_128_GCM_SHA256
+    );
+    // A client that offers neither AES suite still gets what it offers.
+    assert_eq!(
+        negotiated(client_offering(
+            &pki,
+            Some(&[S::TLS13_CHACHA20_POLY1305_SHA256])
+        ))
+        .await,
+        S::TLS13_CHACHA20_POLY1305_SHA256
+    );
+    assert_eq!(
+        negotiated(client_offering(&pki, Some(&[S::TLS13_AES_256_GCM_SHA384]))).await,
+        S::TLS13_AES_256_GCM_SHA384
+    );
+}
+
 #[tokio::test]
 async fn sni_selects_the_certificate() {
     let pki = Pki::new("sni");
