@@ -182,12 +182,25 @@ fn target_host(uri: &http::Uri, headers: &HeaderMap) -> Option<HeaderValue> {
 /// Drops header names with underscores, whoever sent them (CGI-style frameworks read
 /// `X_Forwarded_For` as `X-Forwarded-For`; nginx ignores such names by default), and, from
 /// peers that are not trusted proxies, every other client-address claim.
+///
+/// One pass over the names present finds what must go: a request that claims nothing costs no
+/// removals (removing an absent name still hashes it, ten times per request).
 fn strip_claims(headers: &mut HeaderMap, peer_trusted: bool) {
-    while let Some(name) = headers.keys().find(|n| n.as_str().contains('_')).cloned() {
-        headers.remove(&name);
+    let mut claims = 0u16;
+    let mut underscores = false;
+    for name in headers.keys() {
+        underscores |= name.as_str().contains('_');
+        if !peer_trusted && let Some(i) = CLIENT_CLAIMS.iter().position(|c| c == name) {
+            claims |= 1 << i;
+        }
     }
-    if !peer_trusted {
-        for name in &CLIENT_CLAIMS {
+    if underscores {
+        while let Some(name) = headers.keys().find(|n| n.as_str().contains('_')).cloned() {
+            headers.remove(&name);
+        }
+    }
+    for (i, name) in CLIENT_CLAIMS.iter().enumerate() {
+        if claims & (1 << i) != 0 {
             headers.remove(name);
         }
     }
@@ -201,30 +214,38 @@ fn forwarded_value(
     conn: &ConnInfo,
     peer_trusted: bool,
     host: Option<&HeaderValue>,
-) -> String {
-    use std::fmt::Write;
-    let mut value = String::new();
+) -> Vec<u8> {
+    // Sized once: `for=`, an address, `;proto=https` and a typical `;host="…"`.
+    let mut value = Vec::with_capacity(96);
     if peer_trusted {
         for earlier in headers.get_all(header::FORWARDED).iter() {
-            if let Ok(earlier) = earlier.to_str() {
-                let _ = write!(value, "{earlier}, ");
+            if earlier.to_str().is_ok() {
+                value.extend_from_slice(earlier.as_bytes());
+                value.extend_from_slice(b", ");
             }
         }
     }
-    let _ = match conn.peer.ip().to_canonical() {
-        IpAddr::V4(ip) => write!(value, "for={ip}"),
-        IpAddr::V6(ip) => write!(value, "for=\"[{ip}]\""),
-    };
-    value.push_str(if conn.tls {
-        ";proto=https"
+    let ip = conn.peer_text.as_bytes();
+    if ip.contains(&b':') {
+        value.extend_from_slice(b"for=\"[");
+        value.extend_from_slice(ip);
+        value.extend_from_slice(b"]\"");
     } else {
-        ";proto=http"
+        value.extend_from_slice(b"for=");
+        value.extend_from_slice(ip);
+    }
+    value.extend_from_slice(if conn.tls {
+        b";proto=https"
+    } else {
+        b";proto=http"
     });
     // A host is a quoted string: it may hold a colon, which a token may not.
     if let Some(host) = host.and_then(|h| h.to_str().ok())
         && !host.contains(['"', '\\'])
     {
-        let _ = write!(value, ";host=\"{host}\"");
+        value.extend_from_slice(b";host=\"");
+        value.extend_from_slice(host.as_bytes());
+        value.push(b'"');
     }
     value
 }
@@ -239,7 +260,7 @@ fn set_forwarded(
     host: Option<&HeaderValue>,
 ) {
     let forwarded = forwarded_value(headers, conn, peer_trusted, host);
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
         headers.insert(header::FORWARDED, value);
     }
     // A value that is not text is replaced, as an untrusted peer's is.
@@ -247,7 +268,13 @@ fn set_forwarded(
         .get(&X_FORWARDED_FOR)
         .filter(|v| peer_trusted && v.to_str().is_ok())
         .map(HeaderValue::as_bytes);
-    if let Some(value) = forwarded_for(existing, conn.peer.ip(), client_ip) {
+    let value = match existing {
+        None if client_ip.to_canonical() == conn.peer.ip().to_canonical() => {
+            Some(conn.peer_text.clone())
+        }
+        _ => forwarded_for(existing, conn.peer.ip(), client_ip),
+    };
+    if let Some(value) = value {
         headers.insert(&X_FORWARDED_FOR, value);
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -264,6 +291,19 @@ fn set_forwarded(
 
 /// The `X-Forwarded-For` value: the trusted peer appended to what it sent, or the client alone.
 /// Written straight into the value's bytes.
+/// `ip` as header text, in canonical form (an IPv4-mapped IPv6 address as IPv4).
+pub fn ip_text(ip: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    // The longest IPv6 text is 45 bytes.
+    let mut text = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    let written = write!(cursor, "{}", ip.to_canonical())
+        .ok()
+        .and_then(|()| usize::try_from(cursor.position()).ok())
+        .unwrap_or(0);
+    HeaderValue::from_bytes(&text[..written]).unwrap_or(HeaderValue::from_static(""))
+}
+
 fn forwarded_for(existing: Option<&[u8]>, peer: IpAddr, client_ip: IpAddr) -> Option<HeaderValue> {
     use std::io::Write;
     // The longest IPv6 text is 45 bytes.
@@ -317,12 +357,7 @@ mod tests {
     }
 
     fn conn(peer: &str, tls: bool) -> ConnInfo {
-        ConnInfo {
-            peer: peer.parse().unwrap(),
-            tls,
-            sni: None,
-            takeover: None,
-        }
+        ConnInfo::new(peer.parse().unwrap(), tls, None, None)
     }
 
     #[test]
@@ -333,16 +368,16 @@ mod tests {
         let v4 = conn("10.0.0.1:5000", true);
         assert_eq!(
             forwarded_value(&h, &v4, false, Some(&host)),
-            "for=10.0.0.1;proto=https;host=\"app.example:8443\""
+            b"for=10.0.0.1;proto=https;host=\"app.example:8443\""
         );
         assert_eq!(
             forwarded_value(&h, &v4, true, None),
-            "for=6.6.6.6, for=10.0.0.1;proto=https"
+            b"for=6.6.6.6, for=10.0.0.1;proto=https"
         );
         let v6 = conn("[2001:db8::1]:5000", false);
         assert_eq!(
             forwarded_value(&HeaderMap::new(), &v6, false, None),
-            "for=\"[2001:db8::1]\";proto=http"
+            b"for=\"[2001:db8::1]\";proto=http"
         );
     }
 

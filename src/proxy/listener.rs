@@ -214,12 +214,7 @@ async fn handshake_and_serve(
     let redirect = settings.redirect;
     let Some(tls) = settings.tls else {
         let (offer, taken) = Offer::new(stream.as_raw_fd());
-        let conn = ConnInfo {
-            peer,
-            tls: false,
-            sni: None,
-            takeover: Some(offer),
-        };
+        let conn = ConnInfo::new(peer, false, None, Some(offer));
         serve(
             stream,
             conn,
@@ -251,12 +246,7 @@ async fn handshake_and_serve(
     match accepted {
         Ok(Ok(stream)) => {
             let sni = stream.get_ref().1.server_name().map(Arc::from);
-            let conn = ConnInfo {
-                peer,
-                tls: true,
-                sni,
-                takeover: None,
-            };
+            let conn = ConnInfo::new(peer, true, sni, None);
             serve(stream, conn, redirect, state, http, shutdown, permit, None).await;
         }
         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),

@@ -40,11 +40,31 @@ use super::respond;
 pub struct ConnInfo {
     /// The client: the TCP peer, or the address a PROXY protocol header gave.
     pub peer: SocketAddr,
+    /// The peer's IP as text (canonical form), written once per connection: every request
+    /// carries it in `X-Forwarded-For` and `Forwarded`.
+    pub peer_text: HeaderValue,
     pub tls: bool,
     /// The name a TLS client sent in SNI: routes match it when the request names no host.
     pub sni: Option<Arc<str>>,
     /// Plain HTTP/1 connections only: where an endless stream leaves hyper.
     pub takeover: Option<super::takeover::Offer>,
+}
+
+impl ConnInfo {
+    pub fn new(
+        peer: SocketAddr,
+        tls: bool,
+        sni: Option<Arc<str>>,
+        takeover: Option<super::takeover::Offer>,
+    ) -> ConnInfo {
+        ConnInfo {
+            peer,
+            peer_text: super::headers::ip_text(peer.ip()),
+            tls,
+            sni,
+            takeover,
+        }
+    }
 }
 
 /// Everything about the request that the later phases still need once its head is gone.

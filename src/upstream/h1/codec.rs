@@ -9,6 +9,11 @@ use http::{Method, StatusCode, Version};
 pub const MAX_HEADERS: usize = 100;
 /// Bytes a response head may take, status line to blank line.
 pub const MAX_HEAD: usize = 64 * 1024;
+/// Room in a response's header map. hyper keeps the map of the response it wrote and parses the
+/// client's next request on that connection into it, and the proxy then adds up to five fields
+/// (`Forwarded`, `X-Forwarded-*`, `X-Request-Id`): with room for 12 a typical request fits
+/// without the map growing (a reallocation and a rehash per request otherwise).
+const HEADER_MAP_ROOM: usize = 12;
 
 /// How the request body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +126,7 @@ pub fn parse_head(
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    let mut headers = HeaderMap::with_capacity(response.headers.len().max(HEADER_MAP_ROOM));
     for field in response.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| "invalid response header name")?;
@@ -223,6 +228,12 @@ mod tests {
 
     fn head(wire: &str) -> Result<ResponseHead, &'static str> {
         parse_head(wire.as_bytes(), &Method::GET).map(|parsed| parsed.unwrap().0)
+    }
+
+    #[test]
+    fn a_small_answer_leaves_room_for_the_next_request_and_the_proxy_fields() {
+        let parsed = head("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n").unwrap();
+        assert!(parsed.headers.capacity() >= HEADER_MAP_ROOM);
     }
 
     #[test]
