@@ -289,9 +289,8 @@ fn set_forwarded(
     }
 }
 
-/// The `X-Forwarded-For` value: the trusted peer appended to what it sent, or the client alone.
-/// Written straight into the value's bytes.
-/// `ip` as header text, in canonical form (an IPv4-mapped IPv6 address as IPv4).
+/// `ip` as header text, in canonical form (an IPv4-mapped IPv6 address as IPv4), written
+/// straight into the value's bytes.
 pub fn ip_text(ip: IpAddr) -> HeaderValue {
     use std::io::Write;
     // The longest IPv6 text is 45 bytes.
@@ -304,25 +303,17 @@ pub fn ip_text(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_bytes(&text[..written]).unwrap_or(HeaderValue::from_static(""))
 }
 
+/// The `X-Forwarded-For` value: the trusted peer appended to what it sent, or the client alone.
 fn forwarded_for(existing: Option<&[u8]>, peer: IpAddr, client_ip: IpAddr) -> Option<HeaderValue> {
-    use std::io::Write;
-    // The longest IPv6 text is 45 bytes.
-    let mut ip = [0u8; 48];
-    let mut cursor = std::io::Cursor::new(&mut ip[..]);
-    let address = if existing.is_some() { peer } else { client_ip };
-    write!(cursor, "{}", address.to_canonical()).ok()?;
-    let written = usize::try_from(cursor.position()).ok()?;
-    let ip = &ip[..written];
-    match existing {
-        Some(existing) => {
-            let mut value = Vec::with_capacity(existing.len() + 2 + ip.len());
-            value.extend_from_slice(existing);
-            value.extend_from_slice(b", ");
-            value.extend_from_slice(ip);
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
-        }
-        None => HeaderValue::from_bytes(ip).ok(),
-    }
+    let Some(existing) = existing else {
+        return Some(ip_text(client_ip));
+    };
+    let peer = ip_text(peer);
+    let mut value = Vec::with_capacity(existing.len() + 2 + peer.len());
+    value.extend_from_slice(existing);
+    value.extend_from_slice(b", ");
+    value.extend_from_slice(peer.as_bytes());
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
 }
 
 #[cfg(test)]
