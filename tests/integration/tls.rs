@@ -186,9 +186,10 @@ async fn metrics_text(proxy: &TestProxy) -> String {
     get_text(&proxy.admin_url("/metrics")).await
 }
 
-#[tokio::test]
-async fn handshake_with_a_client_that_trusts_the_test_ca() {
-    let pki = Pki::new("handshake");
+/// A proxy with one TLS listener for `localhost` (a certificate from a fresh test CA) in front of
+/// backend `b1`; the CA's files and the backend live as long as the values returned.
+async fn localhost_tls_proxy(tag: &str) -> (Pki, TestBackend, TestProxy) {
+    let pki = Pki::new(tag);
     let leaf = pki.leaf("localhost", &["localhost"]);
     let backend = TestBackend::start("b1").await;
     let config = with_listener(
@@ -196,6 +197,12 @@ async fn handshake_with_a_client_that_trusts_the_test_ca() {
         &tls_line(&leaf),
     );
     let proxy = TestProxy::start(&config).await;
+    (pki, backend, proxy)
+}
+
+#[tokio::test]
+async fn handshake_with_a_client_that_trusts_the_test_ca() {
+    let (pki, _backend, proxy) = localhost_tls_proxy("handshake").await;
 
     let stream = tls_connect(
         proxy.address,
@@ -263,14 +270,7 @@ fn client_offering(pki: &Pki, suites: Option<&[rustls::CipherSuite]>) -> Arc<rus
 
 #[tokio::test]
 async fn the_listener_picks_aes_128_even_when_the_client_lists_aes_256_first() {
-    let pki = Pki::new("suites");
-    let leaf = pki.leaf("localhost", &["localhost"]);
-    let backend = TestBackend::start("b1").await;
-    let config = with_listener(
-        config_for(&[("blue", &[&backend])], "\"blue\"", ""),
-        &tls_line(&leaf),
-    );
-    let proxy = TestProxy::start(&config).await;
+    let (pki, _backend, proxy) = localhost_tls_proxy("suites").await;
     let negotiated = async |client| {
         let stream = tls_connect(proxy.address, "localhost", client)
             .await
