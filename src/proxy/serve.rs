@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
@@ -215,11 +216,12 @@ impl FirstRequest {
 }
 
 /// Runs a hyper connection to its end: closed without an answer if no request head arrived
-/// within `first_request`, shut down gracefully when `shutdown` is cancelled. The timer is
-/// looked at once, when it fires, so requests cost nothing but the service's flag store, and
-/// from then on only hyper's own timers apply. A connection still waiting for its first request
-/// when `shutdown` comes (a TLS client one round trip behind, or just a slow one) keeps waiting
-/// for [`FIRST_REQUEST_GRACE`] at most, so a request sent just before the signal is answered.
+/// within `first_request`, shut down gracefully when `shutdown` is cancelled. Once the service
+/// has flagged the first request, the timer is dropped (taken out of the runtime's wheel) and
+/// only hyper's own timers apply, so later wake-ups of a keep-alive connection poll the
+/// connection and nothing else. A connection still waiting for its first request when
+/// `shutdown` comes (a TLS client one round trip behind, or just a slow one) keeps waiting for
+/// [`FIRST_REQUEST_GRACE`] at most, so a request sent just before the signal is answered.
 pub async fn drive<C, E>(
     mut connection: Pin<&mut C>,
     graceful_shutdown: impl Fn(Pin<&mut C>),
@@ -230,30 +232,33 @@ pub async fn drive<C, E>(
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let first_deadline = tokio::time::sleep(first_request);
+    let first_deadline = Some(tokio::time::sleep(first_request));
     tokio::pin!(first_deadline);
-    let mut watching = true;
     let mut shutting_down = false;
     let result = loop {
+        let watching = first_deadline.is_some();
         tokio::select! {
+            // The connection first: it is what wakes the task nearly every time.
+            biased;
             result = connection.as_mut() => break result,
             () = shutdown.cancelled(), if !shutting_down => {
                 shutting_down = true;
-                if watching && !first.0.load(Ordering::Relaxed) {
-                    let grace_end = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
-                    if grace_end < first_deadline.deadline() {
-                        first_deadline.as_mut().reset(grace_end);
+                match first_deadline.as_mut().as_pin_mut() {
+                    Some(deadline) if !first.0.load(Ordering::Relaxed) => {
+                        let grace_end = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
+                        if grace_end < deadline.deadline() {
+                            deadline.reset(grace_end);
+                        }
                     }
-                } else {
-                    graceful_shutdown(connection.as_mut());
+                    _ => graceful_shutdown(connection.as_mut()),
                 }
             }
-            () = first_deadline.as_mut(), if watching => {
-                if !first.0.load(Ordering::Relaxed) {
+            arrived = first_or_deadline(first, first_deadline.as_mut()), if watching => {
+                if !arrived {
                     tracing::debug!(?first_request, "no request head in time; connection closed");
                     return;
                 }
-                watching = false;
+                first_deadline.set(None);
                 if shutting_down {
                     graceful_shutdown(connection.as_mut());
                 }
@@ -263,6 +268,23 @@ pub async fn drive<C, E>(
     if let Err(error) = result {
         tracing::debug!(%error, "client connection ended with an error");
     }
+}
+
+/// `true` as soon as the first request has arrived, `false` when the deadline passes first.
+async fn first_or_deadline(
+    first: &FirstRequest,
+    mut deadline: Pin<&mut Option<tokio::time::Sleep>>,
+) -> bool {
+    std::future::poll_fn(|cx| {
+        if first.0.load(Ordering::Relaxed) {
+            return Poll::Ready(true);
+        }
+        match deadline.as_mut().as_pin_mut() {
+            Some(sleep) => sleep.poll(cx).map(|()| false),
+            None => Poll::Ready(true),
+        }
+    })
+    .await
 }
 
 /// The `301` of a redirect listener (nginx: `return 301 https://$host$request_uri`).
