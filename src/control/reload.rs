@@ -30,8 +30,10 @@ pub enum ReloadError {
 /// Reloads from the file the running config came from: files are read and parsed on a blocking
 /// thread (a config on a slow or remote mount must not hold up a runtime worker and the
 /// connections on it), then the names the new config adds are resolved, then it is swapped in.
-/// Every reload (admin, SIGHUP, the file watcher) comes through here.
+/// Every reload (admin, SIGHUP, the file watcher) comes through here, one at a time: one that
+/// read the file before an edit must not swap in after one that read it since.
 pub async fn reload_off_runtime(state: Arc<State>) -> Result<u64, ReloadError> {
+    let _one_at_a_time = state.reloading.lock().await;
     super::notify::reloading();
     let reader = Arc::clone(&state);
     let prepared = tokio::task::spawn_blocking(move || {
@@ -74,6 +76,7 @@ fn record(state: &State, outcome: &Result<u64, ReloadError>) {
 /// comes from the new snapshot for each connection accepted after the swap. Nothing changes
 /// unless every step succeeds.
 pub async fn apply(state: &State, config: Config) -> Result<u64, ReloadError> {
+    let _one_at_a_time = state.reloading.lock().await;
     let ready = prepare(state, config)?;
     commit(state, ready).await
 }

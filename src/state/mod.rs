@@ -32,6 +32,9 @@ pub struct State {
     snapshot: ArcSwap<Snapshot>,
     /// Serialises snapshot writers (reloads, the drain reaper) so none loses another's change.
     writer: Mutex<()>,
+    /// Held by a reload from reading its file to its swap, so reloads that overlap (SIGHUP while
+    /// an admin reload waits on a slow nameserver) apply in the order they read the file.
+    pub reloading: tokio::sync::Mutex<()>,
     pub sessions: Arc<SessionTable>,
     pub metrics: Metrics,
     /// Parent of every backend's stream token: cancelling it closes all streams (shutdown).
@@ -57,6 +60,7 @@ impl State {
         State {
             snapshot: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(()),
+            reloading: tokio::sync::Mutex::new(()),
             sessions,
             metrics,
             stream_root,

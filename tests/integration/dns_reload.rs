@@ -2,11 +2,15 @@
 //! of new names serves from the first request after the reload returns.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use switchyard::control::reload::reload_off_runtime;
 
 use crate::reload::proxy_from_file;
 use crate::scale::TestDns;
-use crate::support::{TestBackend, TestProxy, client, get_text};
+use crate::support::{TestBackend, TestProxy, client, eventually, get_text};
 
 /// The blue pool by address, and discovery on (with an interval long enough that only a reload
 /// can be what resolves a new name in time).
@@ -84,4 +88,43 @@ async fn a_new_name_that_does_not_resolve() {
     let pool = snapshot.pools.iter().find(|p| &*p.name == "fleet").unwrap();
     assert!(pool.members.is_empty());
     assert_eq!(get_text(&proxy.url("/name")).await, "blue");
+}
+
+/// Two reloads at once (an admin call while a SIGHUP's reload waits on a slow nameserver): the
+/// file as the later one read it is what stays in force. Fails on a build that runs reloads side
+/// by side: the later one, with no name to resolve, commits first, and the earlier one then swaps
+/// in the file as it was before the edit.
+#[tokio::test]
+async fn overlapping_reloads_leave_the_newest_file_in_force() {
+    let blue = TestBackend::start("blue").await;
+    let fleet = TestBackend::start("fleet").await;
+    let dns = TestDns::start(&[Ipv4Addr::LOCALHOST]).await;
+    dns.delay_ms.store(1_000, Ordering::SeqCst);
+    let (path, proxy, shutdown) = proxy_from_file("dns-overlap", &config(&blue, &dns, None)).await;
+    let base = format!("http://{}", proxy.listeners()[0]);
+    let state = Arc::clone(proxy.state());
+
+    let port = fleet.address.port();
+    std::fs::write(&path, config(&blue, &dns, Some((port, "fleet")))).unwrap();
+    let earlier = tokio::spawn(reload_off_runtime(Arc::clone(&state)));
+    // It has read the file once its new name reaches the nameserver.
+    eventually(
+        "the first reload's query",
+        Duration::from_secs(10),
+        async || (dns.queries() > 0).then_some(()),
+    )
+    .await;
+    std::fs::write(&path, config(&blue, &dns, None)).unwrap();
+    let later = reload_off_runtime(Arc::clone(&state)).await.unwrap();
+    let earlier = earlier.await.unwrap().unwrap();
+
+    assert!(
+        later > earlier,
+        "generations: earlier {earlier}, later {later}"
+    );
+    let snapshot = state.snapshot();
+    assert!(snapshot.pools.iter().all(|p| &*p.name != "fleet"));
+    assert_eq!(get_text(&format!("{base}/name")).await, "blue");
+    shutdown.cancel();
+    proxy.wait().await;
 }

@@ -515,6 +515,11 @@ impl TestDns {
         dns
     }
 
+    /// Queries received so far.
+    pub(crate) fn queries(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn set(&self, answers: &[Ipv4Addr]) {
         *self.answers.lock().unwrap() = answers.to_vec();
     }
