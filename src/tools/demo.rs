@@ -294,5 +294,6 @@ mod tests {
         assert_eq!(config.listeners.len(), 2);
         assert!(config.listeners[1].tls.is_some());
         assert!(text.contains("active = \"blue\""));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

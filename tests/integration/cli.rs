@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use crate::support::TempFile;
+
 fn switchyard(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(args)
@@ -14,12 +16,9 @@ fn switchyard(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("switchyard-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+/// `name` holding `text`, in a directory of its own removed when the result is dropped.
+fn write_config(name: &str, text: &str) -> TempFile {
+    TempFile::new("cli", name, text)
 }
 
 #[test]

@@ -18,12 +18,11 @@ struct RunningDemo {
     plain: String,
     https: (String, String),
     admin: String,
-    dir: std::path::PathBuf,
+    dir: TempDir,
 }
 
 fn start_demo(tag: &str) -> RunningDemo {
-    let dir =
-        std::env::temp_dir().join(format!("switchyard-demo-test-{tag}-{}", std::process::id()));
+    let dir = TempDir::new(&format!("demo-test-{tag}"));
     let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args([
             "demo",
@@ -169,7 +168,6 @@ async fn stops_on(signal: &str) {
     .expect("the demo stops within the drain time")
     .unwrap();
     assert_eq!(status.code(), Some(0));
-    let _ = std::fs::remove_dir_all(&demo.dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

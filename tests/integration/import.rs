@@ -31,10 +31,8 @@ fn switchyard(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("switchyard-import-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(test: &str) -> TempDir {
+    TempDir::new(&format!("import-{test}"))
 }
 
 #[test]

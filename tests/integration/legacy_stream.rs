@@ -61,8 +61,7 @@ async fn padded_legacy_backend(padding: usize) -> std::net::SocketAddr {
 async fn sealed_endpoint_found_after_comment_blocks() {
     let padding = 6 * 1024;
     let backend = padded_legacy_backend(padding).await;
-    let keys = std::env::temp_dir().join(format!("switchyard-legacy-{}.keys", std::process::id()));
-    std::fs::write(&keys, format!("{KEY}\n")).unwrap();
+    let keys = TempFile::new("legacy", "seal.keys", &format!("{KEY}\n"));
     let config = config_for_addresses(
         &[("blue", &[backend])],
         "\"blue\"",

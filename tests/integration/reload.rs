@@ -397,18 +397,15 @@ async fn removed_backend_serves_sessions_until_its_drain_ends() {
 #[tokio::test]
 async fn sigterm_finishes_in_flight_calls_then_exits_zero() {
     let backend = TestBackend::start("b1").await;
-    let dir = std::env::temp_dir().join(format!("switchyard-sigterm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("switchyard.toml");
-    std::fs::write(
-        &path,
-        config_for(
+    let path = TempFile::new(
+        "sigterm",
+        "switchyard.toml",
+        &config_for(
             &[("blue", &[&backend])],
             "\"blue\"",
             "[timeouts]\ndrain = \"5s\"\n",
         ),
-    )
-    .unwrap();
+    );
     let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["run", "--config", path.to_str().unwrap()])
         .stdout(Stdio::null())
@@ -494,19 +491,17 @@ async fn sigterm_finishes_in_flight_calls_then_exits_zero() {
     );
 }
 
-/// Writes `text` to a fresh file for one test and starts the proxy from it, as `run` does.
+/// Writes `text` to a fresh file for one test (removed when the returned file is dropped) and
+/// starts the proxy from it, as `run` does.
 pub(crate) async fn proxy_from_file(
     name: &str,
     text: &str,
 ) -> (
-    std::path::PathBuf,
+    TempFile,
     switchyard::control::server::Proxy,
     tokio_util::sync::CancellationToken,
 ) {
-    let dir = std::env::temp_dir().join(format!("switchyard-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("switchyard.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = TempFile::new(name, "switchyard.toml", text);
     let config = switchyard::config::Config::load(&path).unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let proxy = switchyard::control::server::Proxy::start(config, shutdown.clone())

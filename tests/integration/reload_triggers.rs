@@ -66,7 +66,7 @@ async fn admin_reload_reads_files_off_the_runtime() {
     let admin = proxy.admin().unwrap();
     std::fs::remove_file(&path).unwrap();
     let made = std::process::Command::new("mkfifo")
-        .arg(&path)
+        .arg(&*path)
         .status()
         .unwrap();
     assert!(made.success());
@@ -84,7 +84,7 @@ async fn admin_reload_reads_files_off_the_runtime() {
     });
     // The slow file: its content arrives only after a second, from a thread of its own.
     let writer = std::thread::spawn({
-        let path = path.clone();
+        let path = path.to_path_buf();
         move || {
             std::thread::sleep(Duration::from_secs(1));
             std::fs::write(&path, text).unwrap();

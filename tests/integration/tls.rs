@@ -17,34 +17,6 @@ use switchyard::config::{Config, LoadedConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-/// A directory under the system temp dir, removed when the test ends.
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "switchyard-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A test CA that issues leaf certificates into a temp dir.
 pub(crate) struct Pki {
     dir: TempDir,
@@ -436,7 +408,7 @@ async fn reload_with_a_broken_certificate_changes_nothing() {
     let base = config_for(&[("blue", &[&backend])], "\"blue\"", "");
     let proxy = TestProxy::start(&with_listener(base.clone(), &tls_line(&good))).await;
     let missing = Leaf {
-        cert: pki.dir.0.join("missing.pem"),
+        cert: pki.dir.join("missing.pem"),
         key: good.key.clone(),
         der: Vec::new(),
     };
@@ -649,7 +621,7 @@ fn missing_unreadable_and_mismatched_tls_files_are_config_errors() {
             "[[listener]]\nbind = \"127.0.0.1:0\"\n{tls}\n\n[pools.blue]\nbackends = [\"127.0.0.1:1\"]\n\n[routing]\nactive = \"blue\"\n"
         )
     };
-    let missing = pki.dir.0.join("nope.pem");
+    let missing = pki.dir.join("nope.pem");
     let cases = [
         (
             format!(
@@ -715,7 +687,7 @@ fn switchyard_check_names_the_bad_certificate_file() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     // Relative paths resolve against the config file's directory.
-    let expected = dir.0.join("certs/missing.pem");
+    let expected = dir.join("certs/missing.pem");
     assert!(stderr.contains(&expected.display().to_string()), "{stderr}");
     assert!(stderr.contains("switchyard.toml:3:"), "{stderr}");
 }

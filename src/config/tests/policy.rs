@@ -96,4 +96,5 @@ fn a_jwks_file_is_loaded_and_a_missing_one_refused_at_its_place() {
         loaded.loaded.jwks_files[&dir.join("jwks.json")].keys.len(),
         1
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -265,6 +265,7 @@ fn admin_token_is_read_relative_to_the_config_and_never_printed() {
         err.contains(":16:14: cannot read admin token file"),
         "{err}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

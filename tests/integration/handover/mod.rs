@@ -13,18 +13,16 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::KillOnDrop;
+use crate::support::{KillOnDrop, TempDir};
 
 mod notify;
 mod restart;
 mod start;
 
-/// A fresh directory for one test's config and sockets.
-fn test_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sy-handover-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory for one test's config and sockets, removed when the test ends. The tag is
+/// short: a Unix socket's path must fit in 108 bytes.
+fn test_dir(test: &str) -> TempDir {
+    TempDir::new(&format!("ho-{test}"))
 }
 
 fn write(path: &Path, text: &str) {

@@ -51,7 +51,7 @@ impl NotifySocket {
     }
 }
 
-fn notified_config(test: &str, backend: &TestBackend) -> (PathBuf, PathBuf) {
+fn notified_config(test: &str, backend: &TestBackend) -> (TempDir, PathBuf) {
     let dir = test_dir(test);
     let config = dir.join("switchyard.toml");
     let lifecycle = "[lifecycle]\nupgrade_socket = \"up.sock\"\n";

@@ -8,17 +8,19 @@ use std::process::Command;
 use super::{TOKEN, call, initialize, parse_exposition, scrape, total, write_config};
 use crate::support::*;
 
-/// A config whose admin listener wants [`TOKEN`], read from a file as operators would.
-fn token_config(backend: &TestBackend, test: &str) -> String {
-    let token_file = write_config(test, "").with_file_name("admin-token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    config_for(&[("blue", &[backend])], "\"blue\"", "").replace(
+/// A config whose admin listener wants [`TOKEN`], read from a file as operators would, and the
+/// directory holding that file.
+fn token_config(backend: &TestBackend, test: &str) -> (String, TempDir) {
+    let dir = TempDir::new(&format!("ops-{test}"));
+    let token_file = dir.write("admin-token", &format!("{TOKEN}\n"));
+    let text = config_for(&[("blue", &[backend])], "\"blue\"", "").replace(
         "[admin]\nbind = \"127.0.0.1:0\"\n",
         &format!(
             "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
             token_file.display()
         ),
-    )
+    );
+    (text, dir)
 }
 
 #[tokio::test]
@@ -45,7 +47,8 @@ async fn admin_refuses_a_public_bind_without_a_token() {
 #[tokio::test]
 async fn admin_requests_need_the_token_when_one_is_set() {
     let a = TestBackend::start("b1").await;
-    let proxy = TestProxy::start(&token_config(&a, "token")).await;
+    let (text, _token_dir) = token_config(&a, "token");
+    let proxy = TestProxy::start(&text).await;
     let client = client();
     for probe in ["/healthz", "/readyz"] {
         let reply = client.get(proxy.admin_url(probe)).send().await.unwrap();

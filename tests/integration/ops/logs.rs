@@ -212,4 +212,6 @@ async fn access_lines_name_the_mcp_method_and_tool_with_policy() {
     assert_eq!(line["mcp_method"], "tools/call", "{line}");
     assert_eq!(line["mcp_tool"], "echo", "{line}");
     assert_eq!(line["path"], "/echo", "{line}");
+    // Stopped as a service manager would: a killed proxy leaves its upgrade socket in /tmp.
+    proxy.stop().await;
 }

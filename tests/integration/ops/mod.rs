@@ -6,7 +6,6 @@
 //! proxy. The tests are in the submodules, one per concern.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use crate::support::*;
 
@@ -21,12 +20,9 @@ mod stale_series;
 
 const TOKEN: &str = "ops-test-token-0123456789abcdef";
 
-fn write_config(test: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("switchyard-ops-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("switchyard.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+/// `switchyard.toml` in a directory of its own, both removed when the result is dropped.
+fn write_config(test: &str, text: &str) -> TempFile {
+    TempFile::new(&format!("ops-{test}"), "switchyard.toml", text)
 }
 
 /// One sample of the Prometheus/OpenMetrics text format.

@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::{TOKEN, write_config};
+use super::TOKEN;
+use crate::support::TempDir;
 
 fn check(path: &Path) -> (i32, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -44,7 +45,8 @@ fn docker_configs_pass_check() {
                 "{}: the token comes from a mounted secret, not the image: {mounted}",
                 path.display()
             );
-            let dir = write_config(&format!("docker-{checked}"), "").with_file_name("mounted");
+            let scratch = TempDir::new(&format!("ops-docker-{checked}"));
+            let dir = scratch.join("mounted");
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("admin-token"), TOKEN).unwrap();
             let local = dir.join("switchyard.toml");
@@ -84,7 +86,8 @@ fn kubernetes_configmap_passes_check() {
         .iter()
         .map(|l| format!("{}\n", l.get(indent..).unwrap_or("")))
         .collect();
-    let dir = write_config("kubernetes", "").with_file_name("config");
+    let scratch = TempDir::new("ops-kubernetes");
+    let dir = scratch.join("config");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("switchyard.toml");
     std::fs::write(&path, &toml).unwrap();

@@ -13,7 +13,7 @@ use super::*;
 struct Setup {
     backend: TestBackend,
     proxy: TestProxy,
-    dir: std::path::PathBuf,
+    dir: TempDir,
 }
 
 async fn setup(test: &str, signers: &[&Signer], extra: &str) -> Setup {

@@ -130,10 +130,8 @@ pub fn seconds_from_now(offset: i64) -> Value {
 }
 
 /// A temporary directory for one test's key files.
-pub fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("switchyard-policy-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+pub fn temp_dir(test: &str) -> TempDir {
+    TempDir::new(&format!("policy-{test}"))
 }
 
 /// Writes the public keys of `signers` as `jwks.json` in `dir`; returns its path.
