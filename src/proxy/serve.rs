@@ -186,7 +186,16 @@ pub async fn serve<IO>(
         &shutdown,
     );
     let taken = tokio::select! {
-        () = served => None,
+        ended = served => {
+            if ended == Ended::NoRequest {
+                state
+                    .metrics
+                    .client_errors
+                    .get_or_create(&crate::metrics::ReasonLabels { reason: "no_request" })
+                    .inc();
+            }
+            None
+        }
         Ok(taken) = taken_over(takeover) => Some(taken),
     };
     if let Some(taken) = taken {
@@ -228,7 +237,8 @@ pub async fn drive<C, E>(
     first: &FirstRequest,
     first_request: Duration,
     shutdown: &CancellationToken,
-) where
+) -> Ended
+where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
@@ -256,7 +266,7 @@ pub async fn drive<C, E>(
             arrived = first_or_deadline(first, first_deadline.as_mut()), if watching => {
                 if !arrived {
                     tracing::debug!(?first_request, "no request head in time; connection closed");
-                    return;
+                    return Ended::NoRequest;
                 }
                 first_deadline.set(None);
                 if shutting_down {
@@ -268,6 +278,16 @@ pub async fn drive<C, E>(
     if let Err(error) = result {
         tracing::debug!(%error, "client connection ended with an error");
     }
+    Ended::Closed
+}
+
+/// How [`drive`] ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Served to its end: closed by either side, by an error, or by a shutdown.
+    Closed,
+    /// Closed by the first-request timer: no request head arrived.
+    NoRequest,
 }
 
 /// `true` as soon as the first request has arrived, `false` when the deadline passes first.

@@ -98,6 +98,42 @@ async fn silent_connections_are_closed_at_the_header_timeout() {
     assert_eq!(get_text(&proxy.url("/name")).await, "b1");
 }
 
+/// Connections closed for sending no request at all are counted, so an operator sees scanners
+/// and slowloris clients in the metrics (nginx logs them as 400/408); a served connection and an
+/// idle keep-alive one after a request are not.
+#[tokio::test]
+async fn connections_that_send_no_request_are_counted() {
+    let backend = TestBackend::start("b1").await;
+    let config = config_for(&[("blue", &[&backend])], "\"blue\"", &header_timeout(""));
+    let proxy = TestProxy::start(&config).await;
+    let no_request = || async {
+        let samples = crate::ops::scrape(&proxy).await;
+        crate::ops::total(
+            &samples,
+            "switchyard_client_errors_total",
+            &[("reason", "no_request")],
+        )
+    };
+    assert_eq!(no_request().await, 0.0);
+
+    let mut served = TcpStream::connect(proxy.address).await.unwrap();
+    served
+        .write_all(b"GET /name HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let silent = [b"" as &[u8], b"PRI * HTTP/2.0\r\n"].map(|bytes| async move {
+        let mut stream = TcpStream::connect(proxy.address).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        closed_after(&mut stream).await
+    });
+    for closed in futures_util::future::join_all(silent).await {
+        assert_closed_by_the_header_timeout("a connection with no request", closed);
+    }
+    // The keep-alive connection, idle since its answer, is closed by the header timeout too.
+    assert!(closed_after(&mut served).await.is_some());
+    assert_eq!(no_request().await, 2.0);
+}
+
 #[tokio::test]
 async fn after_a_proxy_header_a_silent_connection_is_closed_at_the_header_timeout() {
     let backend = TestBackend::start("b1").await;
