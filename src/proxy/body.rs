@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::serve::OpenStream;
 use crate::mcp::session::SessionSlot;
 use crate::mcp::sse::{BoundaryTracker, DRAIN_RETRY, EndpointScanner, KEEPALIVE};
 use crate::state::State;
@@ -288,6 +289,8 @@ pub struct UpstreamParts {
 pub enum ResponseBody {
     Full(Option<Bytes>),
     Upstream(Box<UpstreamBody>),
+    /// An HTTP/2 stream's answer, which keeps the stream counted open until it is dropped.
+    Counted(Box<(ResponseBody, OpenStream)>),
 }
 
 impl ResponseBody {
@@ -297,6 +300,10 @@ impl ResponseBody {
 
     pub fn empty() -> ResponseBody {
         ResponseBody::Full(None)
+    }
+
+    pub fn counted(body: ResponseBody, stream: OpenStream) -> ResponseBody {
+        ResponseBody::Counted(Box::new((body, stream)))
     }
 
     pub fn upstream(mut parts: UpstreamParts) -> ResponseBody {
@@ -337,6 +344,7 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Upstream(body) => body.poll_frame(cx),
+            ResponseBody::Counted(counted) => Pin::new(&mut counted.0).poll_frame(cx),
         }
     }
 
@@ -344,6 +352,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(bytes) => bytes.is_none(),
             ResponseBody::Upstream(body) => body.inner.is_none() && !body.close_next,
+            ResponseBody::Counted(counted) => counted.0.is_end_stream(),
         }
     }
 
@@ -357,6 +366,7 @@ impl Body for ResponseBody {
                 .as_ref()
                 .filter(|_| body.sse.is_none())
                 .map_or_else(SizeHint::default, Body::size_hint),
+            ResponseBody::Counted(counted) => counted.0.size_hint(),
         }
     }
 }

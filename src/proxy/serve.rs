@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Limits, Redirect};
@@ -160,17 +161,23 @@ pub async fn serve<IO>(
     let redirect = redirect.map(Arc::new);
     let first = FirstRequest::default();
     let arrived = first.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
         arrived.arrived();
+        // HTTP/2 streams are counted until their last byte: the connection's idle time.
+        let stream = (request.version() == http::Version::HTTP_2).then(|| arrived.stream());
         let state = Arc::clone(&service_state);
         let conn = Arc::clone(&conn);
         let redirect = redirect.clone();
         // Boxed: hyper keeps a slot the size of the service future for the whole connection, so
         // an unboxed one would hold a whole request's state per idle keep-alive or SSE connection.
         Box::pin(async move {
-            Ok::<_, Infallible>(match redirect {
+            let response = match redirect {
                 Some(redirect) => redirect_response(&redirect, &request),
                 None => request::handle(state, conn, request).await,
+            };
+            Ok::<_, Infallible>(match stream {
+                Some(stream) => response.map(|body| ResponseBody::counted(body, stream)),
+                None => response,
             })
         })
     });
@@ -214,23 +221,88 @@ async fn taken_over(
     }
 }
 
-/// Set by the service when it is called: the connection's first request head has arrived.
+/// What the service tells [`drive`] about a connection: whether its first request head has
+/// arrived, and for HTTP/2 how many streams are open and when the last one ended.
 #[derive(Debug, Clone, Default)]
-pub struct FirstRequest(Arc<AtomicBool>);
+pub struct FirstRequest(Arc<Activity>);
+
+#[derive(Debug)]
+struct Activity {
+    arrived: AtomicBool,
+    http2: AtomicBool,
+    open_streams: AtomicUsize,
+    /// When the last stream ended, as nanoseconds since `opened`.
+    last_end: AtomicU64,
+    opened: Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            arrived: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            open_streams: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+            opened: Instant::now(),
+        }
+    }
+}
 
 impl FirstRequest {
     pub fn arrived(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.arrived.store(true, Ordering::Relaxed);
+    }
+
+    fn has_arrived(&self) -> bool {
+        self.0.arrived.load(Ordering::Relaxed)
+    }
+
+    fn is_http2(&self) -> bool {
+        self.0.http2.load(Ordering::Relaxed)
+    }
+
+    /// An HTTP/2 stream begins; it is open until the guard is dropped (with its response body).
+    pub fn stream(&self) -> OpenStream {
+        self.0.http2.store(true, Ordering::Relaxed);
+        self.0.open_streams.fetch_add(1, Ordering::AcqRel);
+        OpenStream(Arc::clone(&self.0))
+    }
+
+    /// Since when an HTTP/2 connection has had no open stream; `None` while one is open.
+    fn idle_since(&self) -> Option<Instant> {
+        let activity = &self.0;
+        if activity.open_streams.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let nanos = activity.last_end.load(Ordering::Acquire);
+        Some(activity.opened + Duration::from_nanos(nanos))
+    }
+}
+
+/// An open HTTP/2 stream of a connection, carried by its response body to the last byte.
+#[derive(Debug)]
+pub struct OpenStream(Arc<Activity>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let since_open = Instant::now().saturating_duration_since(self.0.opened);
+        let nanos = u64::try_from(since_open.as_nanos()).unwrap_or(u64::MAX);
+        self.0.last_end.fetch_max(nanos, Ordering::AcqRel);
+        self.0.open_streams.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Runs a hyper connection to its end: closed without an answer if no request head arrived
 /// within `first_request`, shut down gracefully when `shutdown` is cancelled. Once the service
-/// has flagged the first request, the timer is dropped (taken out of the runtime's wheel) and
-/// only hyper's own timers apply, so later wake-ups of a keep-alive connection poll the
-/// connection and nothing else. A connection still waiting for its first request when
-/// `shutdown` comes (a TLS client one round trip behind, or just a slow one) keeps waiting for
-/// [`FIRST_REQUEST_GRACE`] at most, so a request sent just before the signal is answered.
+/// has flagged the first request, the first-request timer is dropped (taken out of the
+/// runtime's wheel), so later wake-ups of a keep-alive connection poll the connection and
+/// nothing else. HTTP/1's idle keep-alive is hyper's header timer; an HTTP/2 connection, which
+/// hyper keeps open for as long as the client answers its pings, is shut down (GOAWAY) once it
+/// has had no open stream for `first_request` too, as nginx's `keepalive_timeout` does. That
+/// timer is looked at only when it fires and re-armed from the last stream's end, not touched
+/// per request. A connection still waiting for its first request when `shutdown` comes (a TLS
+/// client one round trip behind, or just a slow one) keeps waiting for [`FIRST_REQUEST_GRACE`]
+/// at most, so a request sent just before the signal is answered.
 pub async fn drive<C, E>(
     mut connection: Pin<&mut C>,
     graceful_shutdown: impl Fn(Pin<&mut C>),
@@ -244,9 +316,12 @@ where
 {
     let first_deadline = Some(tokio::time::sleep(first_request));
     tokio::pin!(first_deadline);
+    let idle_check: Option<tokio::time::Sleep> = None;
+    tokio::pin!(idle_check);
     let mut shutting_down = false;
     let result = loop {
         let watching = first_deadline.is_some();
+        let idle_watching = idle_check.is_some() && !shutting_down;
         tokio::select! {
             // The connection first: it is what wakes the task nearly every time.
             biased;
@@ -254,8 +329,8 @@ where
             () = shutdown.cancelled(), if !shutting_down => {
                 shutting_down = true;
                 match first_deadline.as_mut().as_pin_mut() {
-                    Some(deadline) if !first.0.load(Ordering::Relaxed) => {
-                        let grace_end = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
+                    Some(deadline) if !first.has_arrived() => {
+                        let grace_end = Instant::now() + FIRST_REQUEST_GRACE;
                         if grace_end < deadline.deadline() {
                             deadline.reset(grace_end);
                         }
@@ -271,6 +346,22 @@ where
                 first_deadline.set(None);
                 if shutting_down {
                     graceful_shutdown(connection.as_mut());
+                }
+                if first.is_http2() {
+                    idle_check.set(Some(tokio::time::sleep(first_request)));
+                }
+            }
+            () = until_due(idle_check.as_mut()), if idle_watching => {
+                let now = Instant::now();
+                match first.idle_since() {
+                    Some(since) if now.saturating_duration_since(since) >= first_request => {
+                        tracing::debug!(idle = ?first_request, "HTTP/2 connection idle; GOAWAY");
+                        graceful_shutdown(connection.as_mut());
+                        idle_check.set(None);
+                    }
+                    Some(since) => reset(idle_check.as_mut(), since + first_request),
+                    // A stream is open: look again later.
+                    None => reset(idle_check.as_mut(), now + first_request),
                 }
             }
         }
@@ -290,13 +381,27 @@ pub enum Ended {
     NoRequest,
 }
 
+/// Waits for the timer in `slot`; never, if there is none.
+async fn until_due(mut slot: Pin<&mut Option<tokio::time::Sleep>>) {
+    match slot.as_mut().as_pin_mut() {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
+    }
+}
+
+fn reset(mut slot: Pin<&mut Option<tokio::time::Sleep>>, at: Instant) {
+    if let Some(sleep) = slot.as_mut().as_pin_mut() {
+        sleep.reset(at);
+    }
+}
+
 /// `true` as soon as the first request has arrived, `false` when the deadline passes first.
 async fn first_or_deadline(
     first: &FirstRequest,
     mut deadline: Pin<&mut Option<tokio::time::Sleep>>,
 ) -> bool {
     std::future::poll_fn(|cx| {
-        if first.0.load(Ordering::Relaxed) {
+        if first.has_arrived() {
             return Poll::Ready(true);
         }
         match deadline.as_mut().as_pin_mut() {

@@ -134,6 +134,78 @@ async fn connections_that_send_no_request_are_counted() {
     assert_eq!(no_request().await, 2.0);
 }
 
+/// An HTTP/2 connection over cleartext (prior knowledge), and a task that ends when it closes.
+async fn h2c_connection(
+    address: SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = TcpStream::connect(address).await.unwrap();
+    let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    let ended = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, ended)
+}
+
+async fn h2_open(
+    sender: h2::client::SendRequest<bytes::Bytes>,
+    address: SocketAddr,
+    path: &str,
+) -> h2::RecvStream {
+    let mut sender = sender.ready().await.unwrap();
+    let request = http::Request::get(format!("http://{address}{path}"))
+        .header("accept", "text/event-stream")
+        .body(())
+        .unwrap();
+    let (response, _) = sender.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body()
+}
+
+/// hyper keeps an HTTP/2 connection open for as long as the client answers its pings; the
+/// proxy closes one that has had no open stream for the header timeout (as nginx's
+/// `keepalive_timeout` does), and not while a stream is open. Failed before: the idle
+/// connection stayed open.
+#[tokio::test]
+async fn idle_http2_connections_are_closed_but_not_while_a_stream_is_open() {
+    let backend = TestBackend::start("b1").await;
+    let config = config_for(&[("blue", &[&backend])], "\"blue\"", &header_timeout(""));
+    let proxy = TestProxy::start(&config).await;
+
+    // The client keeps its handle: an h2 client closes a connection nothing can use any more.
+    let (sender, ended) = h2c_connection(proxy.address).await;
+    let mut body = h2_open(sender.clone(), proxy.address, "/name").await;
+    assert_eq!(&body.data().await.unwrap().unwrap()[..], b"b1");
+    drop(body);
+    let answered = Instant::now();
+    tokio::time::timeout(HEADER_TIMEOUT + SLACK, ended)
+        .await
+        .expect("the idle HTTP/2 connection is closed")
+        .unwrap();
+    assert!(
+        answered.elapsed() >= HEADER_TIMEOUT / 2,
+        "{:?}",
+        answered.elapsed()
+    );
+
+    let (sender, mut ended) = h2c_connection(proxy.address).await;
+    let mut stream = h2_open(sender.clone(), proxy.address, "/sse").await;
+    let first = stream.data().await.unwrap().unwrap();
+    assert!(first.starts_with(b"event: endpoint"), "{first:?}");
+    // Three header timeouts with the stream open: the connection stays.
+    let open = tokio::time::timeout(HEADER_TIMEOUT * 3, &mut ended).await;
+    assert!(open.is_err(), "closed while a stream was open");
+    drop(stream);
+    tokio::time::timeout(HEADER_TIMEOUT + SLACK, ended)
+        .await
+        .expect("closed once the stream ended and the connection sat idle")
+        .unwrap();
+    drop(sender);
+}
+
 #[tokio::test]
 async fn after_a_proxy_header_a_silent_connection_is_closed_at_the_header_timeout() {
     let backend = TestBackend::start("b1").await;
