@@ -77,10 +77,13 @@ async fn serve_one(
 ) {
     let first = FirstRequest::default();
     let arrived = first.clone();
-    let service = service_fn(move |request| {
-        arrived.arrived();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let open = arrived.request(request.version());
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(handle(&state, &request).await) }
+        async move {
+            let response = handle(&state, &request).await;
+            Ok::<_, Infallible>(response.map(|body| body.count(open)))
+        }
     });
     let connection = http
         .builder()

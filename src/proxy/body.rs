@@ -16,7 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::serve::OpenStream;
+use super::serve::OpenRequest;
 use crate::mcp::session::SessionSlot;
 use crate::mcp::sse::{BoundaryTracker, DRAIN_RETRY, EndpointScanner, KEEPALIVE};
 use crate::state::State;
@@ -269,6 +269,8 @@ pub struct UpstreamBody {
     record: Option<AccessRecord>,
     /// Set when a drain must close the stream right after the frame just passed.
     close_next: bool,
+    /// The client connection's request, open until this body is dropped.
+    open: Option<OpenRequest>,
 }
 
 pub struct UpstreamParts {
@@ -289,8 +291,8 @@ pub struct UpstreamParts {
 pub enum ResponseBody {
     Full(Option<Bytes>),
     Upstream(Box<UpstreamBody>),
-    /// An HTTP/2 stream's answer, which keeps the stream counted open until it is dropped.
-    Counted(Box<(ResponseBody, OpenStream)>),
+    /// An answer of the proxy's own, which keeps its request counted open until it is dropped.
+    Counted(Box<(ResponseBody, OpenRequest)>),
 }
 
 impl ResponseBody {
@@ -302,8 +304,16 @@ impl ResponseBody {
         ResponseBody::Full(None)
     }
 
-    pub fn counted(body: ResponseBody, stream: OpenStream) -> ResponseBody {
-        ResponseBody::Counted(Box::new((body, stream)))
+    /// Carries `open` to the body's end: the connection's idle time starts when it is dropped.
+    /// A backend's answer holds it in the box it already has.
+    pub fn count(self, open: OpenRequest) -> ResponseBody {
+        match self {
+            ResponseBody::Upstream(mut body) => {
+                body.open = Some(open);
+                ResponseBody::Upstream(body)
+            }
+            other => ResponseBody::Counted(Box::new((other, open))),
+        }
     }
 
     pub fn upstream(mut parts: UpstreamParts) -> ResponseBody {
@@ -329,6 +339,7 @@ impl ResponseBody {
             sse: parts.sse.map(Box::new),
             record: Some(parts.record),
             close_next: false,
+            open: None,
         }))
     }
 }

@@ -2,10 +2,10 @@
 //! by prior knowledge in clear) under the configured limits, each request handed to
 //! [`super::request::handle`], or answered `301` on a redirect listener.
 //!
-//! hyper's header timer covers HTTP/1 heads once hyper knows the connection is HTTP/1, but
-//! nothing times the wait before that: reading the HTTP/2 preface (or the first byte that rules
-//! it out), or an HTTP/2 connection that never opens a stream. [`drive`] closes a connection
-//! whose first request head has not arrived within the header timeout.
+//! [`drive`] bounds every wait for a request head with the header timeout: the first one from
+//! the moment the connection is ready (the HTTP/2 preface, or the first byte that rules it out,
+//! included, which hyper's own header timer never covered), and each later one from the end of
+//! the previous answer (an HTTP/2 connection: while no stream is open).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -96,10 +96,12 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper answers 431 itself when the head outgrows the read buffer or has too many fields.
+    // Its header timer is off: `drive` bounds the wait for every head, with one lazily re-armed
+    // timer per connection instead of one per request.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size(limits.max_header_size)
         .max_headers(limits.max_headers);
@@ -162,9 +164,7 @@ pub async fn serve<IO>(
     let first = FirstRequest::default();
     let arrived = first.clone();
     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-        arrived.arrived();
-        // HTTP/2 streams are counted until their last byte: the connection's idle time.
-        let stream = (request.version() == http::Version::HTTP_2).then(|| arrived.stream());
+        let open = arrived.request(request.version());
         let state = Arc::clone(&service_state);
         let conn = Arc::clone(&conn);
         let redirect = redirect.clone();
@@ -175,10 +175,7 @@ pub async fn serve<IO>(
                 Some(redirect) => redirect_response(&redirect, &request),
                 None => request::handle(state, conn, request).await,
             };
-            Ok::<_, Infallible>(match stream {
-                Some(stream) => response.map(|body| ResponseBody::counted(body, stream)),
-                None => response,
-            })
+            Ok::<_, Infallible>(response.map(|body| body.count(open)))
         })
     });
     let connection = http
@@ -222,7 +219,7 @@ async fn taken_over(
 }
 
 /// What the service tells [`drive`] about a connection: whether its first request head has
-/// arrived, and for HTTP/2 how many streams are open and when the last one ended.
+/// arrived, how many requests (HTTP/2 streams) are open, and when the last one ended.
 #[derive(Debug, Clone, Default)]
 pub struct FirstRequest(Arc<Activity>);
 
@@ -230,7 +227,7 @@ pub struct FirstRequest(Arc<Activity>);
 struct Activity {
     arrived: AtomicBool,
     http2: AtomicBool,
-    open_streams: AtomicUsize,
+    open_requests: AtomicUsize,
     /// When the last stream ended, as nanoseconds since `opened`.
     last_end: AtomicU64,
     opened: Instant,
@@ -241,7 +238,7 @@ impl Default for Activity {
         Activity {
             arrived: AtomicBool::new(false),
             http2: AtomicBool::new(false),
-            open_streams: AtomicUsize::new(0),
+            open_requests: AtomicUsize::new(0),
             last_end: AtomicU64::new(0),
             opened: Instant::now(),
         }
@@ -249,8 +246,16 @@ impl Default for Activity {
 }
 
 impl FirstRequest {
-    pub fn arrived(&self) {
-        self.0.arrived.store(true, Ordering::Relaxed);
+    /// A request head has arrived; the request is open until the guard is dropped, with its
+    /// response body after the last byte.
+    pub fn request(&self, version: http::Version) -> OpenRequest {
+        let activity = &self.0;
+        activity.arrived.store(true, Ordering::Relaxed);
+        if version == http::Version::HTTP_2 {
+            activity.http2.store(true, Ordering::Relaxed);
+        }
+        activity.open_requests.fetch_add(1, Ordering::AcqRel);
+        OpenRequest(Arc::clone(activity))
     }
 
     fn has_arrived(&self) -> bool {
@@ -261,17 +266,10 @@ impl FirstRequest {
         self.0.http2.load(Ordering::Relaxed)
     }
 
-    /// An HTTP/2 stream begins; it is open until the guard is dropped (with its response body).
-    pub fn stream(&self) -> OpenStream {
-        self.0.http2.store(true, Ordering::Relaxed);
-        self.0.open_streams.fetch_add(1, Ordering::AcqRel);
-        OpenStream(Arc::clone(&self.0))
-    }
-
-    /// Since when an HTTP/2 connection has had no open stream; `None` while one is open.
+    /// Since when the connection has had no open request; `None` while one is open.
     fn idle_since(&self) -> Option<Instant> {
         let activity = &self.0;
-        if activity.open_streams.load(Ordering::Acquire) > 0 {
+        if activity.open_requests.load(Ordering::Acquire) > 0 {
             return None;
         }
         let nanos = activity.last_end.load(Ordering::Acquire);
@@ -279,30 +277,33 @@ impl FirstRequest {
     }
 }
 
-/// An open HTTP/2 stream of a connection, carried by its response body to the last byte.
+/// An open request of a connection, carried by its response body to the last byte.
 #[derive(Debug)]
-pub struct OpenStream(Arc<Activity>);
+pub struct OpenRequest(Arc<Activity>);
 
-impl Drop for OpenStream {
+impl Drop for OpenRequest {
     fn drop(&mut self) {
         let since_open = Instant::now().saturating_duration_since(self.0.opened);
         let nanos = u64::try_from(since_open.as_nanos()).unwrap_or(u64::MAX);
         self.0.last_end.fetch_max(nanos, Ordering::AcqRel);
-        self.0.open_streams.fetch_sub(1, Ordering::AcqRel);
+        self.0.open_requests.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Runs a hyper connection to its end: closed without an answer if no request head arrived
-/// within `first_request`, shut down gracefully when `shutdown` is cancelled. Once the service
-/// has flagged the first request, the first-request timer is dropped (taken out of the
-/// runtime's wheel), so later wake-ups of a keep-alive connection poll the connection and
-/// nothing else. HTTP/1's idle keep-alive is hyper's header timer; an HTTP/2 connection, which
-/// hyper keeps open for as long as the client answers its pings, is shut down (GOAWAY) once it
-/// has had no open stream for `first_request` too, as nginx's `keepalive_timeout` does. That
-/// timer is looked at only when it fires and re-armed from the last stream's end, not touched
-/// per request. A connection still waiting for its first request when `shutdown` comes (a TLS
-/// client one round trip behind, or just a slow one) keeps waiting for [`FIRST_REQUEST_GRACE`]
-/// at most, so a request sent just before the signal is answered.
+/// within `first_request`, shut down gracefully when `shutdown` is cancelled.
+///
+/// After the first request, one timer keeps the same bound between requests: a connection with
+/// no open request for `first_request` (an idle keep-alive, or a slowloris head after a first
+/// request) is closed, an HTTP/2 one with GOAWAY (hyper alone keeps it for as long as the client
+/// answers pings; nginx's `keepalive_timeout` applies to HTTP/2 too). The timer is looked at
+/// only when it fires and then re-armed from the last request's end, so a request costs two
+/// counter updates and a clock read, not a timer of its own as hyper's header timer did (set
+/// and cleared in the runtime's timer wheel per request).
+///
+/// A connection still waiting for its first request when `shutdown` comes (a TLS client one
+/// round trip behind, or just a slow one) keeps waiting for [`FIRST_REQUEST_GRACE`] at most, so
+/// a request sent just before the signal is answered.
 pub async fn drive<C, E>(
     mut connection: Pin<&mut C>,
     graceful_shutdown: impl Fn(Pin<&mut C>),
@@ -347,14 +348,18 @@ where
                 if shutting_down {
                     graceful_shutdown(connection.as_mut());
                 }
-                if first.is_http2() {
-                    idle_check.set(Some(tokio::time::sleep(first_request)));
-                }
+                idle_check.set(Some(tokio::time::sleep(first_request)));
             }
             () = until_due(idle_check.as_mut()), if idle_watching => {
                 let now = Instant::now();
                 match first.idle_since() {
                     Some(since) if now.saturating_duration_since(since) >= first_request => {
+                        if !first.is_http2() {
+                            // As hyper's header timer did: an HTTP/1 connection that has not
+                            // sent its next head in time (idle keep-alive or slowloris) is closed.
+                            tracing::debug!(idle = ?first_request, "no next request head in time");
+                            break Ok(());
+                        }
                         tracing::debug!(idle = ?first_request, "HTTP/2 connection idle; GOAWAY");
                         graceful_shutdown(connection.as_mut());
                         idle_check.set(None);

@@ -134,6 +134,36 @@ async fn connections_that_send_no_request_are_counted() {
     assert_eq!(no_request().await, 2.0);
 }
 
+/// Between requests the same bound holds: on a keep-alive connection, the next head must come
+/// within the header timeout of the last answer (a slowloris head after a first request is cut),
+/// while an answer that takes longer than that (the backend is slow) is still delivered.
+#[tokio::test]
+async fn after_a_first_request_the_next_head_has_the_header_timeout_too() {
+    let backend = TestBackend::start("b1").await;
+    let config = config_for(&[("blue", &[&backend])], "\"blue\"", &header_timeout(""));
+    let proxy = TestProxy::start(&config).await;
+
+    let mut stream = TcpStream::connect(proxy.address).await.unwrap();
+    // The backend answers after three header timeouts: the open request keeps the connection.
+    stream
+        .write_all(b"GET /slow?ms=1200 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).ends_with("slow") {
+        let n = tokio::time::timeout(SLACK * 2, stream.read(&mut buf))
+            .await
+            .expect("the slow answer arrives")
+            .unwrap();
+        assert!(n > 0, "closed before the slow answer: {answer:?}");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    stream.write_all(b"GET /na").await.unwrap();
+    assert_closed_by_the_header_timeout("a partial second head", closed_after(&mut stream).await);
+}
+
 /// An HTTP/2 connection over cleartext (prior knowledge), and a task that ends when it closes.
 async fn h2c_connection(
     address: SocketAddr,
