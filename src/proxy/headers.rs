@@ -124,7 +124,9 @@ fn remove_connection_named(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// The client's request rewritten for the backend, its body counted and cut at `limits`.
+/// The client's request rewritten for the backend, its body counted and cut at `limits`. Boxed:
+/// it passes through every phase of the send (and back on a retry), each of which would
+/// otherwise hold and move a copy of it.
 pub fn upstream_request(
     request: Request<Incoming>,
     conn: &ConnInfo,
@@ -132,7 +134,7 @@ pub fn upstream_request(
     config: &Config,
     limits: BodyLimits,
     bytes_in: Counter,
-) -> Request<RequestBody> {
+) -> Box<Request<RequestBody>> {
     let (mut parts, body) = request.into_parts();
     let upgrade = is_websocket_upgrade(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -161,7 +163,10 @@ pub fn upstream_request(
             .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
     }
     parts.version = Version::HTTP_11;
-    Request::from_parts(parts, RequestBody::streaming(body, limits, bytes_in))
+    Box::new(Request::from_parts(
+        parts,
+        RequestBody::streaming(body, limits, bytes_in),
+    ))
 }
 
 /// The host the request is for: the target's authority when it has one (an absolute-form

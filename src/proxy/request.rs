@@ -387,7 +387,7 @@ async fn send_with_retry(
     snapshot: &Snapshot,
     route: &Route,
     destination: &Destination,
-    mut outgoing: Request<RequestBody>,
+    mut outgoing: Box<Request<RequestBody>>,
     meta: &RequestMeta,
 ) -> Result<Sent, ProxyError> {
     let mut tried: Vec<Arc<str>> = Vec::new();
@@ -431,7 +431,7 @@ async fn send_with_retry(
     }
 }
 
-type SendFailure = (UpstreamError, Option<Request<RequestBody>>);
+type SendFailure = (UpstreamError, Option<Box<Request<RequestBody>>>);
 
 /// One attempt on one backend, begun at `sent`; a failure is counted, and counted against the
 /// backend's health unless the client caused it.
@@ -440,7 +440,7 @@ async fn send_once(
     snapshot: &Snapshot,
     route: &Route,
     target: &Arc<Target>,
-    mut outgoing: Request<RequestBody>,
+    mut outgoing: Box<Request<RequestBody>>,
     (meta, sent): (&RequestMeta, Instant),
 ) -> Result<Sent, SendFailure> {
     let backend = &target.backend;

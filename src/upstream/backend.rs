@@ -291,12 +291,12 @@ impl Backend {
     /// head (health probes; the request path uses [`Backend::send_timed`]).
     pub async fn send(
         &self,
-        request: http::Request<RequestBody>,
+        request: Box<http::Request<RequestBody>>,
         connect_timeout: Duration,
         response_timeout: Duration,
         limits: PoolLimits,
         tls: Option<&Arc<rustls::ClientConfig>>,
-    ) -> Result<Exchange, (UpstreamError, Option<http::Request<RequestBody>>)> {
+    ) -> Result<Exchange, (UpstreamError, Option<Box<http::Request<RequestBody>>>)> {
         let timeouts = SendTimeouts {
             connect: connect_timeout,
             response: response_timeout,
@@ -313,12 +313,12 @@ impl Backend {
     /// On a failure before the request left, the request is handed back for a retry elsewhere.
     pub async fn send_timed(
         &self,
-        mut request: http::Request<RequestBody>,
+        mut request: Box<http::Request<RequestBody>>,
         sent: Instant,
         timeouts: SendTimeouts,
         limits: PoolLimits,
         tls: Option<&Arc<rustls::ClientConfig>>,
-    ) -> Result<TimedExchange, (UpstreamError, Option<http::Request<RequestBody>>)> {
+    ) -> Result<TimedExchange, (UpstreamError, Option<Box<http::Request<RequestBody>>>)> {
         let upload = request.body().upload();
         let awaiting_client = || upload.as_ref().is_some_and(Upload::awaits_client);
         let mut deadline = Box::pin(tokio::time::sleep_until(later(sent, timeouts.response)));

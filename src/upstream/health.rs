@@ -148,7 +148,13 @@ pub async fn probe(
     };
     let exchange = async {
         let Exchange { response } = backend
-            .send(request, probes.timeout, probes.timeout, limits, tls)
+            .send(
+                Box::new(request),
+                probes.timeout,
+                probes.timeout,
+                limits,
+                tls,
+            )
             .await
             .map_err(|(error, _)| error)?;
         let status = response.status().as_u16();

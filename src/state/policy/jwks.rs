@@ -220,7 +220,7 @@ async fn fetch_url(
         idle_timeout: Duration::ZERO,
     };
     let Exchange { response, .. } = issuer
-        .send(request, FETCH_TIMEOUT, FETCH_TIMEOUT, limits, tls)
+        .send(Box::new(request), FETCH_TIMEOUT, FETCH_TIMEOUT, limits, tls)
         .await
         .map_err(|(error, _)| error.to_string())?;
     if !response.status().is_success() {

@@ -269,7 +269,7 @@ mod tests {
         let request = http::Request::get("/sse")
             .body(RequestBody::empty())
             .unwrap();
-        let sent = tokio::spawn(H1Conn::new(Io::Plain(client)).send(request));
+        let sent = tokio::spawn(H1Conn::new(Io::Plain(client)).send(Box::new(request)));
         let mut seen = Vec::new();
         while !seen.ends_with(b"\r\n\r\n") {
             let mut byte = [0u8; 1];

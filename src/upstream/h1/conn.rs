@@ -40,7 +40,7 @@ impl std::fmt::Debug for H1Conn {
 #[derive(Debug)]
 pub struct SendError {
     pub error: H1Error,
-    pub unsent: Option<Request<RequestBody>>,
+    pub unsent: Option<Box<Request<RequestBody>>>,
 }
 
 impl H1Conn {
@@ -67,7 +67,10 @@ impl H1Conn {
     }
 
     /// Sends `request` and reads its response head; the body reads on from the same connection.
-    pub async fn send(self, request: Request<RequestBody>) -> Result<Response<H1Body>, SendError> {
+    pub async fn send(
+        self,
+        request: Box<Request<RequestBody>>,
+    ) -> Result<Response<H1Body>, SendError> {
         let (parts, body) = request.into_parts();
         let framing = framing_of(&body);
         let head = Bytes::from(encode_head(&parts, framing));
@@ -95,7 +98,7 @@ impl H1Conn {
             Err(error) => {
                 let unsent = exchange
                     .unsent()
-                    .map(|body| Request::from_parts(parts, body));
+                    .map(|body| Box::new(Request::from_parts(parts, body)));
                 Err(SendError { error, unsent })
             }
         }
