@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proxy::admission::{AcceptErrors, Refusals};
 use crate::proxy::body::ResponseBody;
-use crate::proxy::serve::{CurrentHttp, FirstRequest, Http, drive};
+use crate::proxy::serve::{Activity, CurrentHttp, Http, drive};
 use crate::state::State;
 
 /// Session tags listed per backend by `GET /sessions`; the counts are always complete.
@@ -75,10 +75,10 @@ async fn serve_one(
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
 ) {
-    let first = FirstRequest::default();
-    let arrived = first.clone();
+    let activity = Activity::default();
+    let requests = activity.clone();
     let service = service_fn(move |request: Request<Incoming>| {
-        let open = arrived.request(request.version());
+        let open = requests.request(request.version());
         let state = Arc::clone(&state);
         async move {
             let response = handle(&state, &request).await;
@@ -92,7 +92,7 @@ async fn serve_one(
     drive(
         connection,
         |connection| connection.graceful_shutdown(),
-        &first,
+        &activity,
         http.first_request(),
         &shutdown,
     )

@@ -161,10 +161,10 @@ pub async fn serve<IO>(
     let conn = Arc::new(conn);
     let service_state = Arc::clone(&state);
     let redirect = redirect.map(Arc::new);
-    let first = FirstRequest::default();
-    let arrived = first.clone();
+    let activity = Activity::default();
+    let requests = activity.clone();
     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-        let open = arrived.request(request.version());
+        let open = requests.request(request.version());
         let state = Arc::clone(&service_state);
         let conn = Arc::clone(&conn);
         let redirect = redirect.clone();
@@ -185,7 +185,7 @@ pub async fn serve<IO>(
     let served = drive(
         connection.as_mut(),
         |connection| connection.graceful_shutdown(),
-        &first,
+        &activity,
         http.first_request,
         &shutdown,
     );
@@ -221,21 +221,21 @@ async fn taken_over(
 /// What the service tells [`drive`] about a connection: whether its first request head has
 /// arrived, how many requests (HTTP/2 streams) are open, and when the last one ended.
 #[derive(Debug, Clone, Default)]
-pub struct FirstRequest(Arc<Activity>);
+pub struct Activity(Arc<Counts>);
 
 #[derive(Debug)]
-struct Activity {
+struct Counts {
     arrived: AtomicBool,
     http2: AtomicBool,
     open_requests: AtomicUsize,
-    /// When the last stream ended, as nanoseconds since `opened`.
+    /// When the last request ended, as nanoseconds since `opened`.
     last_end: AtomicU64,
     opened: Instant,
 }
 
-impl Default for Activity {
-    fn default() -> Activity {
-        Activity {
+impl Default for Counts {
+    fn default() -> Counts {
+        Counts {
             arrived: AtomicBool::new(false),
             http2: AtomicBool::new(false),
             open_requests: AtomicUsize::new(0),
@@ -245,17 +245,17 @@ impl Default for Activity {
     }
 }
 
-impl FirstRequest {
+impl Activity {
     /// A request head has arrived; the request is open until the guard is dropped, with its
     /// response body after the last byte.
     pub fn request(&self, version: http::Version) -> OpenRequest {
-        let activity = &self.0;
-        activity.arrived.store(true, Ordering::Relaxed);
+        let counts = &self.0;
+        counts.arrived.store(true, Ordering::Relaxed);
         if version == http::Version::HTTP_2 {
-            activity.http2.store(true, Ordering::Relaxed);
+            counts.http2.store(true, Ordering::Relaxed);
         }
-        activity.open_requests.fetch_add(1, Ordering::AcqRel);
-        OpenRequest(Arc::clone(activity))
+        counts.open_requests.fetch_add(1, Ordering::AcqRel);
+        OpenRequest(Arc::clone(counts))
     }
 
     fn has_arrived(&self) -> bool {
@@ -268,18 +268,18 @@ impl FirstRequest {
 
     /// Since when the connection has had no open request; `None` while one is open.
     fn idle_since(&self) -> Option<Instant> {
-        let activity = &self.0;
-        if activity.open_requests.load(Ordering::Acquire) > 0 {
+        let counts = &self.0;
+        if counts.open_requests.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let nanos = activity.last_end.load(Ordering::Acquire);
-        Some(activity.opened + Duration::from_nanos(nanos))
+        let nanos = counts.last_end.load(Ordering::Acquire);
+        Some(counts.opened + Duration::from_nanos(nanos))
     }
 }
 
 /// An open request of a connection, carried by its response body to the last byte.
 #[derive(Debug)]
-pub struct OpenRequest(Arc<Activity>);
+pub struct OpenRequest(Arc<Counts>);
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
@@ -307,7 +307,7 @@ impl Drop for OpenRequest {
 pub async fn drive<C, E>(
     mut connection: Pin<&mut C>,
     graceful_shutdown: impl Fn(Pin<&mut C>),
-    first: &FirstRequest,
+    activity: &Activity,
     first_request: Duration,
     shutdown: &CancellationToken,
 ) -> Ended
@@ -330,7 +330,7 @@ where
             () = shutdown.cancelled(), if !shutting_down => {
                 shutting_down = true;
                 match first_deadline.as_mut().as_pin_mut() {
-                    Some(deadline) if !first.has_arrived() => {
+                    Some(deadline) if !activity.has_arrived() => {
                         let grace_end = Instant::now() + FIRST_REQUEST_GRACE;
                         if grace_end < deadline.deadline() {
                             deadline.reset(grace_end);
@@ -339,7 +339,7 @@ where
                     _ => graceful_shutdown(connection.as_mut()),
                 }
             }
-            arrived = first_or_deadline(first, first_deadline.as_mut()), if watching => {
+            arrived = first_or_deadline(activity, first_deadline.as_mut()), if watching => {
                 if !arrived {
                     tracing::debug!(?first_request, "no request head in time; connection closed");
                     return Ended::NoRequest;
@@ -352,9 +352,9 @@ where
             }
             () = until_due(idle_check.as_mut()), if idle_watching => {
                 let now = Instant::now();
-                match first.idle_since() {
+                match activity.idle_since() {
                     Some(since) if now.saturating_duration_since(since) >= first_request => {
-                        if !first.is_http2() {
+                        if !activity.is_http2() {
                             // As hyper's header timer did: an HTTP/1 connection that has not
                             // sent its next head in time (idle keep-alive or slowloris) is closed.
                             tracing::debug!(idle = ?first_request, "no next request head in time");
@@ -402,11 +402,11 @@ fn reset(mut slot: Pin<&mut Option<tokio::time::Sleep>>, at: Instant) {
 
 /// `true` as soon as the first request has arrived, `false` when the deadline passes first.
 async fn first_or_deadline(
-    first: &FirstRequest,
+    activity: &Activity,
     mut deadline: Pin<&mut Option<tokio::time::Sleep>>,
 ) -> bool {
     std::future::poll_fn(|cx| {
-        if first.has_arrived() {
+        if activity.has_arrived() {
             return Poll::Ready(true);
         }
         match deadline.as_mut().as_pin_mut() {
