@@ -164,21 +164,6 @@ async fn after_a_first_request_the_next_head_has_the_header_timeout_too() {
     assert_closed_by_the_header_timeout("a partial second head", closed_after(&mut stream).await);
 }
 
-/// An HTTP/2 connection over cleartext (prior knowledge), and a task that ends when it closes.
-async fn h2c_connection(
-    address: SocketAddr,
-) -> (
-    h2::client::SendRequest<bytes::Bytes>,
-    tokio::task::JoinHandle<()>,
-) {
-    let tcp = TcpStream::connect(address).await.unwrap();
-    let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
-    let ended = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    (sender, ended)
-}
-
 async fn h2_open(
     sender: h2::client::SendRequest<bytes::Bytes>,
     address: SocketAddr,

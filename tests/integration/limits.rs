@@ -316,15 +316,6 @@ async fn over_the_connection_limit_new_connections_get_503_and_old_ones_work() {
     .await;
 }
 
-async fn h2c(address: SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let tcp = TcpStream::connect(address).await.unwrap();
-    let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    sender
-}
-
 async fn h2_get(sender: h2::client::SendRequest<Bytes>, address: SocketAddr) -> StatusCode {
     let mut sender = sender.ready().await.unwrap();
     let request = http::Request::get(format!("http://{address}/name"))

@@ -656,6 +656,24 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// An HTTP/2 connection over cleartext (prior knowledge): the client's handle, and a task that
+/// ends when the connection closes. An h2 client closes a connection once no handle is left.
+pub async fn h2c_connection(
+    address: SocketAddr,
+) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    let ended = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, ended)
+}
+
+/// [`h2c_connection`]'s handle alone.
+pub async fn h2c(address: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    h2c_connection(address).await.0
+}
+
 /// Like [`config_for`], for backends given by address (e.g. reference backends).
 pub fn config_for_addresses(pools: &[(&str, &[SocketAddr])], active: &str, extra: &str) -> String {
     let mut text =

@@ -5,15 +5,6 @@ use bytes::Bytes;
 
 use super::*;
 
-async fn h2c(address: SocketAddr) -> ::h2::client::SendRequest<Bytes> {
-    let tcp = TcpStream::connect(address).await.unwrap();
-    let (sender, connection) = ::h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    sender
-}
-
 /// Sends `request` and returns the status and body.
 async fn h2_send(
     sender: ::h2::client::SendRequest<Bytes>,
