@@ -223,6 +223,7 @@ async fn taken_over(
 #[derive(Debug, Clone, Default)]
 pub struct Activity(Arc<Counts>);
 
+/// Shared by the service (which writes) and [`drive`] (which reads when its timer fires).
 #[derive(Debug)]
 struct Counts {
     arrived: AtomicBool,
@@ -297,9 +298,9 @@ impl Drop for OpenRequest {
 /// no open request for `first_request` (an idle keep-alive, or a slowloris head after a first
 /// request) is closed, an HTTP/2 one with GOAWAY (hyper alone keeps it for as long as the client
 /// answers pings; nginx's `keepalive_timeout` applies to HTTP/2 too). The timer is looked at
-/// only when it fires and then re-armed from the last request's end, so a request costs two
-/// counter updates and a clock read, not a timer of its own as hyper's header timer did (set
-/// and cleared in the runtime's timer wheel per request).
+/// only when it fires and then re-armed from the last request's end, so a request costs a
+/// reference count, three atomic updates and a clock read, not a timer of its own as hyper's
+/// header timer did (set and cleared in the runtime's timer wheel per request).
 ///
 /// A connection still waiting for its first request when `shutdown` comes (a TLS client one
 /// round trip behind, or just a slow one) keeps waiting for [`FIRST_REQUEST_GRACE`] at most, so
