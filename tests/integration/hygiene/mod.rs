@@ -155,19 +155,52 @@ impl Drop for RawBackend {
 
 /// Log lines written while the guard lives, as JSON, by code running on this thread: the test's
 /// own runtime (`#[tokio::test]` is single-threaded, so the proxy's tasks run here too).
+///
+/// One process-wide subscriber, installed on first use, whose filter asks per event whether the
+/// writing thread is capturing. A subscriber set for this thread alone (`set_default`) raced with
+/// callsites that other test threads registered at that moment: such a callsite could keep the
+/// "never" interest it computed without it, and its lines were lost (the 502 access line, twice).
+/// A filter that decides per event makes every callsite's interest "sometimes".
 struct Logs(Arc<Mutex<Vec<u8>>>);
 
+thread_local! {
+    /// Where this thread's log lines go while a test captures them.
+    static CAPTURING: std::cell::RefCell<Option<Arc<Mutex<Vec<u8>>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Ends the capture when dropped.
+struct Capturing;
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        CAPTURING.with(|sink| sink.borrow_mut().take());
+    }
+}
+
 impl Logs {
-    fn capture() -> (tracing::subscriber::DefaultGuard, Logs) {
+    fn capture() -> (Capturing, Logs) {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            use tracing_subscriber::Layer;
+            use tracing_subscriber::layer::SubscriberExt;
+            let capturing = tracing_subscriber::filter::filter_fn(|meta| {
+                *meta.level() <= tracing::Level::INFO
+                    && CAPTURING.with(|sink| sink.borrow().is_some())
+            });
+            let layer = tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_writer(|| LogWriter)
+                .with_filter(capturing);
+            let subscriber = tracing_subscriber::registry().with(layer);
+            tracing::subscriber::set_global_default(subscriber).unwrap();
+            // Callsites that registered while it was being installed.
+            tracing::callsite::rebuild_interest_cache();
+        });
         let buffer = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&buffer);
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || LogWriter(Arc::clone(&sink)))
-            .finish();
-        (tracing::subscriber::set_default(subscriber), Logs(buffer))
+        CAPTURING.with(|sink| *sink.borrow_mut() = Some(Arc::clone(&buffer)));
+        (Capturing, Logs(buffer))
     }
 
     fn lines(&self) -> Vec<serde_json::Value> {
@@ -179,11 +212,16 @@ impl Logs {
     }
 }
 
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
+/// Appends to the writing thread's capture buffer.
+struct LogWriter;
 
 impl std::io::Write for LogWriter {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
+        CAPTURING.with(|sink| {
+            if let Some(buffer) = sink.borrow().as_ref() {
+                buffer.lock().unwrap().extend_from_slice(bytes);
+            }
+        });
         Ok(bytes.len())
     }
 
