@@ -212,7 +212,7 @@ async fn handshake_and_serve(
         peer
     };
     let redirect = settings.redirect;
-    let Some(tls) = settings.tls else {
+    let Some(tls_config) = settings.tls else {
         let (offer, taken) = Offer::new(stream.as_raw_fd());
         let conn = ConnInfo::new(peer, false, None, Some(offer));
         serve(
@@ -228,29 +228,69 @@ async fn handshake_and_serve(
         .await;
         return;
     };
-    let accepted = tokio::time::timeout_at(
-        deadline,
-        tokio_rustls::TlsAcceptor::from(tls).accept(stream),
-    )
-    .await;
-    let outcome = match &accepted {
-        Ok(Ok(_)) => "success",
-        Ok(Err(_)) => "failure",
-        Err(_) => "timeout",
+    // Boxed: a TLS connection's state (rustls' session and a serve future around it, ~6 KB) in
+    // line would size every connection's task for it, plain ones and their SSE streams too.
+    let tls = TlsConnection {
+        peer,
+        redirect,
+        state,
+        http,
+        shutdown,
+        permit,
     };
-    state
-        .metrics
-        .tls_handshakes
-        .get_or_create(&crate::metrics::OutcomeLabels { outcome })
-        .inc();
-    match accepted {
-        Ok(Ok(stream)) => {
-            let sni = stream.get_ref().1.server_name().map(Arc::from);
-            let conn = ConnInfo::new(peer, true, sni, None);
-            serve(stream, conn, redirect, state, http, shutdown, permit, None).await;
+    Box::pin(tls.accept_and_serve(stream, tls_config, deadline)).await;
+}
+
+/// What a TLS connection needs once its handshake is done.
+struct TlsConnection {
+    peer: SocketAddr,
+    redirect: Option<Redirect>,
+    state: Arc<State>,
+    http: Arc<Http>,
+    shutdown: CancellationToken,
+    permit: OwnedSemaphorePermit,
+}
+
+impl TlsConnection {
+    async fn accept_and_serve(
+        self,
+        stream: TcpStream,
+        tls: Arc<rustls::ServerConfig>,
+        deadline: tokio::time::Instant,
+    ) {
+        let peer = self.peer;
+        let accepted = tokio::time::timeout_at(
+            deadline,
+            tokio_rustls::TlsAcceptor::from(tls).accept(stream),
+        )
+        .await;
+        let outcome = match &accepted {
+            Ok(Ok(_)) => "success",
+            Ok(Err(_)) => "failure",
+            Err(_) => "timeout",
+        };
+        self.state
+            .metrics
+            .tls_handshakes
+            .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+            .inc();
+        match accepted {
+            Ok(Ok(stream)) => {
+                let sni = stream.get_ref().1.server_name().map(Arc::from);
+                let conn = ConnInfo::new(peer, true, sni, None);
+                let TlsConnection {
+                    redirect,
+                    state,
+                    http,
+                    shutdown,
+                    permit,
+                    ..
+                } = self;
+                serve(stream, conn, redirect, state, http, shutdown, permit, None).await;
+            }
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
-        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
