@@ -475,6 +475,7 @@ for size in sys.argv[3].split():
         (f"SSE {size}: delivery p50 µs", f"sse_{size}", "p50_us", "lower"),
         (f"SSE {size}: delivery p99 µs", f"sse_{size}", "p99_us", "lower"),
         (f"SSE {size}: RSS bytes/stream", f"sse_{size}", "rss_bytes_per_stream", "lower"),
+        (f"SSE {size}: RSS bytes/stream after a warm-up stream", f"sse_{size}", "rss_bytes_per_stream_warm", "lower"),
         (f"SSE {size}: RSS MiB total", f"sse_{size}", "watched_rss_kib", "lower"),
     ]
 def value(target, scenario, key):
@@ -521,6 +522,8 @@ sizes = sys.argv[3].split()
 for size in sizes:
     per = value("switchyard", f"sse_{size}", "rss_bytes_per_stream")
     judge(f"RSS per open SSE stream at {size} streams (bytes)", per, "≤ 5120", lambda v: v <= 5120)
+    warm = value("switchyard", f"sse_{size}", "rss_bytes_per_stream_warm")
+    judge(f"the same, counted after one warm-up stream (bytes)", warm, "≤ 5120", lambda v: v <= 5120)
 for size in sizes[-1:]:
     line = results.get(("switchyard", f"sse_{size}"), {})
     per, idle = line.get("rss_bytes_per_stream"), line.get("watched_rss_kib_before")

@@ -125,6 +125,9 @@ async fn loadgen_measures_posts_open_loop_and_sse_delivery() {
     assert_eq!(sse["streams_open"], 5, "{sse}");
     assert!(sse["events"].as_u64().unwrap() >= 5 * 10, "{sse}");
     assert!(sse["watched_rss_kib"].as_u64().unwrap() > 0, "{sse}");
+    // The warm figure is taken after one stream was opened and closed, before the others.
+    assert!(sse["watched_rss_kib_warm"].as_u64().unwrap() > 0, "{sse}");
+    assert!(sse["rss_bytes_per_stream_warm"].is_u64(), "{sse}");
 }
 
 /// A target that cannot work is refused at once, not after the run: a dead address, and an

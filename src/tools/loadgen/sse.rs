@@ -45,6 +45,12 @@ pub(super) async fn sse(args: SseArgs) -> Result<Value, LoadgenError> {
     });
     let progress = Progress::start("sse", live, None);
     let before = sample(&args.common.watch_pid);
+    let warm = if args.common.watch_pid.is_empty() {
+        None
+    } else {
+        warm_up(&target).await;
+        Some(sample(&args.common.watch_pid))
+    };
     let opening = Arc::new(Semaphore::new(args.open_concurrency.max(1)));
     let open_started = Instant::now();
     let mut tasks = Vec::with_capacity(args.streams);
@@ -106,18 +112,38 @@ pub(super) async fn sse(args: SseArgs) -> Result<Value, LoadgenError> {
     });
     merge(&mut line, latency_json(&histogram));
     if !args.common.watch_pid.is_empty() {
-        let grown = during.rss_kib.saturating_sub(before.rss_kib);
+        let per_stream = |from: u64| {
+            let grown = during.rss_kib.saturating_sub(from);
+            (grown * 1024).checked_div(opened as u64).unwrap_or(0)
+        };
+        let warm_kib = warm.as_ref().map_or(before.rss_kib, |warm| warm.rss_kib);
         merge(
             &mut line,
             json!({
                 "watched_rss_kib_before": before.rss_kib,
+                "watched_rss_kib_warm": warm_kib,
                 "watched_rss_kib": during.rss_kib,
-                "rss_bytes_per_stream": if opened > 0 { (grown * 1024) / opened as u64 } else { 0 },
+                "rss_bytes_per_stream": per_stream(before.rss_kib),
+                "rss_bytes_per_stream_warm": per_stream(warm_kib),
                 "watched_cpu_seconds": during.cpu_seconds - cpu_before.cpu_seconds,
             }),
         );
     }
     Ok(line)
+}
+
+/// Opens one stream, reads its first event and closes it, then gives the proxy a moment to
+/// notice. What a proxy pays once, on its first stream (code paged in on first use, tables and
+/// pools set up), then shows in the cold figure (from `before`) and not in the warm one.
+async fn warm_up(target: &Target) {
+    const WAIT: Duration = Duration::from_secs(10);
+    if let Ok(Ok(response)) =
+        tokio::time::timeout(WAIT, open_sse(target, std::net::Ipv4Addr::LOCALHOST)).await
+    {
+        let mut body = response.into_body();
+        let _ = tokio::time::timeout(WAIT, body.frame()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 async fn sse_stream(
