@@ -19,9 +19,11 @@
 #                   limit (a proxy holds two descriptors per stream), "max" means that cap
 #   BENCH_TARGETS   which targets to run, in order (default "nginx haproxy switchyard direct";
 #                   nginx first because the fixed-rate runs use half its maximum)
-#   BENCH_SCENARIOS which scenarios to run (default "post ws tls https sse"): post = POST maximum
-#                   (wrk and loadgen) and latency at a fixed rate, ws = WebSocket ping, tls = full
-#                   handshakes, https = keep-alive POSTs over TLS (wrk), sse = SSE fan-out
+#   BENCH_SCENARIOS which scenarios to run (default "post ws tls https sse idle"): post = POST
+#                   maximum (wrk and loadgen) and latency at a fixed rate, ws = WebSocket ping,
+#                   tls = full handshakes, https = keep-alive POSTs over TLS (wrk), sse = SSE
+#                   fan-out, idle = memory per idle keep-alive connection
+#   BENCH_IDLE      how many idle keep-alive connections the idle scenario holds (default 5000)
 #   BENCH_FIXED_RATE  POST rate for the latency runs (default: half of nginx's measured maximum)
 #   BENCH_BASELINE_BIN  another Switchyard binary (e.g. one built from an older commit): adds the
 #                   target "baseline", which runs it exactly like "switchyard"; put it in
@@ -40,7 +42,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 STREAMS=${BENCH_STREAMS:-"1000 5000 10000 max"}
 TARGETS=${BENCH_TARGETS:-"nginx haproxy switchyard direct"}
-SCENARIOS=" ${BENCH_SCENARIOS:-post ws tls https sse} "
+SCENARIOS=" ${BENCH_SCENARIOS:-post ws tls https sse idle} "
+IDLE_CONNECTIONS=${BENCH_IDLE:-5000}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 FIXED_RATE=${BENCH_FIXED_RATE:-}
@@ -408,6 +411,14 @@ run_target() {
     if has sse; then
         run_sse "$name" "$port"
     fi
+    if has idle; then
+        # A fresh process, as for SSE: what the POST runs left in the heap would hide growth.
+        log "$name: $IDLE_CONNECTIONS idle keep-alive connections"
+        start_target "$name"
+        loadgen "$name:idle" idle --url "http://127.0.0.1:$port/bench/echo" \
+            --connections "$IDLE_CONNECTIONS" --warmup 2 --watch-pid "$TARGET_PIDS" >/dev/null
+        stop_target "$name"
+    fi
 }
 
 run_post() {
@@ -468,6 +479,8 @@ rows = [
     ("TLS full handshakes/s", "tls", "per_second", "higher"),
     ("HTTPS keep-alive POST req/s (wrk)", "https_wrk", "per_second", "higher"),
     ("HTTPS proxy CPU µs/request (wrk)", "https_wrk", "cpu_us_per_op", "lower"),
+    ("idle keep-alive connections open", "idle", "connections_open", "higher"),
+    ("RSS bytes per idle keep-alive connection", "idle", "rss_bytes_per_connection", "lower"),
 ]
 for size in sys.argv[3].split():
     rows += [

@@ -130,6 +130,41 @@ async fn loadgen_measures_posts_open_loop_and_sse_delivery() {
     assert!(sse["rss_bytes_per_stream_warm"].is_u64(), "{sse}");
 }
 
+#[tokio::test]
+async fn loadgen_holds_idle_keep_alive_connections_and_counts_their_memory() {
+    let address = bench_backend().await;
+    let idle = loadgen(&[
+        "idle",
+        "--url",
+        &format!("http://{address}/bench/echo"),
+        "--connections",
+        "20",
+        "--warmup",
+        "0.1",
+        "--watch-pid",
+        &std::process::id().to_string(),
+    ])
+    .await;
+    assert_eq!(idle["mode"], "idle");
+    assert_eq!(idle["connections_open"], 20, "{idle}");
+    assert_eq!(idle["connections_failed"], 0, "{idle}");
+    assert!(idle["rss_bytes_per_connection"].is_u64(), "{idle}");
+
+    // Every POST refused: nothing to measure, and the run says why.
+    let missing = format!("http://{address}/no-such-route");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["loadgen", "idle", "--url", &missing, "--connections", "3"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("every connection failed; first error: status 404"),
+        "{stderr}"
+    );
+}
+
 /// A target that cannot work is refused at once, not after the run: a dead address, and an
 /// `https://` URL (loadgen speaks plain HTTP; `loadgen tls` measures handshakes).
 #[tokio::test]

@@ -17,6 +17,7 @@ use tokio::time::sleep_until;
 
 use progress::{Live, Progress};
 
+mod idle;
 mod post;
 mod progress;
 mod sse;
@@ -39,6 +40,9 @@ enum Mode {
     Ws(WsArgs),
     /// New full TLS handshakes per second (no resumption).
     Tls(TlsArgs),
+    /// Open `--connections` keep-alive connections, one POST each, and keep them idle; resident
+    /// memory per idle connection (`--warmup` is the wait before measuring).
+    Idle(IdleArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,6 +114,20 @@ struct WsArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct IdleArgs {
+    /// e.g. http://127.0.0.1:8080/bench/echo
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Size of the JSON body sent.
+    #[arg(long, default_value_t = 256)]
+    body_bytes: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, clap::Args)]
 struct TlsArgs {
     /// host:port of the TLS listener.
     #[arg(long)]
@@ -163,6 +181,7 @@ pub fn run_cli(args: LoadgenArgs) -> Result<String, LoadgenError> {
             Mode::Sse(args) => sse::sse(args).await,
             Mode::Ws(args) => ws::ws(args).await,
             Mode::Tls(args) => tls::tls(args).await,
+            Mode::Idle(args) => idle::idle(args).await,
         }
     })?;
     Ok(line.to_string())
