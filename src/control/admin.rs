@@ -15,7 +15,6 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -85,9 +84,7 @@ async fn serve_one(
             Ok::<_, Infallible>(response.map(|body| body.count(open)))
         }
     });
-    let connection = http
-        .builder()
-        .serve_connection(TokioIo::new(stream), service);
+    let connection = http.serve_connection(stream, service);
     tokio::pin!(connection);
     drive(
         connection,

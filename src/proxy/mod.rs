@@ -14,4 +14,5 @@ pub mod respond;
 pub mod serve;
 mod strict;
 pub mod takeover;
+pub mod version;
 pub mod websocket;

@@ -17,9 +17,11 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
+use hyper::body::{Body, Incoming};
+use hyper::server::conn::{http1, http2};
+use hyper::service::HttpService;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
@@ -31,6 +33,7 @@ use crate::state::{Snapshot, State};
 use super::body::ResponseBody;
 use super::request::{self, ConnInfo};
 use super::takeover::{self, Taken};
+use super::version::{self, Builders};
 
 /// HTTP/2 flow-control windows and send buffer: what one connection may hold for a slow reader
 /// or a slow backend. hyper's own defaults, written down so the README can name them.
@@ -43,23 +46,33 @@ const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Resets the server itself must send because the client misbehaves (the "MadeYouReset" variant).
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
-/// How a listener serves HTTP: hyper's builder and the time a connection has, from the moment it
-/// is ready to serve (after any PROXY header and TLS handshake), to send its first request head.
+/// How a listener serves HTTP: hyper's builders and the time a connection has, from the moment
+/// it is ready to serve (after any PROXY header and TLS handshake), to send its first request head.
 pub struct Http {
-    builder: auto::Builder<TokioExecutor>,
+    builders: Arc<Builders>,
     first_request: Duration,
 }
 
 impl Http {
     pub fn new(limits: &Limits) -> Http {
         Http {
-            builder: http_builder(limits),
+            builders: Arc::new(builders(limits)),
             first_request: limits.header_read_timeout,
         }
     }
 
-    pub fn builder(&self) -> &auto::Builder<TokioExecutor> {
-        &self.builder
+    /// hyper's HTTP/1.1 (upgrades included) or HTTP/2 connection, as `io`'s first bytes say.
+    pub fn serve_connection<I, S, B>(&self, io: I, service: S) -> version::Connection<I, S>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: HttpService<Incoming, ResBody = B> + Send,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        version::Connection::new(io, service, Arc::clone(&self.builders))
     }
 
     pub fn first_request(&self) -> Duration {
@@ -93,13 +106,12 @@ impl CurrentHttp {
 /// At shutdown, how long a connection accepted before it may take to send its first request.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn builders(limits: &Limits) -> Builders {
+    let mut http1 = http1::Builder::new();
     // hyper answers 431 itself when the head outgrows the read buffer or has too many fields.
     // Its header timer is off: `drive` bounds the wait for every head, with one lazily re-armed
     // timer per connection instead of one per request.
-    builder
-        .http1()
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
@@ -107,8 +119,8 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_headers(limits.max_headers);
     // The header list bound also caps CONTINUATION floods: h2 stops decoding past it.
     let max_header_list = u32::try_from(limits.max_header_size).unwrap_or(u32::MAX);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
         .max_header_list_size(max_header_list)
@@ -118,7 +130,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_send_buf_size(H2_SEND_BUFFER)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    builder
+    Builders { http1, http2 }
 }
 
 /// An open client connection, counted in `switchyard_connections_open` and holding its place
@@ -178,9 +190,7 @@ pub async fn serve<IO>(
             Ok::<_, Infallible>(response.map(|body| body.count(open)))
         })
     });
-    let connection = http
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    let connection = http.serve_connection(io, service);
     tokio::pin!(connection);
     let served = drive(
         connection.as_mut(),
