@@ -14,7 +14,7 @@
 //! | [`config`] | pure configuration data: parse, validate (`FILE:LINE:COL` errors), then load the files it names | `mcp` |
 //! | [`upstream`] | backends (atomics, guards), their connection pool, connect (TCP/TLS), the HTTP/1.1 client of proxied exchanges (`h1`), balancing, health, DNS discovery | `mcp`, `metrics`, `config` |
 //! | [`state`] | the [`state::Snapshot`] a request reads from start to end, built whole from a config and what its files hold, and swapped whole on reload; the policy's rate limiters and signing keys, carried across reloads; the series of backends that left, removed once nothing counts for them | the layers above |
-//! | [`proxy`] | accept and the connection limit, PROXY header, TLS handshake, HTTP serving (and endless event streams taken from hyper, `takeover`), the request path in phases, the policy phase (authentication, allow-lists, limits, call metrics), bodies, WebSocket tunnels, error answers | the layers above |
+//! | [`proxy`] | accept and the connection limit, PROXY header, TLS handshake, HTTP serving (HTTP/1.1 or HTTP/2 told from the first bytes, `version`; endless event streams taken from hyper, `takeover`), the request path in phases, the policy phase (authentication, allow-lists, limits, call metrics), bodies, WebSocket tunnels, error answers | the layers above |
 //! | [`control`] | start (and the open-file limit) and shutdown, hand-over of the listening sockets to a new process (and systemd's), readiness to systemd (sd_notify), reload, admin API, background tasks (probes, discovery, drain deadlines, session expiry, policy upkeep, returning freed memory to the system) | the layers above |
 //! | [`tools`] | the reference MCP backend, the demo and the load generator | everything; nothing uses them |
 //!
