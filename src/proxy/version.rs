@@ -40,10 +40,11 @@ where
     Detecting(Box<Detecting<I, S>>),
     Http1(Pin<Box<Http1<I, S>>>),
     Http2(Pin<Box<Http2<I, S>>>),
-    /// Shut down before its first bytes had decided; or polled after its end.
+    /// Shut down, or ended by an error, before its first bytes had decided.
     Ended,
 }
 
+/// Reading the first bytes, with what the connection hyper serves next needs.
 pub struct Detecting<I, S> {
     io: I,
     read: [u8; H2_PREFACE.len()],
