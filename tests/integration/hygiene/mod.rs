@@ -157,10 +157,11 @@ impl Drop for RawBackend {
 /// own runtime (`#[tokio::test]` is single-threaded, so the proxy's tasks run here too).
 ///
 /// One process-wide subscriber, installed on first use, whose filter asks per event whether the
-/// writing thread is capturing. A subscriber set for this thread alone (`set_default`) raced with
-/// callsites that other test threads registered at that moment: such a callsite could keep the
-/// "never" interest it computed without it, and its lines were lost (the 502 access line, twice).
-/// A filter that decides per event makes every callsite's interest "sometimes".
+/// writing thread is capturing. A callsite's interest is computed once, by whichever thread hits
+/// it first, and cached: a filter that answers from the metadata alone (`filter_fn`) is taken to
+/// be cacheable, so a callsite first hit by a thread that was not capturing was "never" for
+/// everyone after (the 502 access line was lost in CI runs three times). A dynamic filter
+/// (`dynamic_filter_fn`) gives every callsite the interest "sometimes": asked again per event.
 struct Logs(Arc<Mutex<Vec<u8>>>);
 
 thread_local! {
@@ -184,7 +185,7 @@ impl Logs {
         INSTALLED.call_once(|| {
             use tracing_subscriber::Layer;
             use tracing_subscriber::layer::SubscriberExt;
-            let capturing = tracing_subscriber::filter::filter_fn(|meta| {
+            let capturing = tracing_subscriber::filter::dynamic_filter_fn(|meta, _| {
                 *meta.level() <= tracing::Level::INFO
                     && CAPTURING.with(|sink| sink.borrow().is_some())
             });
@@ -228,4 +229,23 @@ impl std::io::Write for LogWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// A callsite first hit by a thread that is not capturing still logs for one that is: the
+/// capture's filter is asked per event, not once per callsite.
+#[test]
+fn a_capture_sees_a_line_another_thread_logged_first() {
+    fn probe() {
+        tracing::info!(target: "capture_probe", "probe");
+    }
+    // Installs the subscriber; this thread stops capturing at once.
+    drop(Logs::capture());
+    std::thread::spawn(probe).join().unwrap();
+    let (_capturing, logs) = Logs::capture();
+    probe();
+    assert!(
+        logs.lines().iter().any(|l| l["target"] == "capture_probe"),
+        "{:?}",
+        logs.lines()
+    );
 }
