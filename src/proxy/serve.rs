@@ -17,9 +17,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
-use hyper::service::HttpService;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -62,16 +60,11 @@ impl Http {
     }
 
     /// hyper's HTTP/1.1 (upgrades included) or HTTP/2 connection, as `io`'s first bytes say.
-    pub fn serve_connection<I, S, B>(&self, io: I, service: S) -> version::Connection<I, S>
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: HttpService<Incoming, ResBody = B> + Send,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    pub fn serve_connection<I: version::Io, S: version::Service>(
+        &self,
+        io: I,
+        service: S,
+    ) -> version::Connection<I, S> {
         version::Connection::new(io, service, Arc::clone(&self.builders))
     }
 

@@ -22,6 +22,32 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A socket hyper can serve from a spawned task.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// A service hyper can run on both versions: HTTP/2 spawns its requests, so they must be `Send`.
+pub trait Service:
+    HttpService<
+        Incoming,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+        ResBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+    > + Send
+{
+}
+impl<S> Service for S where
+    S: HttpService<
+            Incoming,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+            ResBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+        > + Send
+{
+}
+
 /// hyper's two connection builders, configured once per snapshot.
 pub struct Builders {
     pub http1: http1::Builder,
@@ -53,16 +79,7 @@ pub struct Detecting<I, S> {
     builders: Arc<Builders>,
 }
 
-impl<I, S, B> Connection<I, S>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService<Incoming, ResBody = B> + Send,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl<I: Io, S: Service> Connection<I, S> {
     pub fn new(io: I, service: S, builders: Arc<Builders>) -> Connection<I, S> {
         Connection::Detecting(Box::new(Detecting {
             io,
@@ -85,16 +102,7 @@ where
     }
 }
 
-impl<I, S, B> Future for Connection<I, S>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService<Incoming, ResBody = B> + Send,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl<I: Io, S: Service> Future for Connection<I, S> {
     type Output = Result<(), hyper::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -126,16 +134,7 @@ where
     }
 }
 
-impl<I, S, B> Detecting<I, S>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService<Incoming, ResBody = B> + Send,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl<I: Io, S: Service> Detecting<I, S> {
     /// Reads until the bytes are the whole HTTP/2 preface (`true`), or are not a beginning of it
     /// (`false`), or the peer closed (`false`: hyper's HTTP/1 then sees the end).
     fn poll_version(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
