@@ -40,6 +40,19 @@ async fn loadgen(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// Runs a load generator that must fail; its stderr.
+async fn loadgen_refused(args: &[&str]) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("loadgen")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{stderr}");
+    stderr
+}
+
 #[tokio::test]
 async fn echo_returns_the_body_and_sse_sends_timestamps() {
     let address = bench_backend().await;
@@ -152,13 +165,7 @@ async fn loadgen_holds_idle_keep_alive_connections_and_counts_their_memory() {
 
     // Every POST refused: nothing to measure, and the run says why.
     let missing = format!("http://{address}/no-such-route");
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["loadgen", "idle", "--url", &missing, "--connections", "3"])
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    let stderr = loadgen_refused(&["idle", "--url", &missing, "--connections", "3"]).await;
     assert!(
         stderr.contains("every connection failed; first error: status 404"),
         "{stderr}"
@@ -182,14 +189,18 @@ async fn loadgen_refuses_a_dead_target_or_an_https_url_at_once() {
         ),
     ] {
         let started = std::time::Instant::now();
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["loadgen", "post", "--url", url])
-            .args(["--connections", "1", "--seconds", "30", "--warmup", "0"])
-            .output()
-            .await
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{stderr}");
+        let stderr = loadgen_refused(&[
+            "post",
+            "--url",
+            url,
+            "--connections",
+            "1",
+            "--seconds",
+            "30",
+            "--warmup",
+            "0",
+        ])
+        .await;
         assert!(
             stderr.starts_with(&format!("switchyard: {expected}")),
             "{stderr}"

@@ -6,15 +6,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, header};
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::post::json_body;
+use super::post::{json_body, json_post};
 use super::*;
 
 /// Connections being opened at once.
@@ -99,16 +97,8 @@ async fn open_and_post(target: &Target, body: Bytes) -> Result<SendRequest<Full<
     let stream = connect(&target.authority)
         .await
         .map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = Request::post(target.path.as_str())
-        .header(header::HOST, target.authority.as_str())
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
+    let mut sender = http1_client(stream).await?;
+    let request = json_post(target, body).map_err(|e| e.to_string())?;
     let response = sender
         .send_request(request)
         .await

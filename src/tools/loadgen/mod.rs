@@ -324,6 +324,23 @@ async fn preflight(authority: &str) -> Result<(), LoadgenError> {
         })
 }
 
+/// An HTTP/1 client on `stream`, its connection driven by a task of its own.
+async fn http1_client<B>(
+    stream: TcpStream,
+) -> Result<hyper::client::conn::http1::SendRequest<B>, String>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 async fn connect(authority: &str) -> std::io::Result<TcpStream> {
     let stream = TcpStream::connect(authority).await?;
     stream.set_nodelay(true)?;

@@ -18,6 +18,15 @@ pub(super) fn json_body(size: usize) -> Bytes {
     Bytes::from(format!("{head}{}{tail}", "x".repeat(fill)))
 }
 
+/// The POST every mode sends: `body` as JSON, to the target's path.
+pub(super) fn json_post(target: &Target, body: Bytes) -> http::Result<Request<Full<Bytes>>> {
+    Request::post(target.path.as_str())
+        .header(header::HOST, target.authority.as_str())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .body(Full::new(body))
+}
+
 pub(super) async fn post(args: PostArgs) -> Result<Value, LoadgenError> {
     let target = Arc::new(target(&args.url, "http")?);
     preflight(&target.authority).await?;
@@ -74,12 +83,7 @@ async fn post_connection(
             if sender.ready().await.is_err() {
                 continue 'connection;
             }
-            let request = Request::post(target.path.as_str())
-                .header(header::HOST, target.authority.as_str())
-                .header(header::CONTENT_TYPE, "application/json")
-                .header(header::ACCEPT, "application/json, text/event-stream")
-                .body(Full::new(body.clone()));
-            let Ok(request) = request else {
+            let Ok(request) = json_post(&target, body.clone()) else {
                 stats.fail("cannot build request");
                 return stats;
             };

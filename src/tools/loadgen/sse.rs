@@ -8,7 +8,6 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::{Request, header};
 use http_body_util::{BodyExt as _, Empty};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
@@ -215,10 +214,7 @@ async fn open_sse(
     }
     let stream = socket.connect(address).await.map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
+    let mut sender = http1_client(stream).await?;
     let request = Request::get(target.path.as_str())
         .header(header::HOST, target.authority.as_str())
         .header(header::ACCEPT, "text/event-stream")
