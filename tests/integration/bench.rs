@@ -25,23 +25,8 @@ async fn bench_backend() -> SocketAddr {
     address
 }
 
-async fn loadgen(args: &[&str]) -> serde_json::Value {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("loadgen")
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
-/// Runs a load generator that must fail; its stderr.
-async fn loadgen_refused(args: &[&str]) -> String {
+/// Runs `switchyard loadgen ARGS`: whether it succeeded, its stdout and its stderr.
+async fn run_loadgen(args: &[&str]) -> (bool, Vec<u8>, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("loadgen")
         .args(args)
@@ -49,7 +34,19 @@ async fn loadgen_refused(args: &[&str]) -> String {
         .await
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(!output.status.success(), "{stderr}");
+    (output.status.success(), output.stdout, stderr)
+}
+
+async fn loadgen(args: &[&str]) -> serde_json::Value {
+    let (success, stdout, stderr) = run_loadgen(args).await;
+    assert!(success, "{stderr}");
+    serde_json::from_slice(&stdout).unwrap()
+}
+
+/// Runs a load generator that must fail; its stderr.
+async fn loadgen_refused(args: &[&str]) -> String {
+    let (success, _, stderr) = run_loadgen(args).await;
+    assert!(!success, "{stderr}");
     stderr
 }
 
