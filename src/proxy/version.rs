@@ -13,12 +13,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::upstream::h1::io::Prefixed;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -174,126 +176,12 @@ impl<I: Io, S: Service> Detecting<I, S> {
     }
 }
 
-/// A socket whose first bytes were already read: they come first, in the same read as what
-/// the socket has after them, so hyper sees a whole head at once when the client sent one.
-pub struct Prefixed<I> {
-    prefix: Bytes,
-    io: I,
-    /// An error met after the prefix was handed out in the same read: the next read reports it.
-    error: Option<io::Error>,
-}
-
-impl<I> Prefixed<I> {
-    fn new(prefix: Bytes, io: I) -> Prefixed<I> {
-        Prefixed {
-            prefix,
-            io,
-            error: None,
-        }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Some(error) = this.error.take() {
-            return Poll::Ready(Err(error));
-        }
-        if this.prefix.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        }
-        let take = this.prefix.len().min(buf.remaining());
-        buf.put_slice(this.prefix.get(..take).unwrap_or_default());
-        this.prefix.advance(take);
-        if this.prefix.is_empty() && buf.remaining() > 0 {
-            // What the socket has now joins the prefix; nothing yet is fine, the prefix is data.
-            if let Poll::Ready(Err(error)) = Pin::new(&mut this.io).poll_read(cx, buf) {
-                this.error = Some(error);
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::io::AsyncWriteExt;
 
     use super::*;
-
-    async fn socket_pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
-    }
-
-    /// The bytes read to decide and what followed them come in one read: hyper parses the head
-    /// from its first read and never grows its buffer past 8 KiB for it.
-    #[tokio::test]
-    async fn the_first_read_joins_the_prefix_and_what_the_socket_has() {
-        let (mut client, server) = socket_pair().await;
-        client
-            .write_all(b"TP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut prefixed = Prefixed::new(Bytes::from_static(b"GET / HT"), server);
-        // Wait until the socket has the rest, so the read below can take it.
-        prefixed.io.readable().await.unwrap();
-        let mut buf = vec![0; 8192];
-        let n = prefixed.read(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-    }
-
-    #[tokio::test]
-    async fn a_prefix_longer_than_the_read_is_handed_out_in_parts() {
-        let (_client, server) = socket_pair().await;
-        let mut prefixed = Prefixed::new(Bytes::from_static(b"abcdef"), server);
-        let mut buf = [0; 4];
-        assert_eq!(prefixed.read(&mut buf).await.unwrap(), 4);
-        assert_eq!(&buf, b"abcd");
-        let mut rest = [0; 2];
-        assert_eq!(prefixed.read(&mut rest).await.unwrap(), 2);
-        assert_eq!(&rest, b"ef");
-    }
+    use crate::upstream::h1::io::testing::socket_pair;
 
     /// What the first bytes decide once the socket has them all: `None` for nothing yet.
     async fn version_of(sent: &[u8], then_close: bool) -> Option<bool> {

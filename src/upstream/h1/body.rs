@@ -2,18 +2,16 @@
 //! `Bytes` split off the read buffer, which goes back as soon as it is empty. Once the body is
 //! complete the connection can serve another request; an upgrade hands over the whole stream.
 
-use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::chunked::ChunkDecoder;
 use super::codec::Framing;
 use super::conn::H1Conn;
-use super::io::Io;
+use super::io::{Io, Prefixed};
 use super::send::{Outgoing, Pending};
 use super::{H1Error, buffers};
 
@@ -125,7 +123,7 @@ impl H1Body {
     /// The connection of a `101` answer, as a byte stream for the tunnel.
     pub fn into_upgraded(mut self) -> Option<Upgraded> {
         let (io, read_ahead) = self.conn.take()?.into_parts();
-        Some(Upgraded { io, read_ahead })
+        Some(Prefixed::new(read_ahead, io))
     }
 
     /// Sends more of the request body if it is waiting; a failure only stops the sending.
@@ -207,46 +205,7 @@ impl H1Body {
 }
 
 /// The connection after a `101`: what was read past the head comes first.
-#[derive(Debug)]
-pub struct Upgraded {
-    io: Io,
-    read_ahead: Bytes,
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.read_ahead.is_empty() {
-            let take = this.read_ahead.len().min(buf.remaining());
-            buf.put_slice(&this.read_ahead[..take]);
-            this.read_ahead.advance(take);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
+pub type Upgraded = Prefixed<Io>;
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -137,5 +137,140 @@ impl AsyncWrite for Io {
             Io::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
             Io::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// A byte stream some of whose first bytes were already read: they come first, in the same
+/// read as what the stream has after them. Serves a client connection whose first bytes told its
+/// HTTP version (hyper then sees a whole head at once) and a backend connection after a `101`
+/// (what was read past the head).
+#[derive(Debug)]
+pub struct Prefixed<I> {
+    prefix: Bytes,
+    io: I,
+    /// An error met after the prefix was handed out in the same read: the next read reports it.
+    error: Option<io::Error>,
+}
+
+impl<I> Prefixed<I> {
+    pub fn new(prefix: Bytes, io: I) -> Prefixed<I> {
+        Prefixed {
+            prefix,
+            io,
+            error: None,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(error) = this.error.take() {
+            return Poll::Ready(Err(error));
+        }
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let take = this.prefix.len().min(buf.remaining());
+        buf.put_slice(this.prefix.get(..take).unwrap_or_default());
+        this.prefix.advance(take);
+        if this.prefix.is_empty() && buf.remaining() > 0 {
+            // What the socket has now joins the prefix; nothing yet is fine, the prefix is data.
+            if let Poll::Ready(Err(error)) = Pin::new(&mut this.io).poll_read(cx, buf) {
+                this.error = Some(error);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// For tests of this crate that need a real socket.
+#[cfg(test)]
+pub(crate) mod testing {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// The two ends of a new loopback TCP connection: the client's and the server's.
+    pub(crate) async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::testing::socket_pair;
+    use super::*;
+
+    /// The bytes read to decide and what followed them come in one read: hyper parses the head
+    /// from its first read and never grows its buffer past 8 KiB for it.
+    #[tokio::test]
+    async fn the_first_read_joins_the_prefix_and_what_the_socket_has() {
+        let (mut client, server) = socket_pair().await;
+        client
+            .write_all(b"TP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut prefixed = Prefixed::new(Bytes::from_static(b"GET / HT"), server);
+        // Wait until the socket has the rest, so the read below can take it.
+        prefixed.io.readable().await.unwrap();
+        let mut buf = vec![0; 8192];
+        let n = prefixed.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_prefix_longer_than_the_read_is_handed_out_in_parts() {
+        let (_client, server) = socket_pair().await;
+        let mut prefixed = Prefixed::new(Bytes::from_static(b"abcdef"), server);
+        let mut buf = [0; 4];
+        assert_eq!(prefixed.read(&mut buf).await.unwrap(), 4);
+        assert_eq!(&buf, b"abcd");
+        let mut rest = [0; 2];
+        assert_eq!(prefixed.read(&mut rest).await.unwrap(), 2);
+        assert_eq!(&rest, b"ef");
     }
 }
