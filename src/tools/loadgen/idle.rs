@@ -1,8 +1,7 @@
 //! Idle keep-alive connections: what a proxy holds for a client that made a request and keeps
 //! its connection open for the next one (an MCP client's connection pool between calls).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,48 +23,34 @@ pub(super) async fn idle(args: IdleArgs) -> Result<Value, LoadgenError> {
     let body = json_body(args.body_bytes);
     // One request first, so what the proxy pays once (code paged in, pools set up) is not
     // counted against the idle connections.
-    if let Ok(sender) = open_and_post(&target, body.clone()).await {
-        drop(sender);
-    }
+    let _ = open_and_post(&target, body.clone()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = sample(&args.common.watch_pid);
     let opening = Arc::new(Semaphore::new(OPENING_AT_ONCE));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let first_error = Arc::new(Mutex::new(None::<String>));
     let mut opened = JoinSet::new();
     for _ in 0..args.connections {
         let (target, body, opening) = (Arc::clone(&target), body.clone(), Arc::clone(&opening));
-        let (failed, first_error) = (Arc::clone(&failed), Arc::clone(&first_error));
         opened.spawn(async move {
             let _permit = opening.acquire().await;
-            match open_and_post(&target, body).await {
-                Ok(sender) => Some(sender),
-                Err(error) => {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    first_error
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .get_or_insert(error);
-                    None
-                }
-            }
+            open_and_post(&target, body).await
         });
     }
     // The senders keep their connections open; dropped at the end of the run.
     let mut idle = Vec::with_capacity(args.connections);
-    while let Some(sender) = opened.join_next().await {
-        if let Ok(Some(sender)) = sender {
-            idle.push(sender);
+    let (mut failed, mut first_error) = (0usize, None::<String>);
+    while let Some(opened) = opened.join_next().await {
+        match opened.map_err(|e| e.to_string()).and_then(|sender| sender) {
+            Ok(sender) => idle.push(sender),
+            Err(error) => {
+                failed += 1;
+                first_error.get_or_insert(error);
+            }
         }
     }
     // Settle: a proxy may free per-request state a moment after the answer.
     tokio::time::sleep(Duration::from_secs_f64(args.common.warmup.max(0.0))).await;
     let during = sample(&args.common.watch_pid);
     let open = idle.len();
-    let first_error = first_error
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
     if open == 0 {
         return Err(LoadgenError::AllFailed(first_error.unwrap_or_default()));
     }
@@ -75,7 +60,7 @@ pub(super) async fn idle(args: IdleArgs) -> Result<Value, LoadgenError> {
         "label": args.common.label,
         "connections_wanted": args.connections,
         "connections_open": open,
-        "connections_failed": failed.load(Ordering::Relaxed),
+        "connections_failed": failed,
         "first_error": first_error,
     });
     if !args.common.watch_pid.is_empty() {
