@@ -127,6 +127,7 @@ pub struct Metrics {
     pub keepalives: Counter,
     pub streams_drained: Counter,
     pub connections_open: Gauge,
+    pub connections_parked: Gauge,
     pub connections_refused: Counter,
     pub tls_handshakes: Family<OutcomeLabels, Counter>,
     pub reloads: Family<OutcomeLabels, Counter>,
@@ -199,6 +200,7 @@ impl Metrics {
             keepalives: Counter::default(),
             streams_drained: Counter::default(),
             connections_open: Gauge::default(),
+            connections_parked: Gauge::default(),
             connections_refused: Counter::default(),
             tls_handshakes: Family::default(),
             reloads: Family::default(),
@@ -361,6 +363,11 @@ impl Metrics {
             "connections_open",
             "Client connections open",
             m.connections_open.clone(),
+        );
+        r.register(
+            "connections_parked",
+            "Idle HTTP/1 client connections waiting for their next request without buffers",
+            m.connections_parked.clone(),
         );
         r.register(
             "connections_refused",

@@ -15,13 +15,15 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::proxy::activity::Activity;
 use crate::proxy::admission::{AcceptErrors, Refusals};
 use crate::proxy::body::ResponseBody;
-use crate::proxy::serve::{Activity, CurrentHttp, Http, drive};
+use crate::proxy::serve::{CurrentHttp, Http, drive};
 use crate::state::State;
 
 /// Session tags listed per backend by `GET /sessions`; the counts are always complete.
@@ -77,14 +79,16 @@ async fn serve_one(
     let activity = Activity::default();
     let requests = activity.clone();
     let service = service_fn(move |request: Request<Incoming>| {
-        let open = requests.request(request.version());
+        let open = requests.request(&request);
         let state = Arc::clone(&state);
-        async move {
+        Box::pin(async move {
             let response = handle(&state, &request).await;
             Ok::<_, Infallible>(response.map(|body| body.count(open)))
-        }
+        })
     });
-    let connection = http.serve_connection(stream, service);
+    // Admin connections are not counted with the data plane's.
+    let parked = Gauge::default();
+    let connection = http.serve_connection(stream, service, &activity, Arc::default(), &parked);
     tokio::pin!(connection);
     drive(
         connection,

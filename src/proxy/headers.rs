@@ -165,7 +165,7 @@ pub fn upstream_request(
     parts.version = Version::HTTP_11;
     Box::new(Request::from_parts(
         parts,
-        RequestBody::streaming(body, limits, bytes_in),
+        RequestBody::streaming(body, limits, bytes_in, &conn.body_read),
     ))
 }
 

@@ -1,6 +1,7 @@
 //! The data plane: accept a client connection, serve HTTP on it, and carry each request to a
 //! backend and its answer back. Read [`request`] first: it names the phases in order.
 
+pub mod activity;
 pub mod admission;
 pub mod body;
 pub mod error;

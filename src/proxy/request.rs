@@ -27,13 +27,14 @@ use crate::mcp::session::{SessionSlot, session_id, session_tag};
 use crate::state::{Route, Snapshot, State};
 use crate::upstream::backend::{InFlightGuard, SendTimeouts, TimedExchange, UpstreamError};
 use crate::upstream::balance::Target;
-use crate::upstream::body::{BodyLimits, RequestBody};
+use crate::upstream::body::{BodyLimits, BodyRead, RequestBody};
 
 use super::body::{AccessLog, ResponseBody};
 use super::error::ProxyError;
 use super::headers::{client_ip, upstream_request};
 use super::request_id::RequestId;
 use super::respond;
+use super::version::UpgradeSlot;
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug)]
@@ -48,6 +49,11 @@ pub struct ConnInfo {
     pub sni: Option<Arc<str>>,
     /// Plain HTTP/1 connections only: where an endless stream leaves hyper.
     pub takeover: Option<super::takeover::Offer>,
+    /// Whether the latest request's body has been read to its end: the connection may set its
+    /// socket aside between requests only then.
+    pub body_read: BodyRead,
+    /// Where the connection hands its socket to a WebSocket tunnel after a `101`.
+    pub upgrade: Arc<UpgradeSlot>,
 }
 
 impl ConnInfo {
@@ -63,6 +69,8 @@ impl ConnInfo {
             tls,
             sni,
             takeover,
+            body_read: BodyRead::default(),
+            upgrade: Arc::default(),
         }
     }
 }
@@ -203,8 +211,7 @@ async fn proxy(
     if let Some(prefix) = route.stripped_prefix() {
         strip_prefix(request.uri_mut(), prefix)?;
     }
-    let client_upgrade =
-        (meta.class == RouteClass::WebSocket).then(|| hyper::upgrade::on(&mut request));
+    let client_upgrade = (meta.class == RouteClass::WebSocket).then_some(&*conn.upgrade);
     let bytes_in = state.metrics.bytes_in.clone();
     let limits = BodyLimits {
         max: body_limit,

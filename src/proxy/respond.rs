@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
-use hyper::upgrade::OnUpgrade;
 
 use crate::mcp::classify::RouteClass;
 use crate::mcp::seal::Sealer;
@@ -21,6 +20,7 @@ use super::body::{AccessLog, AccessRecord, ResponseBody, SseWatch, UpstreamParts
 use super::headers::strip_hop_by_hop;
 use super::request::{RequestMeta, Sent};
 use super::request_id::X_REQUEST_ID;
+use super::version::UpgradeSlot;
 
 pub(super) fn shape(
     state: &Arc<State>,
@@ -28,7 +28,7 @@ pub(super) fn shape(
     route: &Route,
     meta: &mut RequestMeta,
     sent: Sent,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<&UpgradeSlot>,
     mut slot: Option<SessionSlot>,
 ) -> Response<ResponseBody> {
     let (mut guard, target, timed) = (sent.guard, sent.target, sent.timed);
@@ -85,14 +85,15 @@ pub(super) fn shape(
 /// A `101`: both sides become a byte tunnel that holds the guard; the client gets the head.
 fn tunnel(
     state: &Arc<State>,
-    client: OnUpgrade,
+    client: &UpgradeSlot,
     response: Response<H1Body>,
     guard: InFlightGuard,
     record: AccessRecord,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     if let Some(upstream) = body.into_upgraded() {
-        super::websocket::spawn_tunnel(state, client, upstream, guard, record);
+        // The connection hands its socket over once hyper has written the `101`.
+        super::websocket::spawn_tunnel(state, client.expect(), upstream, guard, record);
     }
     strip_hop_by_hop(&mut parts.headers, true);
     Response::from_parts(parts, ResponseBody::empty())

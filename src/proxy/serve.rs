@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use http::{Request, Response, StatusCode};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Limits, Redirect};
 use crate::state::{Snapshot, State};
 
+use super::activity::Activity;
 use super::body::ResponseBody;
 use super::request::{self, ConnInfo};
 use super::takeover::{self, Taken};
@@ -59,13 +60,19 @@ impl Http {
         }
     }
 
-    /// hyper's HTTP/1.1 (upgrades included) or HTTP/2 connection, as `io`'s first bytes say.
+    /// hyper's HTTP/1.1 or HTTP/2 connection, as `io`'s first bytes say; `activity` is what its
+    /// requests count in, `upgrade` where a `101`'s socket goes, `parked` counts it while parked.
     pub fn serve_connection<I: version::Io, S: version::Service>(
         &self,
         io: I,
         service: S,
+        activity: &Activity,
+        upgrade: Arc<version::UpgradeSlot>,
+        parked: &Gauge,
     ) -> version::Connection<I, S> {
-        version::Connection::new(io, service, Arc::clone(&self.builders))
+        let builders = Arc::clone(&self.builders);
+        let setting = (activity.clone(), upgrade, parked.clone());
+        version::Connection::new(io, service, builders, setting)
     }
 
     pub fn first_request(&self) -> Duration {
@@ -99,6 +106,11 @@ impl CurrentHttp {
 /// At shutdown, how long a connection accepted before it may take to send its first request.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 
+/// How long an HTTP/1 connection waits for its next request in hyper before it parks (drops
+/// hyper's buffers; `version`). Long enough that a client sending request after request never
+/// pays for setting hyper up again, short next to any keep-alive timeout.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
 fn builders(limits: &Limits) -> Builders {
     let mut http1 = http1::Builder::new();
     // hyper answers 431 itself when the head outgrows the read buffer or has too many fields.
@@ -123,7 +135,11 @@ fn builders(limits: &Limits) -> Builders {
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_send_buf_size(H2_SEND_BUFFER)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    Builders { http1, http2 }
+    Builders {
+        http1,
+        http2,
+        park_after: PARK_AFTER,
+    }
 }
 
 /// An open client connection, counted in `switchyard_connections_open` and holding its place
@@ -166,10 +182,11 @@ pub async fn serve<IO>(
     let conn = Arc::new(conn);
     let service_state = Arc::clone(&state);
     let redirect = redirect.map(Arc::new);
-    let activity = Activity::default();
+    let activity = Activity::new(conn.body_read.clone());
+    let upgrade = Arc::clone(&conn.upgrade);
     let requests = activity.clone();
     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-        let open = requests.request(request.version());
+        let open = requests.request(&request);
         let state = Arc::clone(&service_state);
         let conn = Arc::clone(&conn);
         let redirect = redirect.clone();
@@ -183,7 +200,8 @@ pub async fn serve<IO>(
             Ok::<_, Infallible>(response.map(|body| body.count(open)))
         })
     });
-    let connection = http.serve_connection(io, service);
+    let parked = &state.metrics.connections_parked;
+    let connection = http.serve_connection(io, service, &activity, upgrade, parked);
     tokio::pin!(connection);
     let served = drive(
         connection.as_mut(),
@@ -218,79 +236,6 @@ async fn taken_over(
     match takeover {
         Some(receiver) => receiver.await,
         None => std::future::pending().await,
-    }
-}
-
-/// What the service tells [`drive`] about a connection: whether its first request head has
-/// arrived, how many requests (HTTP/2 streams) are open, and when the last one ended.
-#[derive(Debug, Clone, Default)]
-pub struct Activity(Arc<Counts>);
-
-/// Shared by the service (which writes) and [`drive`] (which reads when its timer fires).
-#[derive(Debug)]
-struct Counts {
-    arrived: AtomicBool,
-    http2: AtomicBool,
-    open_requests: AtomicUsize,
-    /// When the last request ended, as nanoseconds since `opened`.
-    last_end: AtomicU64,
-    opened: Instant,
-}
-
-impl Default for Counts {
-    fn default() -> Counts {
-        Counts {
-            arrived: AtomicBool::new(false),
-            http2: AtomicBool::new(false),
-            open_requests: AtomicUsize::new(0),
-            last_end: AtomicU64::new(0),
-            opened: Instant::now(),
-        }
-    }
-}
-
-impl Activity {
-    /// A request head has arrived; the request is open until the guard is dropped, with its
-    /// response body after the last byte.
-    pub fn request(&self, version: http::Version) -> OpenRequest {
-        let counts = &self.0;
-        counts.arrived.store(true, Ordering::Relaxed);
-        if version == http::Version::HTTP_2 {
-            counts.http2.store(true, Ordering::Relaxed);
-        }
-        counts.open_requests.fetch_add(1, Ordering::AcqRel);
-        OpenRequest(Arc::clone(counts))
-    }
-
-    fn has_arrived(&self) -> bool {
-        self.0.arrived.load(Ordering::Relaxed)
-    }
-
-    fn is_http2(&self) -> bool {
-        self.0.http2.load(Ordering::Relaxed)
-    }
-
-    /// Since when the connection has had no open request; `None` while one is open.
-    fn idle_since(&self) -> Option<Instant> {
-        let counts = &self.0;
-        if counts.open_requests.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let nanos = counts.last_end.load(Ordering::Acquire);
-        Some(counts.opened + Duration::from_nanos(nanos))
-    }
-}
-
-/// An open request of a connection, carried by its response body to the last byte.
-#[derive(Debug)]
-pub struct OpenRequest(Arc<Counts>);
-
-impl Drop for OpenRequest {
-    fn drop(&mut self) {
-        let since_open = Instant::now().saturating_duration_since(self.0.opened);
-        let nanos = u64::try_from(since_open.as_nanos()).unwrap_or(u64::MAX);
-        self.0.last_end.fetch_max(nanos, Ordering::AcqRel);
-        self.0.open_requests.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -2,19 +2,20 @@
 
 use std::sync::Arc;
 
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
 
 use crate::proxy::body::AccessRecord;
 use crate::state::State;
 use crate::upstream::backend::InFlightGuard;
 use crate::upstream::h1::Upgraded;
 
+use super::version::ClientIo;
+
 /// Runs the tunnel in the background; the guard counts it as an open stream until it closes, and
 /// it closes when the backend drains or the proxy shuts down.
 pub fn spawn_tunnel(
     state: &Arc<State>,
-    client: OnUpgrade,
+    client: oneshot::Receiver<ClientIo>,
     upstream: Upgraded,
     guard: InFlightGuard,
     mut record: AccessRecord,
@@ -31,18 +32,14 @@ pub fn spawn_tunnel(
 }
 
 async fn tunnel(
-    client: OnUpgrade,
+    client: oneshot::Receiver<ClientIo>,
     mut upstream: Upgraded,
     record: &mut AccessRecord,
 ) -> &'static str {
-    let client = match client.await {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::debug!(%error, "websocket upgrade failed");
-            return "upgrade_failed";
-        }
+    let Ok(mut client) = client.await else {
+        tracing::debug!("websocket upgrade failed: the client connection ended before the 101");
+        return "upgrade_failed";
     };
-    let mut client = TokioIo::new(client);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((to_backend, to_client)) => {
             record.bytes = to_backend + to_client;

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -46,6 +46,34 @@ impl Upload {
     }
 }
 
+/// Whether the latest request body of a client connection has been read to its end. Only then does
+/// the connection's next byte begin a request head, so only then may an HTTP/1 connection set its
+/// socket aside between requests (`proxy::version`): a body cut short (too large, too slow, or
+/// answered without being read) leaves bytes that must never be read as a request.
+#[derive(Debug, Clone)]
+pub struct BodyRead(Arc<AtomicBool>);
+
+impl Default for BodyRead {
+    fn default() -> BodyRead {
+        BodyRead(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl BodyRead {
+    /// A request head has arrived, with a body still to come or not.
+    pub fn arrived(&self, with_body: bool) {
+        self.0.store(!with_body, Ordering::Relaxed);
+    }
+
+    pub fn is_read(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn read_to_end(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A client's request body on its way to a backend.
 #[derive(Debug)]
 pub struct RequestBody {
@@ -61,6 +89,8 @@ pub struct RequestBody {
     /// given out first.
     head: VecDeque<Frame<Bytes>>,
     tap: Option<Box<dyn Tap>>,
+    /// Told when the client's body has been read to its end (not when it was cut).
+    read: Option<BodyRead>,
 }
 
 /// Sees a request body's data as it passes to the backend, and its end.
@@ -87,20 +117,31 @@ impl RequestBody {
             upload: None,
             head: VecDeque::new(),
             tap: None,
+            read: None,
         }
     }
 
-    pub fn streaming(body: Incoming, limits: BodyLimits, bytes_in: Counter) -> RequestBody {
+    pub fn streaming(
+        body: Incoming,
+        limits: BodyLimits,
+        bytes_in: Counter,
+        read: &BodyRead,
+    ) -> RequestBody {
         let upload = (!body.is_end_stream()).then(|| Upload(Arc::new(AtomicU8::new(FORWARDING))));
+        if upload.is_none() {
+            // Nothing left to read: a policy may have read it all already.
+            read.read_to_end();
+        }
         RequestBody {
             inner: Some(body),
             limit: limits.max,
             received: 0,
             bytes_in: Some(bytes_in),
             idle: limits.idle.map(IdleTimer::new),
-            upload,
             head: VecDeque::new(),
             tap: None,
+            read: upload.is_some().then(|| read.clone()),
+            upload,
         }
     }
 
@@ -154,6 +195,12 @@ impl Body for RequestBody {
             Some(Ok(_)) => FORWARDING,
             None | Some(Err(_)) => FINISHED,
         });
+        if this.read.is_some()
+            && this.is_read_to_end(&frame)
+            && let Some(read) = this.read.take()
+        {
+            read.read_to_end();
+        }
         if let Some(idle) = &mut this.idle {
             idle.waiting_since = None;
         }
@@ -208,6 +255,16 @@ impl Body for RequestBody {
 }
 
 impl RequestBody {
+    /// Whether `frame` (just read from the client) leaves nothing of the body unread: the end
+    /// itself, or a last frame after which the sender need not ask again.
+    fn is_read_to_end(&self, frame: &Option<Result<Frame<Bytes>, hyper::Error>>) -> bool {
+        match frame {
+            None => self.inner.is_some(),
+            Some(Ok(_)) => self.inner.as_ref().is_some_and(Body::is_end_stream),
+            Some(Err(_)) => false,
+        }
+    }
+
     /// The client has nothing for us yet: pending, or an error once it has been quiet too long.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let Some(idle) = self.idle.as_mut() else {

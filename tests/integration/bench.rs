@@ -151,6 +151,8 @@ async fn loadgen_holds_idle_keep_alive_connections_and_counts_their_memory() {
         "20",
         "--warmup",
         "0.1",
+        "--settle",
+        "0.1",
         "--watch-pid",
         &std::process::id().to_string(),
     ])
@@ -159,6 +161,9 @@ async fn loadgen_holds_idle_keep_alive_connections_and_counts_their_memory() {
     assert_eq!(idle["connections_open"], 20, "{idle}");
     assert_eq!(idle["connections_failed"], 0, "{idle}");
     assert!(idle["rss_bytes_per_connection"].is_u64(), "{idle}");
+    // The backend keeps them open: all still there for the second sample.
+    assert_eq!(idle["connections_open_settled"], 20, "{idle}");
+    assert!(idle["rss_bytes_per_connection_settled"].is_u64(), "{idle}");
 
     // Every POST refused: nothing to measure, and the run says why.
     let missing = format!("http://{address}/no-such-route");

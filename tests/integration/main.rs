@@ -16,6 +16,7 @@ mod health;
 mod hostile;
 mod hygiene;
 mod import;
+mod keepalive;
 mod legacy_stream;
 mod limits;
 mod ops;

@@ -160,7 +160,7 @@ async fn metrics_text(proxy: &TestProxy) -> String {
 
 /// A proxy with one TLS listener for `localhost` (a certificate from a fresh test CA) in front of
 /// backend `b1`; the CA's files and the backend live as long as the values returned.
-async fn localhost_tls_proxy(tag: &str) -> (Pki, TestBackend, TestProxy) {
+pub(crate) async fn localhost_tls_proxy(tag: &str) -> (Pki, TestBackend, TestProxy) {
     let pki = Pki::new(tag);
     let leaf = pki.leaf("localhost", &["localhost"]);
     let backend = TestBackend::start("b1").await;

@@ -73,6 +73,22 @@ pub(super) async fn idle(args: IdleArgs) -> Result<Value, LoadgenError> {
             }),
         );
     }
+    if args.settle > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+        let settled = sample(&args.common.watch_pid);
+        let still_open = idle.iter().filter(|sender| !sender.is_closed()).count();
+        merge(&mut line, json!({ "connections_open_settled": still_open }));
+        if !args.common.watch_pid.is_empty() && still_open > 0 {
+            let grown = settled.rss_kib.saturating_sub(before.rss_kib);
+            merge(
+                &mut line,
+                json!({
+                    "watched_rss_kib_settled": settled.rss_kib,
+                    "rss_bytes_per_connection_settled": (grown * 1024) / still_open as u64,
+                }),
+            );
+        }
+    }
     drop(idle);
     Ok(line)
 }

@@ -123,6 +123,10 @@ struct IdleArgs {
     /// Size of the JSON body sent.
     #[arg(long, default_value_t = 256)]
     body_bytes: usize,
+    /// Seconds after the first sample for a second one, once the proxy has settled (freed
+    /// memory returned to the system); 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    settle: f64,
     #[command(flatten)]
     common: Common,
 }

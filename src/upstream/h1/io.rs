@@ -160,6 +160,14 @@ impl<I> Prefixed<I> {
             error: None,
         }
     }
+
+    /// The bytes not yet handed out and the stream; `None` once a read has failed.
+    pub fn into_parts(self) -> Option<(Bytes, I)> {
+        match self.error {
+            Some(_) => None,
+            None => Some((self.prefix, self.io)),
+        }
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
