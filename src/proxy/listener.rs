@@ -4,7 +4,6 @@
 //! [`super::serve`].
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -213,7 +212,7 @@ async fn handshake_and_serve(
     };
     let redirect = settings.redirect;
     let Some(tls_config) = settings.tls else {
-        let (offer, taken) = Offer::new(stream.as_raw_fd());
+        let (offer, taken) = Offer::new();
         let conn = ConnInfo::new(peer, false, None, Some(offer));
         serve(
             stream,
@@ -277,7 +276,8 @@ impl TlsConnection {
         match accepted {
             Ok(Ok(stream)) => {
                 let sni = stream.get_ref().1.server_name().map(Arc::from);
-                let conn = ConnInfo::new(peer, true, sni, None);
+                let (offer, taken) = Offer::new();
+                let conn = ConnInfo::new(peer, true, sni, Some(offer));
                 let TlsConnection {
                     redirect,
                     state,
@@ -286,7 +286,17 @@ impl TlsConnection {
                     permit,
                     ..
                 } = self;
-                serve(stream, conn, redirect, state, http, shutdown, permit, None).await;
+                serve(
+                    stream,
+                    conn,
+                    redirect,
+                    state,
+                    http,
+                    shutdown,
+                    permit,
+                    Some(taken),
+                )
+                .await;
             }
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -47,7 +47,7 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The name a TLS client sent in SNI: routes match it when the request names no host.
     pub sni: Option<Arc<str>>,
-    /// Plain HTTP/1 connections only: where an endless stream leaves hyper.
+    /// Data-plane connections (plain or TLS): where an endless event stream leaves hyper.
     pub takeover: Option<super::takeover::Offer>,
     /// Whether the latest request's body has been read to its end: the connection may set its
     /// socket aside between requests only then.

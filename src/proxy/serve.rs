@@ -223,10 +223,12 @@ pub async fn serve<IO>(
         }
         Ok(taken) = taken_over(takeover) => Some(taken),
     };
-    if let Some(taken) = taken {
-        // hyper's connection (buffers, timers, this request's future) is dropped when this
-        // returns; the stream goes on in a task of its own that holds only what it sends.
-        state.tasks.spawn(takeover::pump(taken, open));
+    // hyper's connection (buffers, timers, this request's future) is dropped with the socket
+    // taken from it; the stream goes on in a task of its own that holds only what it sends.
+    if let Some(taken) = taken
+        && let Some(stream) = connection.as_mut().take_socket()
+    {
+        state.tasks.spawn(takeover::pump(stream, taken, open));
     }
 }
 

@@ -3,63 +3,55 @@
 //! hyper's HTTP/1 server keeps a read buffer, a write buffer and the connection's task for as
 //! long as the connection lives; for a stream that sends a few bytes a minute for hours, those
 //! are nearly all of its memory. So a stream that can only end the connection anyway — a `GET`
-//! without a body, over HTTP/1.1 in clear, answered `200` with `text/event-stream` from a
-//! backend — is taken over: the handler hands the shaped response and a duplicate of the
-//! connection's socket to [`super::serve`], which drops hyper's connection (its buffers and task
-//! go with it) and spawns [`pump`]. The pump writes the head and the body in chunked encoding
-//! straight from the body's frames, keeps nothing between events, and notices a client that
-//! leaves by the socket becoming readable, not by a read buffer. The response carries
-//! `Connection: close`: after the stream the connection ends, as it would with hyper once a
-//! client gives up on an endless stream.
+//! without a body, over HTTP/1.1 (in clear or over TLS), answered `200` with `text/event-stream`
+//! from a backend — is taken over: the handler hands the shaped response to [`super::serve`],
+//! which takes the socket back from hyper ([`super::version::Connection::take_socket`]: hyper
+//! has written nothing of this response, and every earlier one is flushed before hyper reads the
+//! next request), drops hyper's connection (its buffers and task go with it) and spawns
+//! [`pump`]. The pump writes the head and the body in chunked encoding straight from the body's
+//! frames, keeps nothing between events, and notices a client that leaves by a read that ends,
+//! made into a buffer on the stack. The response carries `Connection: close`: after the stream
+//! the connection ends, as it would with hyper once a client gives up on an endless stream.
 //!
-//! What is not taken over keeps hyper: TLS (rustls holds its own buffers), HTTP/2, requests with
-//! a body (hyper may still be reading it), and anything that is not an event stream. A client
-//! that pipelines requests behind a stream loses them (the connection closes after the stream);
-//! HTTP clients in use do not pipeline.
+//! What is not taken over keeps hyper: HTTP/2, requests with a body (hyper may still be reading
+//! it), and anything that is not an event stream. Over TLS, rustls' own state stays with the
+//! stream. A client that pipelines requests behind a stream loses them (the connection closes
+//! after the stream); HTTP clients in use do not pipeline.
 
 use std::future::Future;
 use std::io::IoSlice;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header;
 use http::{Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 
 use super::body::ResponseBody;
 use crate::upstream::h1::codec::write_fields;
 
-/// What a handler hands back to its connection: the response to send, on a duplicate of the
-/// socket.
-pub struct Taken {
-    pub stream: TcpStream,
-    pub response: Response<ResponseBody>,
-}
+/// A response handed to its connection to be sent without hyper.
+pub type Taken = Response<ResponseBody>;
 
-/// Offered by a plain HTTP/1 connection to its requests: the socket, and where to send it.
+/// Offered by an HTTP/1 connection to its requests: where an endless stream's response goes.
 pub struct Offer {
-    /// The connection's socket, open as long as the connection (and so any of its requests) is.
-    socket: RawFd,
     to_connection: Mutex<Option<oneshot::Sender<Taken>>>,
 }
 
 impl std::fmt::Debug for Offer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Offer")
-            .field("socket", &self.socket)
-            .finish()
+        f.write_str("Offer")
     }
 }
 
 impl Offer {
-    pub fn new(socket: RawFd) -> (Offer, oneshot::Receiver<Taken>) {
+    pub fn new() -> (Offer, oneshot::Receiver<Taken>) {
         let (sender, receiver) = oneshot::channel();
         let offer = Offer {
-            socket,
             to_connection: Mutex::new(Some(sender)),
         };
         (offer, receiver)
@@ -78,27 +70,10 @@ impl Offer {
         let Some(sender) = self.to_connection.lock().ok().and_then(|mut s| s.take()) else {
             return response;
         };
-        let stream = match self.duplicate() {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::debug!(%error, "stream stays with hyper: socket not duplicated");
-                return response;
-            }
-        };
-        if let Err(taken) = sender.send(Taken { stream, response }) {
-            return taken.response;
+        if let Err(response) = sender.send(response) {
+            return response;
         }
         std::future::pending().await
-    }
-
-    fn duplicate(&self) -> std::io::Result<TcpStream> {
-        // SAFETY: only a request's handler calls this, and handlers run inside hyper's connection
-        // future, which owns the socket: it is open (and this number is still its) meanwhile.
-        let socket = unsafe { BorrowedFd::borrow_raw(self.socket) };
-        let owned = socket.try_clone_to_owned()?;
-        let std_stream = std::net::TcpStream::from(owned);
-        std_stream.set_nonblocking(true)?;
-        TcpStream::from_std(std_stream)
     }
 }
 
@@ -124,26 +99,29 @@ fn is_endless_stream(response: &Response<ResponseBody>) -> bool {
         && super::respond::is_event_stream(response.headers())
 }
 
-/// Sends a taken-over response to its end, or until the client leaves. The response is taken
-/// apart before the stream's future exists: that future lives as long as the stream, and would
-/// otherwise keep room for the whole response (head and header map) next to what it sends.
-/// `open` (what counts the connection as open) is dropped when the stream ends.
-pub fn pump<Open: Send + 'static>(taken: Taken, open: Open) -> impl Future<Output = ()> + Send {
-    let Taken { stream, response } = taken;
-    let (parts, body) = response.into_parts();
+/// Sends a taken-over response on `stream` to its end, or until the client leaves. The response
+/// is taken apart before the stream's future exists: that future lives as long as the stream,
+/// and would otherwise keep room for the whole response (head and header map) next to what it
+/// sends. `open` (what counts the connection as open) is dropped when the stream ends.
+pub fn pump<S, Open>(stream: S, taken: Taken, open: Open) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Open: Send + 'static,
+{
+    let (parts, body) = taken.into_parts();
     let head = head(&parts);
     drop(parts);
     send_stream(stream, head, body, open)
 }
 
-async fn send_stream<Open>(
-    mut stream: TcpStream,
+async fn send_stream<S: AsyncRead + AsyncWrite + Unpin, Open>(
+    mut stream: S,
     head: Vec<u8>,
     mut body: ResponseBody,
     // Held, not used: an argument lives as long as the future.
     _open: Open,
 ) {
-    if let Err(error) = stream.write_all(&head).await {
+    if let Err(error) = write_flushed(&mut stream, &head).await {
         tracing::debug!(%error, "client left before the stream's head was sent");
         return;
     }
@@ -162,30 +140,37 @@ async fn send_stream<Open>(
                 // a chunked body without its last chunk, as with hyper.
                 Some(Err(_)) => return,
                 None => {
-                    let _ = stream.write_all(b"0\r\n\r\n").await;
+                    let _ = write_flushed(&mut stream, b"0\r\n\r\n").await;
                     let _ = stream.shutdown().await;
                     return;
                 }
             },
-            readable = stream.readable() => {
-                if readable.is_err() || client_left(&stream) {
-                    return;
-                }
-            }
+            () = client_left(&mut stream) => return,
         }
     }
 }
 
-/// Reads what the client sent (nothing is expected) to tell a close from spurious readiness.
-/// The scratch space is on the stack of this call, not in the stream's future.
-fn client_left(stream: &TcpStream) -> bool {
+async fn write_flushed<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    // TLS: what rustls holds goes out now, not with the next event.
+    stream.flush().await
+}
+
+/// Resolves when the client has closed (or broken) the connection. What it sends meanwhile
+/// (nothing is expected) is read and dropped, into scratch space on the stack of each poll, not
+/// in the stream's future.
+async fn client_left<S: AsyncRead + Unpin>(stream: &mut S) {
+    std::future::poll_fn(|cx| poll_client_left(Pin::new(&mut *stream), cx)).await;
+}
+
+fn poll_client_left<S: AsyncRead>(mut stream: Pin<&mut S>, cx: &mut Context<'_>) -> Poll<()> {
     let mut scratch = [0u8; 512];
     loop {
-        match stream.try_read(&mut scratch) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
+        let mut buf = ReadBuf::new(&mut scratch);
+        match stream.as_mut().poll_read(cx, &mut buf) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+            Poll::Ready(_) => return Poll::Ready(()),
         }
     }
 }
@@ -212,7 +197,7 @@ fn head(parts: &http::response::Parts) -> Vec<u8> {
 
 /// One chunk: its size line, the data and the CRLF, in as few writes as the socket allows and
 /// without copying the data.
-async fn write_chunk(stream: &mut TcpStream, data: Bytes) -> std::io::Result<()> {
+async fn write_chunk<S: AsyncWrite + Unpin>(stream: &mut S, data: Bytes) -> std::io::Result<()> {
     if data.is_empty() {
         return Ok(());
     }
@@ -230,7 +215,7 @@ async fn write_chunk(stream: &mut TcpStream, data: Bytes) -> std::io::Result<()>
         }
         IoSlice::advance_slices(&mut remaining, written);
     }
-    Ok(())
+    stream.flush().await
 }
 
 /// `len` in hex and CRLF, on the stack: an event costs no allocation.

@@ -220,6 +220,21 @@ impl<I: Io, S: Service> Connection<I, S> {
         }
     }
 
+    /// The socket of an HTTP/1 connection, taken from hyper while a request is open whose
+    /// response goes out another way ([`super::takeover`]). hyper has written nothing of that
+    /// response, and every earlier one was flushed before hyper read this request; what it read
+    /// past the request (pipelined requests) is dropped. `None` in any other state.
+    pub fn take_socket(mut self: Pin<&mut Self>) -> Option<I> {
+        if !matches!(*self, Connection::Http1(_)) {
+            return None;
+        }
+        let Connection::Http1(serving) = std::mem::replace(&mut *self, Connection::Ended) else {
+            return None;
+        };
+        let parts = serving.connection.into_parts();
+        parts.io.into_inner().into_parts().map(|(_, io)| io)
+    }
+
     /// Whether the connection waits for its next request without hyper.
     pub fn is_parked(&self) -> bool {
         match self {
