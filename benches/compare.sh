@@ -19,11 +19,12 @@
 #                   limit (a proxy holds two descriptors per stream), "max" means that cap
 #   BENCH_TARGETS   which targets to run, in order (default "nginx haproxy switchyard direct";
 #                   nginx first because the fixed-rate runs use half its maximum)
-#   BENCH_SCENARIOS which scenarios to run (default "post ws tls https sse idle"): post = POST
-#                   maximum (wrk and loadgen) and latency at a fixed rate, ws = WebSocket ping,
-#                   tls = full handshakes, https = keep-alive POSTs over TLS (wrk), sse = SSE
-#                   fan-out, idle = memory per idle keep-alive connection (2 s and 14 s after
-#                   the answers)
+#   BENCH_SCENARIOS which scenarios to run (default "post ws tls https sse ssetls idle"): post =
+#                   POST maximum (wrk and loadgen) and latency at a fixed rate, ws = WebSocket
+#                   ping, tls = full handshakes, https = keep-alive POSTs over TLS (wrk), sse =
+#                   SSE fan-out, ssetls = SSE fan-out over TLS, idle = memory per idle keep-alive
+#                   connection (2 s and 14 s after the answers)
+#   BENCH_TLS_STREAMS  streams of the ssetls scenario (default 1000)
 #   BENCH_IDLE      how many idle keep-alive connections the idle scenario holds (default 5000)
 #   BENCH_FIXED_RATE  POST rate for the latency runs (default: half of nginx's measured maximum)
 #   BENCH_BASELINE_BIN  another Switchyard binary (e.g. one built from an older commit): adds the
@@ -43,8 +44,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 STREAMS=${BENCH_STREAMS:-"1000 5000 10000 max"}
 TARGETS=${BENCH_TARGETS:-"nginx haproxy switchyard direct"}
-SCENARIOS=" ${BENCH_SCENARIOS:-post ws tls https sse idle} "
+SCENARIOS=" ${BENCH_SCENARIOS:-post ws tls https sse ssetls idle} "
 IDLE_CONNECTIONS=${BENCH_IDLE:-5000}
+TLS_STREAMS=${BENCH_TLS_STREAMS:-1000}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 FIXED_RATE=${BENCH_FIXED_RATE:-}
@@ -415,6 +417,15 @@ run_target() {
     if has sse; then
         run_sse "$name" "$port"
     fi
+    if has ssetls && [[ $tls == yes ]]; then
+        log "$name: SSE fan-out over TLS, $TLS_STREAMS streams"
+        start_target "$name"
+        loadgen "$name:ssetls" sse \
+            --url "https://127.0.0.1:${TLS_PORT[$name]}/bench/sse?every_ms=1000" \
+            --ca "$OUT/tls/ca.pem" --streams "$TLS_STREAMS" --source-ips 8 --warmup 2 \
+            --watch-pid "$TARGET_PIDS" >/dev/null
+        stop_target "$name"
+    fi
     if has idle; then
         # A fresh process, as for SSE: what the POST runs left in the heap would hide growth.
         log "$name: $IDLE_CONNECTIONS idle keep-alive connections"
@@ -487,6 +498,11 @@ rows = [
     ("RSS bytes per idle keep-alive connection", "idle", "rss_bytes_per_connection", "lower"),
     ("idle keep-alive connections open 14 s after their answer", "idle", "connections_open_settled", "higher"),
     ("RSS bytes per idle keep-alive connection 14 s after", "idle", "rss_bytes_per_connection_settled", "lower"),
+    ("SSE over TLS: streams open", "ssetls", "streams_open", "higher"),
+    ("SSE over TLS: delivery p50 µs", "ssetls", "p50_us", "lower"),
+    ("SSE over TLS: delivery p99 µs", "ssetls", "p99_us", "lower"),
+    ("SSE over TLS: RSS bytes/stream", "ssetls", "rss_bytes_per_stream", "lower"),
+    ("SSE over TLS: RSS bytes/stream after a warm-up stream", "ssetls", "rss_bytes_per_stream_warm", "lower"),
 ]
 for size in sys.argv[3].split():
     rows += [

@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
+use crate::support::TestProxy;
+use crate::tls::{Pki, tls_line};
+
 /// Serves `switchyard::tools::backend::bench::handle` on a free loopback port until the test ends.
 async fn bench_backend() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -172,6 +175,37 @@ async fn loadgen_holds_idle_keep_alive_connections_and_counts_their_memory() {
         stderr.contains("every connection failed; first error: status 404"),
         "{stderr}"
     );
+}
+
+/// `loadgen sse` over TLS (`--ca`): the streams go through a TLS listener of the proxy.
+#[tokio::test]
+async fn loadgen_opens_sse_streams_over_tls() {
+    let address = bench_backend().await;
+    let pki = Pki::new("loadgen-sse");
+    let leaf = pki.leaf("localhost", &["localhost"]);
+    let config = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n{}\n\n[pools.bench]\nbackends = [\"{address}\"]\n\n\
+         [routing]\nactive = \"bench\"\n",
+        tls_line(&leaf)
+    );
+    let proxy = TestProxy::start(&config).await;
+    let sse = loadgen(&[
+        "sse",
+        "--url",
+        &format!("https://{}/bench/sse?every_ms=20", proxy.address),
+        "--ca",
+        pki.ca_path().to_str().unwrap(),
+        "--streams",
+        "3",
+        "--seconds",
+        "0.5",
+        "--warmup",
+        "0.1",
+    ])
+    .await;
+    assert_eq!(sse["streams_open"], 3, "{sse}");
+    assert_eq!(sse["streams_failed"], 0, "{sse}");
+    assert!(sse["events"].as_u64().unwrap() >= 3 * 10, "{sse}");
 }
 
 /// A target that cannot work is refused at once, not after the run: a dead address, and an

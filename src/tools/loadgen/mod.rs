@@ -95,6 +95,12 @@ struct SseArgs {
     /// Give up opening streams after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     open_timeout: f64,
+    /// For an https:// URL: PEM file of the CA that signed the server certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// The name sent in SNI and checked against the certificate (https:// only).
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
     #[command(flatten)]
     common: Common,
 }
@@ -153,7 +159,7 @@ pub enum LoadgenError {
     Url(String),
     #[error(
         "{url}: this mode speaks {scheme}:// only; give the address of a plain listener \
-         (`loadgen tls` measures TLS handshakes)"
+         (`loadgen tls` measures TLS handshakes; `loadgen sse --ca` opens streams over TLS)"
     )]
     Scheme { url: String, scheme: &'static str },
     #[error("cannot connect to {authority}: {error}; is the server running there?")]
@@ -329,10 +335,9 @@ async fn preflight(authority: &str) -> Result<(), LoadgenError> {
 }
 
 /// An HTTP/1 client on `stream`, its connection driven by a task of its own.
-async fn http1_client<B>(
-    stream: TcpStream,
-) -> Result<hyper::client::conn::http1::SendRequest<B>, String>
+async fn http1_client<B, S>(stream: S) -> Result<hyper::client::conn::http1::SendRequest<B>, String>
 where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     B: http_body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -29,8 +29,24 @@ struct SseShared {
     live: Arc<Live>,
 }
 
+/// How streams of an https:// URL are opened.
+#[derive(Clone)]
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
 pub(super) async fn sse(args: SseArgs) -> Result<Value, LoadgenError> {
-    let target = Arc::new(target(&args.url, "http")?);
+    let tls = match &args.ca {
+        Some(ca) => Some(Arc::new(Tls {
+            connector: super::tls::tls_connector(ca)?,
+            name: rustls::pki_types::ServerName::try_from(args.server_name.clone())
+                .map_err(|e| LoadgenError::Tls(e.to_string()))?,
+        })),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let target = Arc::new(target(&args.url, scheme)?);
     preflight(&target.authority).await?;
     let live = Arc::new(Live::default());
     let shared = Arc::new(SseShared {
@@ -47,7 +63,7 @@ pub(super) async fn sse(args: SseArgs) -> Result<Value, LoadgenError> {
     let warm = if args.common.watch_pid.is_empty() {
         None
     } else {
-        warm_up(&target).await;
+        warm_up(&target, tls.as_deref()).await;
         Some(sample(&args.common.watch_pid))
     };
     let opening = Arc::new(Semaphore::new(args.open_concurrency.max(1)));
@@ -62,6 +78,7 @@ pub(super) async fn sse(args: SseArgs) -> Result<Value, LoadgenError> {
         );
         tasks.push(tokio::spawn(sse_stream(
             Arc::clone(&target),
+            tls.clone(),
             Arc::clone(&shared),
             Arc::clone(&opening),
             source,
@@ -134,10 +151,10 @@ pub(super) async fn sse(args: SseArgs) -> Result<Value, LoadgenError> {
 /// Opens one stream, reads its first event and closes it, then gives the proxy a moment to
 /// notice. What a proxy pays once, on its first stream (code paged in on first use, tables and
 /// pools set up), then shows in the cold figure (from `before`) and not in the warm one.
-async fn warm_up(target: &Target) {
+async fn warm_up(target: &Target, tls: Option<&Tls>) {
     const WAIT: Duration = Duration::from_secs(10);
     if let Ok(Ok(response)) =
-        tokio::time::timeout(WAIT, open_sse(target, std::net::Ipv4Addr::LOCALHOST)).await
+        tokio::time::timeout(WAIT, open_sse(target, tls, std::net::Ipv4Addr::LOCALHOST)).await
     {
         let mut body = response.into_body();
         let _ = tokio::time::timeout(WAIT, body.frame()).await;
@@ -147,6 +164,7 @@ async fn warm_up(target: &Target) {
 
 async fn sse_stream(
     target: Arc<Target>,
+    tls: Option<Arc<Tls>>,
     shared: Arc<SseShared>,
     opening: Arc<Semaphore>,
     source: std::net::Ipv4Addr,
@@ -161,7 +179,7 @@ async fn sse_stream(
             .get_or_insert(error);
     };
     let permit = opening.acquire().await;
-    let response = match open_sse(&target, source).await {
+    let response = match open_sse(&target, tls.as_deref(), source).await {
         Ok(response) if response.status().is_success() => response,
         Ok(response) => return fail(format!("status {}", response.status())),
         Err(error) => return fail(error),
@@ -201,6 +219,7 @@ async fn sse_stream(
 
 async fn open_sse(
     target: &Target,
+    tls: Option<&Tls>,
     source: std::net::Ipv4Addr,
 ) -> Result<http::Response<hyper::body::Incoming>, String> {
     let address = tokio::net::lookup_host(target.authority.as_str())
@@ -214,7 +233,17 @@ async fn open_sse(
     }
     let stream = socket.connect(address).await.map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let mut sender = http1_client(stream).await?;
+    let mut sender = match tls {
+        Some(tls) => {
+            let stream = tls
+                .connector
+                .connect(tls.name.clone(), stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            http1_client(stream).await?
+        }
+        None => http1_client(stream).await?,
+    };
     let request = Request::get(target.path.as_str())
         .header(header::HOST, target.authority.as_str())
         .header(header::ACCEPT, "text/event-stream")

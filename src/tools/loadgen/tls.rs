@@ -46,7 +46,9 @@ pub(super) async fn tls(args: TlsArgs) -> Result<Value, LoadgenError> {
 
 /// X25519 only and no resumption: every server pays the same full handshake, whatever groups
 /// its TLS library prefers.
-fn tls_connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector, LoadgenError> {
+pub(super) fn tls_connector(
+    ca: &std::path::Path,
+) -> Result<tokio_rustls::TlsConnector, LoadgenError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let ca_error = |reason: String| LoadgenError::Ca {
