@@ -81,6 +81,7 @@ async fn serve_one(
     let service = service_fn(move |request: Request<Incoming>| {
         let open = requests.request(&request);
         let state = Arc::clone(&state);
+        // Boxed: hyper's low-level HTTP/1 connection (which can park) takes `Unpin` futures.
         Box::pin(async move {
             let response = handle(&state, &request).await;
             Ok::<_, Infallible>(response.map(|body| body.count(open)))
