@@ -25,6 +25,8 @@
 #                   SSE fan-out, ssetls = SSE fan-out over TLS, idle = memory per idle keep-alive
 #                   connection (2 s and 14 s after the answers)
 #   BENCH_TLS_STREAMS  streams of the ssetls scenario (default 1000)
+#   BENCH_OPEN_CONCURRENCY  SSE streams being opened at once (default 256; 1 spreads the bench
+#                   backend's per-stream tickers evenly, which the latency rows depend on)
 #   BENCH_IDLE      how many idle keep-alive connections the idle scenario holds (default 5000)
 #   BENCH_FIXED_RATE  POST rate for the latency runs (default: half of nginx's measured maximum)
 #   BENCH_BASELINE_BIN  another Switchyard binary (e.g. one built from an older commit): adds the
@@ -47,6 +49,7 @@ TARGETS=${BENCH_TARGETS:-"nginx haproxy switchyard direct"}
 SCENARIOS=" ${BENCH_SCENARIOS:-post ws tls https sse ssetls idle} "
 IDLE_CONNECTIONS=${BENCH_IDLE:-5000}
 TLS_STREAMS=${BENCH_TLS_STREAMS:-1000}
+OPEN_CONCURRENCY=${BENCH_OPEN_CONCURRENCY:-256}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 FIXED_RATE=${BENCH_FIXED_RATE:-}
@@ -422,7 +425,8 @@ run_target() {
         start_target "$name"
         loadgen "$name:ssetls" sse \
             --url "https://127.0.0.1:${TLS_PORT[$name]}/bench/sse?every_ms=1000" \
-            --ca "$OUT/tls/ca.pem" --streams "$TLS_STREAMS" --source-ips 8 --warmup 2 \
+            --ca "$OUT/tls/ca.pem" --streams "$TLS_STREAMS" --source-ips 8 \
+            --open-concurrency "$OPEN_CONCURRENCY" --warmup 2 \
             --watch-pid "$TARGET_PIDS" >/dev/null
         stop_target "$name"
     fi
@@ -464,7 +468,8 @@ run_sse() {
         start_target "$name"
         loadgen "$name:sse_$streams" sse \
             --url "http://127.0.0.1:$port/bench/sse?every_ms=1000" --streams "$streams" \
-            --source-ips 8 --warmup 2 --watch-pid "$TARGET_PIDS" >/dev/null
+            --source-ips 8 --open-concurrency "$OPEN_CONCURRENCY" --warmup 2 \
+            --watch-pid "$TARGET_PIDS" >/dev/null
         stop_target "$name"
     done
 }
@@ -602,6 +607,7 @@ wait_port "$BACKEND_PORT"
     echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "versions: $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $("$BIN" --version)"
     echo "TLS: $TLS_KEY certificates, nginx and HAProxy choosing AES-128 first: $TLS_AES128"
+    echo "SSE streams opened at once: $OPEN_CONCURRENCY"
 } | tee "$OUT/machine.txt" >&2
 for target in $TARGETS; do
     run_target "$target"
