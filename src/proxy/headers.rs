@@ -353,7 +353,7 @@ mod tests {
     }
 
     fn conn(peer: &str, tls: bool) -> ConnInfo {
-        ConnInfo::new(peer.parse().unwrap(), tls, None, None)
+        ConnInfo::new(peer.parse().unwrap(), tls, None).0
     }
 
     #[test]

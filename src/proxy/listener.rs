@@ -18,7 +18,6 @@ use super::admission::{AcceptErrors, Refusals};
 use super::proxy_protocol;
 use super::request::ConnInfo;
 use super::serve::{CurrentHttp, Http, serve};
-use super::takeover::Offer;
 
 /// Binds a fresh listening socket. `SO_REUSEPORT` only when `reuse_port` asks for it: without
 /// it a port another process holds is an error here rather than a silent split of its traffic.
@@ -212,19 +211,8 @@ async fn handshake_and_serve(
     };
     let redirect = settings.redirect;
     let Some(tls_config) = settings.tls else {
-        let (offer, taken) = Offer::new();
-        let conn = ConnInfo::new(peer, false, None, Some(offer));
-        serve(
-            stream,
-            conn,
-            redirect,
-            state,
-            http,
-            shutdown,
-            permit,
-            Some(taken),
-        )
-        .await;
+        let (conn, taken) = ConnInfo::new(peer, false, None);
+        serve(stream, conn, redirect, state, http, shutdown, permit, taken).await;
         return;
     };
     // Boxed: a TLS connection's state (rustls' session and a serve future around it, ~6 KB) in
@@ -276,8 +264,7 @@ impl TlsConnection {
         match accepted {
             Ok(Ok(stream)) => {
                 let sni = stream.get_ref().1.server_name().map(Arc::from);
-                let (offer, taken) = Offer::new();
-                let conn = ConnInfo::new(peer, true, sni, Some(offer));
+                let (conn, taken) = ConnInfo::new(peer, true, sni);
                 let TlsConnection {
                     redirect,
                     state,
@@ -286,17 +273,7 @@ impl TlsConnection {
                     permit,
                     ..
                 } = self;
-                serve(
-                    stream,
-                    conn,
-                    redirect,
-                    state,
-                    http,
-                    shutdown,
-                    permit,
-                    Some(taken),
-                )
-                .await;
+                serve(stream, conn, redirect, state, http, shutdown, permit, taken).await;
             }
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::config::HostPolicy;
@@ -47,8 +48,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The name a TLS client sent in SNI: routes match it when the request names no host.
     pub sni: Option<Arc<str>>,
-    /// Data-plane connections (plain or TLS): where an endless event stream leaves hyper.
-    pub takeover: Option<super::takeover::Offer>,
+    /// Where an endless event stream leaves hyper.
+    pub takeover: super::takeover::Offer,
     /// Whether the latest request's body has been read to its end: the connection may set its
     /// socket aside between requests only then.
     pub body_read: BodyRead,
@@ -57,13 +58,15 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// The connection's facts, and where the response of an endless event stream will come to be
+    /// sent without hyper ([`super::serve`]).
     pub fn new(
         peer: SocketAddr,
         tls: bool,
         sni: Option<Arc<str>>,
-        takeover: Option<super::takeover::Offer>,
-    ) -> ConnInfo {
-        ConnInfo {
+    ) -> (ConnInfo, oneshot::Receiver<super::takeover::Taken>) {
+        let (takeover, taken) = super::takeover::Offer::new();
+        let conn = ConnInfo {
             peer,
             peer_text: super::headers::ip_text(peer.ip()),
             tls,
@@ -71,7 +74,8 @@ impl ConnInfo {
             takeover,
             body_read: BodyRead::default(),
             upgrade: Arc::default(),
-        }
+        };
+        (conn, taken)
     }
 }
 
@@ -177,10 +181,7 @@ pub async fn handle(
         .settings
         .response_headers
         .apply(response.headers_mut());
-    match &conn.takeover {
-        Some(offer) => offer.take_or_keep(eligible, response).await,
-        None => response,
-    }
+    conn.takeover.take_or_keep(eligible, response).await
 }
 
 async fn proxy(

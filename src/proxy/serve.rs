@@ -174,7 +174,7 @@ pub async fn serve<IO>(
     http: Arc<Http>,
     shutdown: CancellationToken,
     permit: OwnedSemaphorePermit,
-    takeover: Option<oneshot::Receiver<Taken>>,
+    takeover: oneshot::Receiver<Taken>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -221,7 +221,7 @@ pub async fn serve<IO>(
             }
             None
         }
-        Ok(taken) = taken_over(takeover) => Some(taken),
+        Ok(taken) = takeover => Some(taken),
     };
     // hyper's connection (buffers, timers, this request's future) is dropped with the socket
     // taken from it; the stream goes on in a task of its own that holds only what it sends.
@@ -229,15 +229,6 @@ pub async fn serve<IO>(
         && let Some(stream) = connection.as_mut().take_socket()
     {
         state.tasks.spawn(takeover::pump(stream, taken, open));
-    }
-}
-
-async fn taken_over(
-    takeover: Option<oneshot::Receiver<Taken>>,
-) -> Result<Taken, oneshot::error::RecvError> {
-    match takeover {
-        Some(receiver) => receiver.await,
-        None => std::future::pending().await,
     }
 }
 
