@@ -101,3 +101,36 @@ impl Drop for OpenRequest {
         self.0.open_requests.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use bytes::Bytes;
+    use http_body_util::{Empty, Full};
+
+    use super::*;
+
+    /// A request with a body nobody read leaves the connection idle but not settled: its next
+    /// byte may be the rest of that body, so it must not park. The next request head settles it.
+    #[test]
+    fn a_body_left_unread_keeps_the_connection_from_settling_until_the_next_request() {
+        let activity = Activity::default();
+        assert!(
+            activity.settled_since().is_some(),
+            "a new connection is settled"
+        );
+        let post = http::Request::post("/")
+            .body(Full::new(Bytes::from("x")))
+            .unwrap();
+        drop(activity.request(&post));
+        assert!(activity.idle_since().is_some());
+        assert!(activity.settled_since().is_none());
+        let get = http::Request::get("/").body(Empty::<Bytes>::new()).unwrap();
+        let open = activity.request(&get);
+        assert!(activity.settled_since().is_none(), "a request is open");
+        drop(open);
+        assert_eq!(activity.settled_since(), activity.idle_since());
+        assert!(activity.settled_since().is_some());
+    }
+}

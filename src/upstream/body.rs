@@ -320,3 +320,67 @@ impl IdleTimer {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::upstream::h1::io::testing::socket_pair;
+
+    /// hyper's body of a `POST` declaring `length` bytes, of which `sent` are on the wire; the
+    /// client side is returned to keep the connection open.
+    async fn incoming(length: usize, sent: &[u8]) -> (Incoming, TcpStream) {
+        let (mut client, server) = socket_pair().await;
+        let (to_test, body) = tokio::sync::oneshot::channel();
+        let to_test = std::sync::Mutex::new(Some(to_test));
+        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+            if let Some(to_test) = to_test.lock().unwrap().take() {
+                let _ = to_test.send(request.into_body());
+            }
+            // hyper reads the body on while the answer is pending.
+            std::future::pending::<Result<http::Response<String>, std::convert::Infallible>>()
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server), service);
+        tokio::spawn(connection);
+        let head = format!("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: {length}\r\n\r\n");
+        client.write_all(head.as_bytes()).await.unwrap();
+        client.write_all(sent).await.unwrap();
+        (body.await.unwrap(), client)
+    }
+
+    fn limits(max: Option<u64>) -> BodyLimits {
+        BodyLimits { max, idle: None }
+    }
+
+    #[tokio::test]
+    async fn a_body_read_to_its_end_is_told() {
+        let read = BodyRead::default();
+        read.arrived(true);
+        let (body, _client) = incoming(5, b"hello").await;
+        let body = RequestBody::streaming(body, limits(None), Counter::default(), &read);
+        assert!(!read.is_read(), "nothing read yet");
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"hello");
+        assert!(read.is_read());
+    }
+
+    /// Cut at the limit with bytes still to come: those bytes are not a request head, so the
+    /// connection is never told the body was read.
+    #[tokio::test]
+    async fn a_body_cut_at_the_limit_is_not_told() {
+        let read = BodyRead::default();
+        read.arrived(true);
+        let (body, _client) = incoming(10, b"hello!").await;
+        let body = RequestBody::streaming(body, limits(Some(4)), Counter::default(), &read);
+        let cut = body.collect().await.expect_err("over the limit");
+        assert!(matches!(cut, BodyError::TooLarge { limit: 4 }), "{cut}");
+        assert!(!read.is_read());
+    }
+}
