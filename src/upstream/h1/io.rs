@@ -66,20 +66,21 @@ impl Io {
 
 use std::future::Future;
 
-/// Waits for readiness without a buffer, then reads with one.
+/// Waits for readiness without a buffer, then reads with one. The read goes through
+/// `poll_read`, not `try_read`: a read shorter than the room given clears the socket's
+/// readiness, so the check-out's staleness look at a parked connection (`is_stale`) costs no
+/// syscall; after a `try_read` the readiness stayed set and every check-out paid a `recvfrom`
+/// that failed with `EAGAIN`.
 fn poll_fill_tcp(
     stream: &mut TcpStream,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(stream.poll_read_ready(cx))?;
-        buffers::ready_for_read(buf);
-        match stream.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buffers::release(buf),
-            result => return Poll::Ready(result),
-        }
-    }
+    ready!(stream.poll_read_ready(cx))?;
+    buffers::ready_for_read(buf);
+    // `read_buf` keeps no state between polls: a pending one is simply dropped.
+    let read = stream.read_buf(buf);
+    std::pin::pin!(read).as_mut().poll(cx)
 }
 
 impl AsyncRead for Io {
@@ -268,6 +269,39 @@ mod tests {
         let mut buf = vec![0; 8192];
         let n = prefixed.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+
+    /// An answer read whole leaves the socket marked not ready, so the check-out that looks at
+    /// the parked connection next asks the runtime, not the kernel; once the backend closes
+    /// it, the look sees that.
+    #[tokio::test]
+    async fn a_short_read_leaves_a_parked_connection_to_be_checked_without_a_syscall() {
+        let (client, mut server) = socket_pair().await;
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        let mut io = Io::Plain(client);
+        let mut buf = BytesMut::new();
+        let n = std::future::poll_fn(|cx| io.poll_fill(cx, &mut buf))
+            .await
+            .unwrap();
+        assert_eq!(&buf[..n], b"HTTP/1.1 200 OK\r\n\r\n");
+        let Io::Plain(stream) = &io else {
+            unreachable!()
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(
+            stream.poll_read_ready(&mut cx).is_pending(),
+            "the readiness outlived a short read"
+        );
+        assert!(!io.is_stale());
+        drop(server);
+        let Io::Plain(stream) = &io else {
+            unreachable!()
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), stream.readable())
+            .await
+            .expect("the close never made the socket ready")
+            .unwrap();
+        assert!(io.is_stale());
     }
 
     #[tokio::test]
