@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Switchyard vs nginx vs HAProxy vs a direct connection, in front of the same bundled backend.
 #
-#   benches/compare.sh            # full run, about 8 minutes
+#   benches/compare.sh            # full run, about 14 minutes
 #   BENCH_SECONDS=3 benches/compare.sh   # quick smoke run
 #
 # Installs nginx, haproxy and wrk with apt-get when missing, builds Switchyard in release mode,
-# then runs every scenario against each target one after another: the proxy pinned to CPU
+# then runs every scenario against each target one after another: the request scenarios (post,
+# ws, tls, https) in $BENCH_ROUNDS rounds, the targets' order reversed every other round, and
+# each row of the table is the median of the rounds; then the stream and idle scenarios once per
+# target. The proxy pinned to CPU
 # $PROXY_CPU with one worker (nginx worker_processes 1, HAProxy nbthread 1, Switchyard
 # TOKIO_WORKER_THREADS=1), the backend and the load generator pinned to CPU $LOAD_CPU.
 # Loopback only. Every run is bounded by `timeout`; the trap stops everything it started.
@@ -24,6 +27,11 @@
 #                   ping, tls = full handshakes, https = keep-alive POSTs over TLS (wrk), sse =
 #                   SSE fan-out, ssetls = SSE fan-out over TLS, idle = memory per idle keep-alive
 #                   connection (2 s and 14 s after the answers)
+#   BENCH_ROUNDS    rounds of the request scenarios (default 2: the targets' order, then reversed).
+#                   This machine's speed drifts by 10-20 % over minutes, so whichever target
+#                   ran in a slow spell read low; alternating the order and taking the median
+#                   evens that out (every round's figures stay in results.jsonl, and the POST
+#                   rows are also printed per round)
 #   BENCH_TLS_STREAMS  streams of the ssetls scenario (default 1000)
 #   BENCH_OPEN_CONCURRENCY  SSE streams being opened at once (default 256; 1 spreads the bench
 #                   backend's per-stream tickers evenly, which the latency rows depend on)
@@ -46,6 +54,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 STREAMS=${BENCH_STREAMS:-"1000 5000 10000 max"}
 TARGETS=${BENCH_TARGETS:-"nginx haproxy switchyard direct"}
+ROUNDS=${BENCH_ROUNDS:-2}
+ROUND=1
 SCENARIOS=" ${BENCH_SCENARIOS:-post ws tls https sse ssetls idle} "
 IDLE_CONNECTIONS=${BENCH_IDLE:-5000}
 TLS_STREAMS=${BENCH_TLS_STREAMS:-1000}
@@ -345,11 +355,11 @@ loadgen() {
     local line
     if line=$(timeout $((SECONDS_PER_RUN * 3 + 200)) taskset -c "$LOAD_CPU" \
         "$BIN" loadgen "$@" --label "$label" --seconds "$SECONDS_PER_RUN" 2>>"$OUT/loadgen.log"); then
-        echo "$line" >>"$RESULTS"
+        jq -c --argjson round "$ROUND" '. + {round: $round}' <<<"$line" >>"$RESULTS"
         echo "$line"
     else
         log "run $label failed (see $OUT/loadgen.log)"
-        echo "{\"label\":\"$label\",\"failed\":true}" >>"$RESULTS"
+        echo "{\"label\":\"$label\",\"round\":$ROUND,\"failed\":true}" >>"$RESULTS"
         echo "{}"
     fi
 }
@@ -380,7 +390,7 @@ EOF
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$output")
     requests=$(awk '/requests in/ {print $1}' <<<"$output")
     cpu=$(awk -v a="$after" -v b="$before" 'BEGIN {printf "%.3f", a - b}')
-    echo "{\"label\":\"$label\",\"mode\":\"wrk\",\"per_second\":${rps:-0},\"ok\":${requests:-0},\"watched_cpu_seconds\":$cpu}" >>"$RESULTS"
+    echo "{\"label\":\"$label\",\"round\":$ROUND,\"mode\":\"wrk\",\"per_second\":${rps:-0},\"ok\":${requests:-0},\"watched_cpu_seconds\":$cpu}" >>"$RESULTS"
 }
 
 has() { [[ $SCENARIOS == *" $1 "* ]]; }
@@ -392,11 +402,18 @@ streams_for() {
     echo "$wanted"
 }
 
-run_target() {
-    local name=$1 port=${HTTP_PORT[$1]}
-    local tls=no
+# Whether the target has a TLS listener in this run.
+tls_of() {
+    local name=$1 tls=no
     [[ $name != direct && ($name != switchyard || $SWITCHYARD_TLS == yes) ]] && tls=yes
     [[ $name == baseline ]] && tls=$SWITCHYARD_TLS
+    echo "$tls"
+}
+
+# One round of the request scenarios against one target.
+run_requests() {
+    local name=$1 port=${HTTP_PORT[$1]} tls
+    tls=$(tls_of "$name")
     if has post || has ws || has tls || has https; then
         start_target "$name"
         local pids=$TARGET_PIDS
@@ -417,6 +434,12 @@ run_target() {
         fi
         stop_target "$name"
     fi
+}
+
+# The stream and idle scenarios against one target, each in a fresh process.
+run_streams() {
+    local name=$1 port=${HTTP_PORT[$1]} tls
+    tls=$(tls_of "$name")
     if has sse; then
         run_sse "$name" "$port"
     fi
@@ -447,7 +470,8 @@ run_post() {
     local max
     max=$(loadgen "$name:post_max" post --url "http://127.0.0.1:$port/bench/echo" \
         --connections "$POST_CONNECTIONS" --watch-pid "$pids" | jq -r '.per_second // 0')
-    if [[ $name == nginx && -z ${BENCH_FIXED_RATE:-} ]]; then
+    # Set in the first round only: every round measures latency at the same rate.
+    if [[ $name == nginx && -z ${BENCH_FIXED_RATE:-} && $ROUND == 1 ]]; then
         FIXED_RATE=$(((${max%.*} + 1) / 2))
     fi
     local rate=${FIXED_RATE:-$(((${max%.*} + 1) / 2))}
@@ -480,11 +504,13 @@ print_table() {
     sizes=$(for w in $STREAMS; do streams_for "$w"; done | awk '!seen[$0]++' | tr '\n' ' ')
     python3 - "$RESULTS" "$TARGETS" "$sizes" <<'EOF'
 import json, sys
+import statistics
+# Every round's line of a (target, scenario); a row shows the median of the rounds.
 results = {}
 for raw in open(sys.argv[1]):
     line = json.loads(raw)
     target, _, scenario = line.get("label", "").partition(":")
-    results[(target, scenario)] = line
+    results.setdefault((target, scenario), []).append(line)
 targets = sys.argv[2].split()
 rows = [
     ("POST max req/s (wrk)", "post_max_wrk", "per_second", "higher"),
@@ -518,14 +544,17 @@ for size in sys.argv[3].split():
         (f"SSE {size}: RSS bytes/stream after a warm-up stream", f"sse_{size}", "rss_bytes_per_stream_warm", "lower"),
         (f"SSE {size}: RSS MiB total", f"sse_{size}", "watched_rss_kib", "lower"),
     ]
-def value(target, scenario, key):
-    v = results.get((target, scenario), {}).get(key)
-    line = results.get((target, scenario), {})
+def value_of(line, key):
+    v = line.get(key)
     if key == "cpu_us_per_op" and line.get("ok") and line.get("watched_cpu_seconds") is not None:
         v = line["watched_cpu_seconds"] * 1e6 / line["ok"]
     if key == "watched_rss_kib" and v is not None:
         v = v / 1024
     return v
+def value(target, scenario, key):
+    values = [value_of(line, key) for line in results.get((target, scenario), [])]
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 def fmt(v):
     if v is None: return "–"
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
@@ -543,6 +572,23 @@ for title, scenario, key, better in rows:
         theirs = value(t, scenario, key)
         row.append(f"{mine / theirs:.2f}×" if mine is not None and theirs else "–")
     print("| " + " | ".join(row) + " |")
+
+# The POST rows round by round, so the spread the medians hide is in the report too.
+rounds = sorted({line.get("round", 1) for lines in results.values() for line in lines})
+if len(rounds) > 1:
+    for title, scenario, key in (("POST max req/s (wrk)", "post_max_wrk", "per_second"),
+                                 ("POST proxy CPU µs/request at max (wrk)", "post_max_wrk", "cpu_us_per_op"),
+                                 ("POST p99 µs @ ½ nginx max", "post_fixed", "p99_us")):
+        cells = {}
+        for t in targets:
+            for line in results.get((t, scenario), []):
+                cells[(t, line.get("round", 1))] = value_of(line, key)
+        if not cells: continue
+        print()
+        print("| " + " | ".join([f"{title}, by round"] + targets) + " |")
+        print("|" + "---|" * (len(targets) + 1))
+        for r in rounds:
+            print("| " + " | ".join([f"round {r}"] + [fmt(cells.get((t, r))) for t in targets]) + " |")
 
 # Issue 14's targets, each judged from this run alone: a ratio needs both targets in the run.
 def ratio(scenario, key, other):
@@ -565,7 +611,7 @@ for size in sizes:
     warm = value("switchyard", f"sse_{size}", "rss_bytes_per_stream_warm")
     judge(f"the same, counted after one warm-up stream (bytes)", warm, "≤ 5120", lambda v: v <= 5120)
 for size in sizes[-1:]:
-    line = results.get(("switchyard", f"sse_{size}"), {})
+    line = (results.get(("switchyard", f"sse_{size}")) or [{}])[-1]
     per, idle = line.get("rss_bytes_per_stream"), line.get("watched_rss_kib_before")
     if per is not None and idle is not None:
         print(f"| idle RSS before the streams (MiB) | – | {idle / 1024:.1f} | – |")
@@ -608,9 +654,22 @@ wait_port "$BACKEND_PORT"
     echo "versions: $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $("$BIN" --version)"
     echo "TLS: $TLS_KEY certificates, nginx and HAProxy choosing AES-128 first: $TLS_AES128"
     echo "SSE streams opened at once: $OPEN_CONCURRENCY"
+    echo "rounds of the request scenarios: $ROUNDS"
 } | tee "$OUT/machine.txt" >&2
+if has post || has ws || has tls || has https; then
+    reversed=$(tr ' ' '\n' <<<"$TARGETS" | tac | tr '\n' ' ')
+    for ROUND in $(seq "$ROUNDS"); do
+        order=$TARGETS
+        ((ROUND % 2 == 0)) && order=$reversed
+        log "round $ROUND of $ROUNDS: $order"
+        for target in $order; do
+            run_requests "$target"
+        done
+    done
+fi
+ROUND=1
 for target in $TARGETS; do
-    run_target "$target"
+    run_streams "$target"
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt" >&2
 print_table | tee "$OUT/table.md"
