@@ -33,8 +33,12 @@
 #                   evens that out (every round's figures stay in results.jsonl, and the POST
 #                   rows are also printed per round)
 #   BENCH_TLS_STREAMS  streams of the ssetls scenario (default 1000)
-#   BENCH_OPEN_CONCURRENCY  SSE streams being opened at once (default 256; 1 spreads the bench
-#                   backend's per-stream tickers evenly, which the latency rows depend on)
+#   BENCH_OPEN_CONCURRENCY  SSE streams being opened at once (default 256)
+#   BENCH_SSE_PHASE when each SSE stream's 1 s ticker sends: "random" (default; each stream at
+#                   its own random moment of the second, as independent notifications come) or
+#                   "aligned" (each ticker starts when its stream opens, so streams opened in
+#                   one burst send in the same millisecond for their whole life, and the
+#                   latency rows measure how many events share a millisecond)
 #   BENCH_IDLE      how many idle keep-alive connections the idle scenario holds (default 5000)
 #   BENCH_FIXED_RATE  POST rate for the latency runs (default: half of nginx's measured maximum)
 #   BENCH_BASELINE_BIN  another Switchyard binary (e.g. one built from an older commit): adds the
@@ -60,6 +64,11 @@ SCENARIOS=" ${BENCH_SCENARIOS:-post ws tls https sse ssetls idle} "
 IDLE_CONNECTIONS=${BENCH_IDLE:-5000}
 TLS_STREAMS=${BENCH_TLS_STREAMS:-1000}
 OPEN_CONCURRENCY=${BENCH_OPEN_CONCURRENCY:-256}
+SSE_PHASE=${BENCH_SSE_PHASE:-random}
+case $SSE_PHASE in
+    random | aligned) ;;
+    *) echo "BENCH_SSE_PHASE must be random or aligned, not $SSE_PHASE" >&2; exit 2 ;;
+esac
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 FIXED_RATE=${BENCH_FIXED_RATE:-}
@@ -447,7 +456,7 @@ run_streams() {
         log "$name: SSE fan-out over TLS, $TLS_STREAMS streams"
         start_target "$name"
         loadgen "$name:ssetls" sse \
-            --url "https://127.0.0.1:${TLS_PORT[$name]}/bench/sse?every_ms=1000" \
+            --url "https://127.0.0.1:${TLS_PORT[$name]}/bench/sse?every_ms=1000&phase=$SSE_PHASE" \
             --ca "$OUT/tls/ca.pem" --streams "$TLS_STREAMS" --source-ips 8 \
             --open-concurrency "$OPEN_CONCURRENCY" --warmup 2 \
             --watch-pid "$TARGET_PIDS" >/dev/null
@@ -491,7 +500,7 @@ run_sse() {
         # A fresh process per size, so memory freed by earlier runs does not hide growth.
         start_target "$name"
         loadgen "$name:sse_$streams" sse \
-            --url "http://127.0.0.1:$port/bench/sse?every_ms=1000" --streams "$streams" \
+            --url "http://127.0.0.1:$port/bench/sse?every_ms=1000&phase=$SSE_PHASE" --streams "$streams" \
             --source-ips 8 --open-concurrency "$OPEN_CONCURRENCY" --warmup 2 \
             --watch-pid "$TARGET_PIDS" >/dev/null
         stop_target "$name"
@@ -653,7 +662,7 @@ wait_port "$BACKEND_PORT"
     echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "versions: $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $("$BIN" --version)"
     echo "TLS: $TLS_KEY certificates, nginx and HAProxy choosing AES-128 first: $TLS_AES128"
-    echo "SSE streams opened at once: $OPEN_CONCURRENCY"
+    echo "SSE streams opened at once: $OPEN_CONCURRENCY, tickers' phase: $SSE_PHASE"
     echo "rounds of the request scenarios: $ROUNDS"
 } | tee "$OUT/machine.txt" >&2
 if has post || has ws || has tls || has https; then

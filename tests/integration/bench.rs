@@ -94,6 +94,41 @@ async fn echo_returns_the_body_and_sse_sends_timestamps() {
     assert_eq!(missing.status(), 404);
 }
 
+/// Streams opened together send their first event at once by default; with `phase=random`
+/// each picks its own moment in the period, so twenty streams do not all send in the same
+/// 100 ms.
+#[tokio::test]
+async fn a_random_phase_spreads_the_first_events_of_streams_opened_together() {
+    let address = bench_backend().await;
+    let client = reqwest::Client::new();
+    let first_stamps = |query: &'static str| {
+        let client = client.clone();
+        async move {
+            let streams = (0..20).map(|_| {
+                let client = client.clone();
+                async move {
+                    let text = client
+                        .get(format!("http://{address}/bench/sse?{query}"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .text()
+                        .await
+                        .unwrap();
+                    let stamp = text.strip_prefix("data: ").unwrap().trim_end();
+                    stamp.parse::<u128>().unwrap()
+                }
+            });
+            futures_util::future::join_all(streams).await
+        }
+    };
+    let spread = |stamps: &[u128]| stamps.iter().max().unwrap() - stamps.iter().min().unwrap();
+    let aligned = first_stamps("every_ms=1000&count=1").await;
+    assert!(spread(&aligned) < 500_000, "{aligned:?}");
+    let random = first_stamps("every_ms=1000&count=1&phase=random").await;
+    assert!(spread(&random) >= 100_000, "{random:?}");
+}
+
 #[tokio::test]
 async fn loadgen_measures_posts_open_loop_and_sse_delivery() {
     let address = bench_backend().await;

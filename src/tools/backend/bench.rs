@@ -18,10 +18,7 @@ const MAX_ECHO_BYTES: usize = 1024 * 1024;
 pub async fn handle(request: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
     match (request.method(), request.uri().path()) {
         (&Method::POST, "/bench/echo") => echo(request).await,
-        (&Method::GET, "/bench/sse") => {
-            let (every, count) = sse_params(request.uri().query().unwrap_or(""));
-            sse(every, count)
-        }
+        (&Method::GET, "/bench/sse") => sse(sse_params(request.uri().query().unwrap_or(""))),
         _ => plain(StatusCode::NOT_FOUND, "no such benchmark route\n"),
     }
 }
@@ -37,27 +34,55 @@ async fn echo(request: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>
     }
 }
 
-/// `every_ms` (default 1000, at least 1) and `count` (default: unlimited).
-fn sse_params(query: &str) -> (Duration, Option<u64>) {
-    let mut every = Duration::from_secs(1);
-    let mut count = None;
+/// What `GET /bench/sse` sends: an event every `every_ms` (default 1000, at least 1), `count`
+/// times (default: unlimited), the first at once or, with `phase=random`, after a random part
+/// of the period.
+#[derive(Debug, PartialEq)]
+struct SseParams {
+    every: Duration,
+    count: Option<u64>,
+    random_phase: bool,
+}
+
+fn sse_params(query: &str) -> SseParams {
+    let mut params = SseParams {
+        every: Duration::from_secs(1),
+        count: None,
+        random_phase: false,
+    };
     for pair in query.split('&') {
         match pair.split_once('=') {
             Some(("every_ms", value)) => {
                 if let Ok(ms) = value.parse::<u64>() {
-                    every = Duration::from_millis(ms.max(1));
+                    params.every = Duration::from_millis(ms.max(1));
                 }
             }
-            Some(("count", value)) => count = value.parse::<u64>().ok(),
+            Some(("count", value)) => params.count = value.parse::<u64>().ok(),
+            Some(("phase", value)) => params.random_phase = value == "random",
             _ => {}
         }
     }
-    (every, count)
+    params
 }
 
 /// One `data: <µs since the epoch>` event every `every`, `count` times, then the stream ends.
-fn sse(every: Duration, count: Option<u64>) -> Response<BoxBody<Bytes, Infallible>> {
-    let mut ticker = tokio::time::interval(every);
+///
+/// A random phase is for fan-out measurements: streams opened in one burst would otherwise send
+/// in the same millisecond for as long as they live, and the delivery latency measured would be
+/// how many events share a millisecond (decided by how fast the proxy opened the streams), not
+/// what an event costs. Independent clients' notifications do not line up that way.
+fn sse(params: SseParams) -> Response<BoxBody<Bytes, Infallible>> {
+    let SseParams {
+        every,
+        count,
+        random_phase,
+    } = params;
+    let first = if random_phase {
+        tokio::time::Instant::now() + every.mul_f64(fastrand::f64())
+    } else {
+        tokio::time::Instant::now()
+    };
+    let mut ticker = tokio::time::interval_at(first, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let events =
         futures_util::stream::unfold((ticker, 0u64), move |(mut ticker, sent)| async move {
@@ -101,16 +126,23 @@ fn internal_error() -> Response<BoxBody<Bytes, Infallible>> {
 mod tests {
     use super::*;
 
+    fn params(every_ms: u64, count: Option<u64>, random_phase: bool) -> SseParams {
+        SseParams {
+            every: Duration::from_millis(every_ms),
+            count,
+            random_phase,
+        }
+    }
+
     #[test]
     fn sse_params_have_defaults_and_floor() {
-        assert_eq!(sse_params(""), (Duration::from_secs(1), None));
+        assert_eq!(sse_params(""), params(1000, None, false));
+        assert_eq!(sse_params("every_ms=0&count=5"), params(1, Some(5), false));
+        assert_eq!(sse_params("count=x&every_ms=250"), params(250, None, false));
         assert_eq!(
-            sse_params("every_ms=0&count=5"),
-            (Duration::from_millis(1), Some(5))
+            sse_params("every_ms=20&phase=random"),
+            params(20, None, true)
         );
-        assert_eq!(
-            sse_params("count=x&every_ms=250"),
-            (Duration::from_millis(250), None)
-        );
+        assert_eq!(sse_params("phase=aligned"), params(1000, None, false));
     }
 }
