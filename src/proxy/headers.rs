@@ -13,17 +13,24 @@ use prometheus_client::metrics::counter::Counter;
 use crate::config::{Cidr, Config};
 use crate::mcp::classify::is_websocket_upgrade;
 use crate::upstream::body::{BodyLimits, RequestBody};
+use crate::upstream::h1::Outbound;
+use crate::upstream::h1::codec::AddedFields;
 
 use super::request::ConnInfo;
+use super::request_id::RequestId;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Headers through which a client could claim an address, scheme or port that frameworks
-/// believe: kept only from trusted proxies. (`X-Forwarded-For`, `-Proto`, `-Host` and
-/// `Forwarded` are set by the proxy instead.)
-static CLIENT_CLAIMS: [HeaderName; 10] = [
+/// Headers through which a client could claim an address, scheme, host or port that
+/// frameworks believe: kept only from trusted proxies. The first four the proxy writes itself
+/// (appending to a trusted proxy's `Forwarded` and `X-Forwarded-For`).
+static CLIENT_CLAIMS: [HeaderName; 14] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("true-client-ip"),
     HeaderName::from_static("cf-connecting-ip"),
@@ -35,6 +42,29 @@ static CLIENT_CLAIMS: [HeaderName; 10] = [
     HeaderName::from_static("x-forwarded-ssl"),
     HeaderName::from_static("x-forwarded-scheme"),
 ];
+
+/// The place of `name` in [`CLIENT_CLAIMS`]. A `match` on the text looks at lengths first, so a
+/// name that is no claim costs a comparison or two, not fourteen (the request path asks it for
+/// every field of every request).
+fn claim_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "forwarded" => 0,
+        "x-forwarded-for" => 1,
+        "x-forwarded-proto" => 2,
+        "x-forwarded-host" => 3,
+        "x-real-ip" => 4,
+        "true-client-ip" => 5,
+        "cf-connecting-ip" => 6,
+        "x-client-ip" => 7,
+        "x-cluster-client-ip" => 8,
+        "fastly-client-ip" => 9,
+        "x-original-forwarded-for" => 10,
+        "x-forwarded-port" => 11,
+        "x-forwarded-ssl" => 12,
+        "x-forwarded-scheme" => 13,
+        _ => return None,
+    })
+}
 
 /// The client address: the peer, unless the peer is a trusted proxy; then the right-most
 /// `X-Forwarded-For` entry that is not itself a trusted proxy.
@@ -73,6 +103,26 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// The place of `name` in [`HOP_BY_HOP`], found as [`claim_index`] finds a claim's.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
+}
+
+fn has_underscore(name: &HeaderName) -> bool {
+    name.as_str().bytes().any(|b| b == b'_')
+}
+
 /// Removes hop-by-hop headers and those the `Connection` header names. For an upgrade, the
 /// `Upgrade` and `Connection: upgrade` pair is what the next hop needs, so it stays.
 ///
@@ -81,7 +131,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+        if let Some(i) = hop_by_hop_index(name.as_str()) {
             present |= 1 << i;
         }
     }
@@ -124,17 +174,18 @@ fn remove_connection_named(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// The client's request rewritten for the backend, its body counted and cut at `limits`. Boxed:
-/// it passes through every phase of the send (and back on a retry), each of which would
-/// otherwise hold and move a copy of it.
+/// The client's request rewritten for the backend, its body counted and cut at `limits`, with
+/// the proxy's own fields (`Forwarded`, `X-Forwarded-*`, the request id) beside it. Boxed: it
+/// passes through every phase of the send (and back on a retry), each of which would otherwise
+/// hold and move a copy of it.
 pub fn upstream_request(
     request: Request<Incoming>,
     conn: &ConnInfo,
-    client_ip: IpAddr,
+    (client_ip, request_id): (IpAddr, &RequestId),
     config: &Config,
     limits: BodyLimits,
     bytes_in: Counter,
-) -> Box<Request<RequestBody>> {
+) -> Box<Outbound> {
     let (mut parts, body) = request.into_parts();
     let upgrade = is_websocket_upgrade(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -142,13 +193,15 @@ pub fn upstream_request(
     let trusted = &config.trusted_proxies;
     let peer_trusted = trusted.iter().any(|c| c.contains(conn.peer.ip()));
     strip_claims(&mut parts.headers, peer_trusted);
-    set_forwarded(
+    let mut added = AddedFields::with_capacity(ADDED_ROOM);
+    add_forwarded(
         &mut parts.headers,
+        &mut added,
         conn,
-        client_ip,
-        peer_trusted,
+        (client_ip, peer_trusted),
         host.as_ref(),
     );
+    request_id.stamp(&mut parts.headers, &mut added);
     // A Host header the client sent is already in place; the target's authority replaces it.
     if parts.uri.authority().is_some()
         && let Some(host) = host
@@ -163,11 +216,18 @@ pub fn upstream_request(
             .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
     }
     parts.version = Version::HTTP_11;
-    Box::new(Request::from_parts(
-        parts,
-        RequestBody::streaming(body, limits, bytes_in, &conn.body_read),
-    ))
+    Box::new(Outbound {
+        request: Request::from_parts(
+            parts,
+            RequestBody::streaming(body, limits, bytes_in, &conn.body_read),
+        ),
+        added,
+    })
 }
+
+/// Room for the added fields of a typical request, allocated once: `Forwarded` with a host,
+/// three `X-Forwarded-*` and a request id come to about 150 bytes.
+const ADDED_ROOM: usize = 224;
 
 /// The host the request is for: the target's authority when it has one (an absolute-form
 /// HTTP/1 target, RFC 9112 section 3.2.2; HTTP/2's `:authority`, RFC 9113 section 8.3.1), which
@@ -194,13 +254,13 @@ fn strip_claims(headers: &mut HeaderMap, peer_trusted: bool) {
     let mut claims = 0u16;
     let mut underscores = false;
     for name in headers.keys() {
-        underscores |= name.as_str().contains('_');
-        if !peer_trusted && let Some(i) = CLIENT_CLAIMS.iter().position(|c| c == name) {
+        underscores |= has_underscore(name);
+        if !peer_trusted && let Some(i) = claim_index(name.as_str()) {
             claims |= 1 << i;
         }
     }
     if underscores {
-        while let Some(name) = headers.keys().find(|n| n.as_str().contains('_')).cloned() {
+        while let Some(name) = headers.keys().find(|n| has_underscore(n)).cloned() {
             headers.remove(&name);
         }
     }
@@ -211,17 +271,17 @@ fn strip_claims(headers: &mut HeaderMap, peer_trusted: bool) {
     }
 }
 
-/// `Forwarded` (RFC 7239) for this hop: who connected (`for`, the TCP peer or the PROXY
-/// header's client), over what (`proto`) and for which host. A trusted proxy's elements are
-/// kept before it, as `X-Forwarded-For` keeps its list; anything else is replaced.
-fn forwarded_value(
+/// `Forwarded` (RFC 7239) for this hop, written into `value`: who connected (`for`, the TCP
+/// peer or the PROXY header's client), over what (`proto`) and for which host. A trusted
+/// proxy's elements are kept before it, as `X-Forwarded-For` keeps its list; anything else is
+/// replaced.
+fn write_forwarded(
+    value: &mut Vec<u8>,
     headers: &HeaderMap,
     conn: &ConnInfo,
     peer_trusted: bool,
     host: Option<&HeaderValue>,
-) -> Vec<u8> {
-    // Sized once: `for=`, an address, `;proto=https` and a typical `;host="…"`.
-    let mut value = Vec::with_capacity(96);
+) {
     if peer_trusted {
         for earlier in headers.get_all(header::FORWARDED).iter() {
             if earlier.to_str().is_ok() {
@@ -252,45 +312,56 @@ fn forwarded_value(
         value.extend_from_slice(host.as_bytes());
         value.push(b'"');
     }
-    value
 }
 
 /// `X-Forwarded-*` and `Forwarded`: appended to when the peer is a trusted proxy, replaced
-/// otherwise, so an untrusted client cannot forge its address for the backend.
-fn set_forwarded(
+/// otherwise, so an untrusted client cannot forge its address for the backend. An untrusted
+/// peer's own are gone already (`strip_claims`); a trusted one's lists are taken out of the map
+/// into the proxy's values, and its `-Proto` and `-Host` stay as they are.
+fn add_forwarded(
     headers: &mut HeaderMap,
+    added: &mut AddedFields,
     conn: &ConnInfo,
-    client_ip: IpAddr,
-    peer_trusted: bool,
+    (client_ip, peer_trusted): (IpAddr, bool),
     host: Option<&HeaderValue>,
 ) {
-    let forwarded = forwarded_value(headers, conn, peer_trusted, host);
-    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
-        headers.insert(header::FORWARDED, value);
-    }
+    added.push_with(&header::FORWARDED, |value| {
+        write_forwarded(value, headers, conn, peer_trusted, host);
+    });
     // A value that is not text is replaced, as an untrusted peer's is.
-    let existing = headers
-        .get(&X_FORWARDED_FOR)
-        .filter(|v| peer_trusted && v.to_str().is_ok())
-        .map(HeaderValue::as_bytes);
-    let value = match existing {
+    let existing = if peer_trusted {
+        headers
+            .get(&X_FORWARDED_FOR)
+            .filter(|v| v.to_str().is_ok())
+            .cloned()
+    } else {
+        None
+    };
+    let value = match &existing {
         None if client_ip.to_canonical() == conn.peer.ip().to_canonical() => {
             Some(conn.peer_text.clone())
         }
-        _ => forwarded_for(existing, conn.peer.ip(), client_ip),
+        _ => forwarded_for(
+            existing.as_ref().map(HeaderValue::as_bytes),
+            conn.peer.ip(),
+            client_ip,
+        ),
     };
+    if peer_trusted {
+        headers.remove(header::FORWARDED);
+        headers.remove(&X_FORWARDED_FOR);
+    }
     if let Some(value) = value {
-        headers.insert(&X_FORWARDED_FOR, value);
+        added.push(&X_FORWARDED_FOR, value.as_bytes());
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        let proto = if conn.tls { "https" } else { "http" };
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
+        added.push(&X_FORWARDED_PROTO, proto);
     }
-    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        match host {
-            Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
-            None => headers.remove(&X_FORWARDED_HOST),
-        };
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST))
+        && let Some(host) = host
+    {
+        added.push(&X_FORWARDED_HOST, host.as_bytes());
     }
 }
 
@@ -343,6 +414,27 @@ mod tests {
     }
 
     #[test]
+    fn the_name_matches_find_each_listed_name_and_nothing_else() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
+        }
+        for (i, name) in CLIENT_CLAIMS.iter().enumerate() {
+            assert_eq!(claim_index(name.as_str()), Some(i), "{name}");
+        }
+        for other in [
+            "host",
+            "content-length",
+            "x-forwarded",
+            "connections",
+            "tee",
+            "",
+        ] {
+            assert_eq!(hop_by_hop_index(other), None, "{other}");
+            assert_eq!(claim_index(other), None, "{other}");
+        }
+    }
+
+    #[test]
     fn upgrade_keeps_the_upgrade_pair() {
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("Upgrade"));
@@ -354,6 +446,17 @@ mod tests {
 
     fn conn(peer: &str, tls: bool) -> ConnInfo {
         ConnInfo::new(peer.parse().unwrap(), tls, None).0
+    }
+
+    fn forwarded_value(
+        headers: &HeaderMap,
+        conn: &ConnInfo,
+        peer_trusted: bool,
+        host: Option<&HeaderValue>,
+    ) -> Vec<u8> {
+        let mut value = Vec::new();
+        write_forwarded(&mut value, headers, conn, peer_trusted, host);
+        value
     }
 
     #[test]

@@ -28,7 +28,8 @@ use crate::mcp::session::{SessionSlot, session_id, session_tag};
 use crate::state::{Route, Snapshot, State};
 use crate::upstream::backend::{InFlightGuard, SendTimeouts, TimedExchange, UpstreamError};
 use crate::upstream::balance::Target;
-use crate::upstream::body::{BodyLimits, BodyRead, RequestBody};
+use crate::upstream::body::{BodyLimits, BodyRead};
+use crate::upstream::h1::Outbound;
 
 use super::body::{AccessLog, ResponseBody};
 use super::error::ProxyError;
@@ -193,7 +194,6 @@ async fn proxy(
     meta: &mut RequestMeta,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &snapshot.config;
-    meta.request_id.stamp(request.headers_mut());
     // A body announced too large is refused before any backend is involved; one that grows too
     // large mid-stream is cut by RequestBody and answered 413 when the send fails.
     let body_limit = route.settings.max_request_body;
@@ -218,9 +218,17 @@ async fn proxy(
         max: body_limit,
         idle: config.timeouts.client_body,
     };
-    let mut outgoing = upstream_request(request, conn, client_ip, config, limits, bytes_in);
+    let request_id = &meta.request_id;
+    let mut outgoing = upstream_request(
+        request,
+        conn,
+        (client_ip, request_id),
+        config,
+        limits,
+        bytes_in,
+    );
     if let Some(admitted) = admitted {
-        admitted.attach(outgoing.body_mut());
+        admitted.attach(outgoing.request.body_mut());
     }
     let sent = send_with_retry(state, snapshot, route, &target, outgoing, meta).await?;
     Ok(respond::shape(
@@ -395,7 +403,7 @@ async fn send_with_retry(
     snapshot: &Snapshot,
     route: &Route,
     destination: &Destination,
-    mut outgoing: Box<Request<RequestBody>>,
+    mut outgoing: Box<Outbound>,
     meta: &RequestMeta,
 ) -> Result<Sent, ProxyError> {
     let mut tried: Vec<Arc<str>> = Vec::new();
@@ -439,7 +447,7 @@ async fn send_with_retry(
     }
 }
 
-type SendFailure = (UpstreamError, Option<Box<Request<RequestBody>>>);
+type SendFailure = (UpstreamError, Option<Box<Outbound>>);
 
 /// One attempt on one backend, begun at `sent`; a failure is counted, and counted against the
 /// backend's health unless the client caused it.
@@ -448,7 +456,7 @@ async fn send_once(
     snapshot: &Snapshot,
     route: &Route,
     target: &Arc<Target>,
-    mut outgoing: Box<Request<RequestBody>>,
+    mut outgoing: Box<Outbound>,
     (meta, sent): (&RequestMeta, Instant),
 ) -> Result<Sent, SendFailure> {
     let backend = &target.backend;
@@ -457,10 +465,14 @@ async fn send_once(
         HostPolicy::Client => {}
         HostPolicy::Backend => {
             let name = backend.host_header.clone();
-            outgoing.headers_mut().insert(http::header::HOST, name);
+            outgoing
+                .request
+                .headers_mut()
+                .insert(http::header::HOST, name);
         }
         HostPolicy::Fixed(name) => {
             outgoing
+                .request
                 .headers_mut()
                 .insert(http::header::HOST, name.clone());
         }

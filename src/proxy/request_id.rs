@@ -6,6 +6,8 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::upstream::h1::codec::AddedFields;
+
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 const MAX_LEN: usize = 64;
@@ -14,6 +16,17 @@ const MAX_LEN: usize = 64;
 pub struct RequestId {
     bytes: [u8; MAX_LEN],
     len: u8,
+    sent: Sent,
+}
+
+/// What the client sent as its request id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Nothing,
+    /// One acceptable id: this one.
+    ThisId,
+    /// Something this id replaces.
+    Other,
 }
 
 impl RequestId {
@@ -21,22 +34,24 @@ impl RequestId {
     pub fn of(headers: &HeaderMap) -> RequestId {
         let mut sent = headers.get_all(&X_REQUEST_ID).iter();
         match (sent.next(), sent.next()) {
-            (Some(value), None) => {
-                RequestId::from_client(value.as_bytes()).unwrap_or_else(RequestId::generate)
-            }
-            _ => RequestId::generate(),
+            (None, _) => RequestId::generate(Sent::Nothing),
+            (Some(value), None) => RequestId::from_client(value.as_bytes())
+                .unwrap_or_else(|| RequestId::generate(Sent::Other)),
+            _ => RequestId::generate(Sent::Other),
         }
     }
 
-    /// Puts the id in the request for the backend, in place of whatever else the client sent.
-    pub fn stamp(&self, headers: &mut HeaderMap) {
-        let mut sent = headers.get_all(&X_REQUEST_ID).iter();
-        if let (Some(value), None) = (sent.next(), sent.next())
-            && value.as_bytes() == self.as_str().as_bytes()
-        {
-            return;
+    /// Gives the backend the id: the client's stays where it is; a new one goes with the
+    /// proxy's added fields, in place of whatever else the client sent.
+    pub fn stamp(&self, headers: &mut HeaderMap, added: &mut AddedFields) {
+        match self.sent {
+            Sent::ThisId => return,
+            Sent::Other => {
+                headers.remove(&X_REQUEST_ID);
+            }
+            Sent::Nothing => {}
         }
-        headers.insert(&X_REQUEST_ID, self.header_value());
+        added.push(&X_REQUEST_ID, self.as_str().as_bytes());
     }
 
     /// Only characters that are safe unquoted in logs, JSON and headers (UUIDs, ULIDs, trace
@@ -49,16 +64,18 @@ impl RequestId {
         let mut id = RequestId {
             bytes: [0; MAX_LEN],
             len: bytes.len() as u8,
+            sent: Sent::ThisId,
         };
         id.bytes[..bytes.len()].copy_from_slice(bytes);
         Some(id)
     }
 
-    fn generate() -> RequestId {
+    fn generate(sent: Sent) -> RequestId {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut id = RequestId {
             bytes: [0; MAX_LEN],
             len: 16,
+            sent,
         };
         let random = fastrand::u64(..);
         for (i, byte) in id.bytes[..16].iter_mut().enumerate() {
@@ -92,14 +109,26 @@ impl std::fmt::Debug for RequestId {
 mod tests {
     use super::*;
 
-    fn assigned(sent: &[&'static str]) -> (RequestId, HeaderMap) {
+    /// The id, and every `X-Request-Id` value the backend gets.
+    fn assigned(sent: &[&'static str]) -> (RequestId, Vec<String>) {
         let mut headers = HeaderMap::new();
         for value in sent {
             headers.append(&X_REQUEST_ID, HeaderValue::from_static(value));
         }
         let id = RequestId::of(&headers);
-        id.stamp(&mut headers);
-        (id, headers)
+        let mut added = AddedFields::default();
+        id.stamp(&mut headers, &mut added);
+        let mut seen: Vec<String> = headers
+            .get_all(&X_REQUEST_ID)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        seen.extend(
+            added
+                .get("x-request-id")
+                .map(|v| String::from_utf8_lossy(v).into_owned()),
+        );
+        (id, seen)
     }
 
     fn is_generated(id: &RequestId) -> bool {
@@ -108,9 +137,9 @@ mod tests {
 
     #[test]
     fn keeps_a_plain_client_id() {
-        let (id, headers) = assigned(&["0b7c-41d2.x:y"]);
+        let (id, seen) = assigned(&["0b7c-41d2.x:y"]);
         assert_eq!(id.as_str(), "0b7c-41d2.x:y");
-        assert_eq!(headers[&X_REQUEST_ID], "0b7c-41d2.x:y");
+        assert_eq!(seen, ["0b7c-41d2.x:y"]);
     }
 
     #[test]
@@ -123,11 +152,17 @@ mod tests {
             &[long],
             &["a", "b"],
         ] {
-            let (id, headers) = assigned(sent);
+            let (id, seen) = assigned(sent);
             assert!(is_generated(&id), "{sent:?} kept as {id:?}");
-            assert_eq!(headers.get_all(&X_REQUEST_ID).iter().count(), 1);
-            assert_eq!(headers[&X_REQUEST_ID], id.as_str());
+            assert_eq!(seen, [id.as_str()], "one id, the new one");
         }
+    }
+
+    #[test]
+    fn a_request_without_an_id_gets_one() {
+        let (id, seen) = assigned(&[]);
+        assert!(is_generated(&id));
+        assert_eq!(seen, [id.as_str()]);
     }
 
     #[test]

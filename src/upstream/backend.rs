@@ -19,9 +19,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::body::{BodyError, RequestBody, Upload};
+use crate::upstream::body::{BodyError, Upload};
 use crate::upstream::h1::io::Io;
-use crate::upstream::h1::{H1Body, H1Conn, H1Error, SendError};
+use crate::upstream::h1::{H1Body, H1Conn, H1Error, Outbound, SendError};
 
 /// One upstream server, identified by the address as written in the config.
 #[derive(Debug)]
@@ -291,12 +291,12 @@ impl Backend {
     /// head (health probes; the request path uses [`Backend::send_timed`]).
     pub async fn send(
         &self,
-        request: Box<http::Request<RequestBody>>,
+        request: Box<Outbound>,
         connect_timeout: Duration,
         response_timeout: Duration,
         limits: PoolLimits,
         tls: Option<&Arc<rustls::ClientConfig>>,
-    ) -> Result<Exchange, (UpstreamError, Option<Box<http::Request<RequestBody>>>)> {
+    ) -> Result<Exchange, (UpstreamError, Option<Box<Outbound>>)> {
         let timeouts = SendTimeouts {
             connect: connect_timeout,
             response: response_timeout,
@@ -313,13 +313,13 @@ impl Backend {
     /// On a failure before the request left, the request is handed back for a retry elsewhere.
     pub async fn send_timed(
         &self,
-        mut request: Box<http::Request<RequestBody>>,
+        mut request: Box<Outbound>,
         sent: Instant,
         timeouts: SendTimeouts,
         limits: PoolLimits,
         tls: Option<&Arc<rustls::ClientConfig>>,
-    ) -> Result<TimedExchange, (UpstreamError, Option<Box<http::Request<RequestBody>>>)> {
-        let upload = request.body().upload();
+    ) -> Result<TimedExchange, (UpstreamError, Option<Box<Outbound>>)> {
+        let upload = request.request.body().upload();
         let awaiting_client = || upload.as_ref().is_some_and(Upload::awaits_client);
         let mut deadline = Box::pin(tokio::time::sleep_until(later(sent, timeouts.response)));
         // A pooled connection may have been closed by the backend a moment ago; a request it

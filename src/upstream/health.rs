@@ -35,6 +35,7 @@ use crate::config::{HealthConfig, ProbeConfig};
 use crate::metrics::{BackendLabels, HEALTH_STATES, Metrics, ProbeLabels, TransitionLabels};
 use crate::upstream::backend::{Backend, Exchange, PoolLimits, UpstreamError};
 use crate::upstream::body::RequestBody;
+use crate::upstream::h1::Outbound;
 
 /// Health bookkeeping of one backend: lock-free, touched by probes and failed requests only.
 #[derive(Debug, Default)]
@@ -149,7 +150,7 @@ pub async fn probe(
     let exchange = async {
         let Exchange { response } = backend
             .send(
-                Box::new(request),
+                Outbound::boxed(request),
                 probes.timeout,
                 probes.timeout,
                 limits,

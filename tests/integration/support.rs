@@ -490,6 +490,15 @@ async fn route(name: &str, seen: &Arc<Seen>, req: Request<Incoming>) -> Response
                 .collect();
             text(StatusCode::OK, serde_json::to_string(&headers).unwrap())
         }
+        // Every field in order, repeats included (the map above keeps one value per name).
+        ("GET", "/headers/list") => {
+            let fields: Vec<(String, String)> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
+            text(StatusCode::OK, serde_json::to_string(&fields).unwrap())
+        }
         ("POST", "/echo") => match req.into_body().collect().await {
             Ok(body) => text(StatusCode::OK, body.to_bytes()),
             // The proxy gave up on a client's broken or stalled upload.

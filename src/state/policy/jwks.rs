@@ -15,6 +15,7 @@ use crate::config::{JwksSource, read_jwks};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::upstream::backend::{Backend, Exchange, PoolLimits};
 use crate::upstream::body::RequestBody;
+use crate::upstream::h1::Outbound;
 
 /// The shortest time between two refreshes that unknown key ids cause.
 pub const UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(10);
@@ -220,7 +221,13 @@ async fn fetch_url(
         idle_timeout: Duration::ZERO,
     };
     let Exchange { response, .. } = issuer
-        .send(Box::new(request), FETCH_TIMEOUT, FETCH_TIMEOUT, limits, tls)
+        .send(
+            Outbound::boxed(request),
+            FETCH_TIMEOUT,
+            FETCH_TIMEOUT,
+            limits,
+            tls,
+        )
         .await
         .map_err(|(error, _)| error.to_string())?;
     if !response.status().is_success() {

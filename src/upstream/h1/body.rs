@@ -217,6 +217,7 @@ mod tests {
 
     use super::*;
     use crate::upstream::body::RequestBody;
+    use crate::upstream::h1::Outbound;
 
     /// A connection to a socket the test plays the backend on, and the response head sent on it.
     async fn stream_from(head: &[u8]) -> (H1Body, TcpStream) {
@@ -228,7 +229,7 @@ mod tests {
         let request = http::Request::get("/sse")
             .body(RequestBody::empty())
             .unwrap();
-        let sent = tokio::spawn(H1Conn::new(Io::Plain(client)).send(Box::new(request)));
+        let sent = tokio::spawn(H1Conn::new(Io::Plain(client)).send(Outbound::boxed(request)));
         let mut seen = Vec::new();
         while !seen.ends_with(b"\r\n\r\n") {
             let mut byte = [0u8; 1];

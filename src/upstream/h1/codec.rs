@@ -26,15 +26,77 @@ pub enum RequestFraming {
     Chunked,
 }
 
-/// Writes the request head for `parts`, framed as `framing` says, into one buffer.
-pub fn encode_head(parts: &http::request::Parts, framing: RequestFraming) -> Vec<u8> {
+/// Header fields the proxy adds to a request (`Forwarded`, `X-Forwarded-*`, `X-Request-Id`),
+/// kept in wire form beside the request instead of in its header map: there each would cost a
+/// hash and an insert per request, only to be written out once by [`encode_head`].
+#[derive(Debug, Default, Clone)]
+pub struct AddedFields(Vec<u8>);
+
+impl AddedFields {
+    /// Room for `bytes` of field lines, allocated once.
+    pub fn with_capacity(bytes: usize) -> AddedFields {
+        AddedFields(Vec::with_capacity(bytes))
+    }
+
+    /// Adds `name: value`; a value a field may not hold (control characters) is left out.
+    pub fn push(&mut self, name: &HeaderName, value: &[u8]) -> bool {
+        self.push_with(name, |line| line.extend_from_slice(value))
+    }
+
+    /// Adds a field whose value `write` appends, without a buffer of its own; left out, as by
+    /// [`AddedFields::push`], if the value holds what a field value may not.
+    pub fn push_with(&mut self, name: &HeaderName, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let line_start = self.0.len();
+        self.0.extend_from_slice(name.as_str().as_bytes());
+        self.0.extend_from_slice(b": ");
+        let value_start = self.0.len();
+        write(&mut self.0);
+        if !self.0[value_start..]
+            .iter()
+            .all(|&b| is_field_value_byte(b))
+        {
+            self.0.truncate(line_start);
+            return false;
+        }
+        self.0.extend_from_slice(b"\r\n");
+        true
+    }
+
+    /// The value of the first field named `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0.split(|&b| b == b'\n').find_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let (field, value) = line.split_at(line.iter().position(|&b| b == b':')?);
+            let value = value.strip_prefix(b": ")?;
+            field.eq_ignore_ascii_case(name.as_bytes()).then_some(value)
+        })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// What `HeaderValue` accepts: visible ASCII, obs-text, space and tab.
+fn is_field_value_byte(byte: u8) -> bool {
+    byte == b'\t' || (byte >= 0x20 && byte != 0x7f)
+}
+
+/// Writes the request head for `parts`, with the proxy's `added` fields after the client's,
+/// framed as `framing` says, into one buffer.
+pub fn encode_head(
+    parts: &http::request::Parts,
+    added: &AddedFields,
+    framing: RequestFraming,
+) -> Vec<u8> {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut head = Vec::with_capacity(256 + parts.headers.len() * 32);
+    let mut head = Vec::with_capacity(256 + parts.headers.len() * 32 + added.0.len());
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     write_fields(&mut head, &parts.headers, framing_header);
+    head.extend_from_slice(&added.0);
     match framing {
         RequestFraming::Length(length) => {
             head.extend_from_slice(b"content-length: ");
@@ -103,6 +165,19 @@ pub fn parse_head(
     buf: &[u8],
     method: &Method,
 ) -> Result<Option<(ResponseHead, usize)>, &'static str> {
+    parse_head_reusing(buf, method, &mut HeaderMap::new())
+}
+
+/// [`parse_head`] into `spare`'s allocation, which a complete head takes (cleared) and leaves
+/// `spare` empty. The proxy passes the request's map, done with once its head is written: the
+/// map then goes to the client with the response, hyper parses the client's next request into
+/// it, and one map serves every exchange of a connection instead of two allocations and two
+/// frees per request.
+pub fn parse_head_reusing(
+    buf: &[u8],
+    method: &Method,
+    spare: &mut HeaderMap,
+) -> Result<Option<(ResponseHead, usize)>, &'static str> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut fields);
     let length = match response.parse(buf) {
@@ -126,7 +201,9 @@ pub fn parse_head(
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let mut headers = HeaderMap::with_capacity(response.headers.len().max(HEADER_MAP_ROOM));
+    let mut headers = std::mem::take(spare);
+    headers.clear();
+    headers.reserve(response.headers.len().max(HEADER_MAP_ROOM));
     for field in response.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| "invalid response header name")?;
@@ -237,6 +314,35 @@ mod tests {
     }
 
     #[test]
+    fn a_head_parsed_into_a_used_map_keeps_its_room_and_none_of_its_fields() {
+        let mut spare = HeaderMap::with_capacity(40);
+        spare.insert("x-request-only", HeaderValue::from_static("1"));
+        spare.insert(header::HOST, HeaderValue::from_static("example.org"));
+        let room = spare.capacity();
+        let wire = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n";
+        let (parsed, _) = parse_head_reusing(wire, &Method::GET, &mut spare)
+            .unwrap()
+            .unwrap();
+        assert_eq!(parsed.headers.len(), 1);
+        assert_eq!(parsed.headers[header::CONTENT_LENGTH], "2");
+        assert_eq!(
+            parsed.headers.capacity(),
+            room,
+            "the spare's allocation is kept"
+        );
+        assert!(spare.is_empty());
+    }
+
+    #[test]
+    fn a_partial_head_leaves_the_spare_map_alone() {
+        let mut spare = HeaderMap::new();
+        spare.insert("x-request-only", HeaderValue::from_static("1"));
+        let parsed = parse_head_reusing(b"HTTP/1.1 200 OK\r\n", &Method::GET, &mut spare);
+        assert!(parsed.unwrap().is_none());
+        assert_eq!(spare.len(), 1);
+    }
+
+    #[test]
     fn writes_the_head_with_its_framing() {
         let (mut parts, ()) = http::Request::post("http://h/p?q=1")
             .header("content-length", "99")
@@ -244,16 +350,50 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let wire = encode_head(&parts, RequestFraming::Chunked);
+        let none = AddedFields::default();
+        let wire = encode_head(&parts, &none, RequestFraming::Chunked);
         assert_eq!(
             wire,
             b"POST /p?q=1 HTTP/1.1\r\nx-a: b\r\ntransfer-encoding: chunked\r\n\r\n"
         );
-        let wire = encode_head(&parts, RequestFraming::Length(3));
+        let wire = encode_head(&parts, &none, RequestFraming::Length(3));
         assert!(wire.ends_with(b"x-a: b\r\ncontent-length: 3\r\n\r\n"));
         parts.method = Method::GET;
-        let wire = encode_head(&parts, RequestFraming::Empty);
+        let wire = encode_head(&parts, &none, RequestFraming::Empty);
         assert_eq!(wire, b"GET /p?q=1 HTTP/1.1\r\nx-a: b\r\n\r\n");
+    }
+
+    #[test]
+    fn added_fields_follow_the_clients_and_precede_the_framing() {
+        let (parts, ()) = http::Request::post("/p")
+            .header("x-a", "b")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut added = AddedFields::default();
+        assert!(added.push(&HeaderName::from_static("x-forwarded-proto"), b"https"));
+        assert!(added.push_with(&header::FORWARDED, |v| v.extend_from_slice(b"for=1.2.3.4")));
+        let wire = encode_head(&parts, &added, RequestFraming::Length(2));
+        assert_eq!(
+            wire,
+            b"POST /p HTTP/1.1\r\nx-a: b\r\nx-forwarded-proto: https\r\n\
+              forwarded: for=1.2.3.4\r\ncontent-length: 2\r\n\r\n"
+        );
+        assert_eq!(added.get("Forwarded"), Some(&b"for=1.2.3.4"[..]));
+        assert_eq!(added.get("x-forwarded-for"), None);
+    }
+
+    #[test]
+    fn an_added_value_that_could_split_the_head_is_left_out() {
+        let mut added = AddedFields::default();
+        let name = HeaderName::from_static("x-forwarded-host");
+        for bad in [&b"a\r\nx-evil: 1"[..], b"a\nb", b"a\0b", b"\x7f"] {
+            assert!(!added.push(&name, bad), "{bad:?}");
+            assert!(!added.push_with(&name, |v| v.extend_from_slice(bad)));
+        }
+        assert!(added.as_bytes().is_empty(), "nothing half-written");
+        assert!(added.push(&name, b"ok\tvalue \xe9"));
+        assert_eq!(added.as_bytes(), b"x-forwarded-host: ok\tvalue \xe9\r\n");
     }
 
     #[test]

@@ -7,11 +7,13 @@ use std::future::poll_fn;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
 
 use super::body::H1Body;
-use super::codec::{RequestFraming, ResponseHead, encode_head, parse_head};
+use super::codec::{
+    AddedFields, RequestFraming, ResponseHead, encode_head, parse_head, parse_head_reusing,
+};
 use super::io::Io;
 use super::send::{Outgoing, Pending};
 use super::{H1Error, buffers};
@@ -35,12 +37,30 @@ impl std::fmt::Debug for H1Conn {
     }
 }
 
+/// A request on its way to a backend: the client's request as the proxy rewrote it, and the
+/// fields the proxy adds to it, written after the request's own.
+#[derive(Debug)]
+pub struct Outbound {
+    pub request: Request<RequestBody>,
+    pub added: AddedFields,
+}
+
+impl Outbound {
+    /// `request` with nothing added (health probes, key fetches).
+    pub fn boxed(request: Request<RequestBody>) -> Box<Outbound> {
+        Box::new(Outbound {
+            request,
+            added: AddedFields::default(),
+        })
+    }
+}
+
 /// Why an exchange brought no response head; `unsent` gives the request back when the backend
 /// cannot have seen it.
 #[derive(Debug)]
 pub struct SendError {
     pub error: H1Error,
-    pub unsent: Option<Box<Request<RequestBody>>>,
+    pub unsent: Option<Box<Outbound>>,
 }
 
 impl H1Conn {
@@ -67,13 +87,11 @@ impl H1Conn {
     }
 
     /// Sends `request` and reads its response head; the body reads on from the same connection.
-    pub async fn send(
-        self,
-        request: Box<Request<RequestBody>>,
-    ) -> Result<Response<H1Body>, SendError> {
-        let (parts, body) = request.into_parts();
+    pub async fn send(self, outbound: Box<Outbound>) -> Result<Response<H1Body>, SendError> {
+        let Outbound { request, added } = *outbound;
+        let (mut parts, body) = request.into_parts();
         let framing = framing_of(&body);
-        let head = Bytes::from(encode_head(&parts, framing));
+        let head = Bytes::from(encode_head(&parts, &added, framing));
         let upgrade = parts.headers.contains_key(http::header::UPGRADE);
         let (outgoing, bodiless) = match framing {
             RequestFraming::Empty => (None, Some(body)),
@@ -93,12 +111,15 @@ impl H1Conn {
             method: parts.method.clone(),
         };
         exchange.out.push(head);
-        match poll_fn(|cx| exchange.poll_head(cx)).await {
+        match poll_fn(|cx| exchange.poll_head(cx, &mut parts.headers)).await {
             Ok(head) => Ok(exchange.into_response(head)),
             Err(error) => {
-                let unsent = exchange
-                    .unsent()
-                    .map(|body| Box::new(Request::from_parts(parts, body)));
+                let unsent = exchange.unsent().map(|body| {
+                    Box::new(Outbound {
+                        request: Request::from_parts(parts, body),
+                        added,
+                    })
+                });
                 Err(SendError { error, unsent })
             }
         }
@@ -131,13 +152,23 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<ResponseHead, H1Error>> {
+    /// The head is parsed into `request_headers`' map once the backend has sent something:
+    /// from then on the request cannot go to another connection (`unsent`), so its head is
+    /// not needed again.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        request_headers: &mut HeaderMap,
+    ) -> Poll<Result<ResponseHead, H1Error>> {
         if let Poll::Ready(Err(error)) = self.poll_send(cx) {
             return Poll::Ready(Err(error));
         }
         loop {
             let parsed = if self.conn.buf.is_empty() {
                 None
+            } else if self.read_any {
+                parse_head_reusing(&self.conn.buf, &self.method, request_headers)
+                    .map_err(H1Error::Invalid)?
             } else {
                 parse_head(&self.conn.buf, &self.method).map_err(H1Error::Invalid)?
             };

@@ -20,7 +20,7 @@ pub mod io;
 pub mod send;
 
 pub use body::{H1Body, Upgraded};
-pub use conn::{H1Conn, SendError};
+pub use conn::{H1Conn, Outbound, SendError};
 
 use crate::upstream::body::BodyError;
 
