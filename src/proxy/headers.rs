@@ -352,16 +352,16 @@ fn add_forwarded(
         headers.remove(&X_FORWARDED_FOR);
     }
     if let Some(value) = value {
-        added.push(&X_FORWARDED_FOR, value.as_bytes());
+        added.push_value(&X_FORWARDED_FOR, &value);
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
-        added.push(&X_FORWARDED_PROTO, proto);
+        let proto = HeaderValue::from_static(if conn.tls { "https" } else { "http" });
+        added.push_value(&X_FORWARDED_PROTO, &proto);
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST))
         && let Some(host) = host
     {
-        added.push(&X_FORWARDED_HOST, host.as_bytes());
+        added.push_value(&X_FORWARDED_HOST, host);
     }
 }
 

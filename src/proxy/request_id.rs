@@ -51,7 +51,7 @@ impl RequestId {
             }
             Sent::Nothing => {}
         }
-        added.push(&X_REQUEST_ID, self.as_str().as_bytes());
+        added.push(&X_REQUEST_ID, self.as_bytes());
     }
 
     /// Only characters that are safe unquoted in logs, JSON and headers (UUIDs, ULIDs, trace
@@ -88,8 +88,14 @@ impl RequestId {
         std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
     }
 
+    /// The id's bytes, for the wire: the request path needs no `str` (whose check would run
+    /// again on every use).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
     pub fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_str(self.as_str()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        HeaderValue::from_bytes(self.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
 }
 

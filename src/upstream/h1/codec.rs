@@ -43,6 +43,14 @@ impl AddedFields {
         self.push_with(name, |line| line.extend_from_slice(value))
     }
 
+    /// Adds `name: value` for a value that is already a field's.
+    pub fn push_value(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.0.extend_from_slice(name.as_str().as_bytes());
+        self.0.extend_from_slice(b": ");
+        self.0.extend_from_slice(value.as_bytes());
+        self.0.extend_from_slice(b"\r\n");
+    }
+
     /// Adds a field whose value `write` appends, without a buffer of its own; left out, as by
     /// [`AddedFields::push`], if the value holds what a field value may not.
     pub fn push_with(&mut self, name: &HeaderName, write: impl FnOnce(&mut Vec<u8>)) -> bool {
