@@ -209,7 +209,7 @@ pub fn unseal_request<B>(sealer: Option<&Sealer>, request: &mut Request<B>) -> U
         // A header that is not even text cannot be a token: refuse rather than route it.
         let unreadable = request
             .headers()
-            .get(SESSION_HEADER)
+            .get(&SESSION_HEADER)
             .is_some_and(|v| v.to_str().is_err());
         return if unreadable {
             Unsealed::Invalid
@@ -220,10 +220,10 @@ pub fn unseal_request<B>(sealer: Option<&Sealer>, request: &mut Request<B>) -> U
     let Some(opened) = sealer.open(&token) else {
         return Unsealed::Invalid;
     };
-    let restored = if request.headers().contains_key(SESSION_HEADER) {
+    let restored = if request.headers().contains_key(&SESSION_HEADER) {
         HeaderValue::from_str(&opened.id)
             .ok()
-            .map(|value| request.headers_mut().insert(SESSION_HEADER, value))
+            .map(|value| request.headers_mut().insert(&SESSION_HEADER, value))
             .is_some()
     } else {
         restore_query(request.uri_mut(), &opened.id)
@@ -374,18 +374,18 @@ mod tests {
 
         let mut request = Request::builder()
             .uri("/mcp")
-            .header(SESSION_HEADER, &token)
+            .header(&SESSION_HEADER, &token)
             .body(())
             .unwrap();
         assert!(matches!(
             unseal_request(Some(&sealer), &mut request),
             Unsealed::Opened { .. }
         ));
-        assert_eq!(request.headers()[SESSION_HEADER], "raw-id");
+        assert_eq!(request.headers()[&SESSION_HEADER], "raw-id");
 
         let mut forged = Request::builder()
             .uri("/mcp")
-            .header(SESSION_HEADER, "raw-id")
+            .header(&SESSION_HEADER, "raw-id")
             .body(())
             .unwrap();
         assert!(matches!(
@@ -396,7 +396,7 @@ mod tests {
         let mut binary = Request::builder()
             .uri("/mcp")
             .header(
-                SESSION_HEADER,
+                &SESSION_HEADER,
                 HeaderValue::from_bytes(b"\xff\xfe").unwrap(),
             )
             .body(())

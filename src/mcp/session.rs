@@ -14,14 +14,16 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
+use http::header::HeaderName;
 use rustc_hash::FxHashMap;
 
-pub const SESSION_HEADER: &str = "mcp-session-id";
+/// A name, not a `&str`: a lookup by text parses the name again every time.
+pub static SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
 
 /// The session a request names: the Streamable HTTP header, else the legacy transport's query
 /// parameter (`sessionId` in the TypeScript SDK, `session_id` in the Python SDK).
 pub fn session_id<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
-    if let Some(value) = headers.get(SESSION_HEADER) {
+    if let Some(value) = headers.get(&SESSION_HEADER) {
         return value.to_str().ok().filter(|v| !v.is_empty());
     }
     query.and_then(legacy_session_id)

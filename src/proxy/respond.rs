@@ -250,7 +250,7 @@ fn seal_session_header(
     backend: &Backend,
     headers: &mut HeaderMap,
 ) {
-    let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+    let Some(id) = headers.get(&SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         return;
     };
     let token = match &meta.sealed {
@@ -259,12 +259,12 @@ fn seal_session_header(
     };
     match token.and_then(|t| HeaderValue::from_str(&t).ok()) {
         Some(value) => {
-            headers.insert(SESSION_HEADER, value);
+            headers.insert(&SESSION_HEADER, value);
         }
         None => {
             // Never leak an unsealed id that other replicas could not route.
             tracing::warn!("cannot seal a session id; dropping the header");
-            headers.remove(SESSION_HEADER);
+            headers.remove(&SESSION_HEADER);
         }
     }
 }
@@ -281,7 +281,7 @@ fn track_session<'r>(
     let status = response.status();
     let minted = response
         .headers()
-        .get(SESSION_HEADER)
+        .get(&SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|id| !id.is_empty())
         .filter(|id| meta.session.as_deref() != Some(*id) && status.is_success());
