@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
@@ -273,7 +273,7 @@ where
             // The connection first: it is what wakes the task nearly every time.
             biased;
             result = connection.as_mut() => break result,
-            () = shutdown.cancelled(), if !shutting_down => {
+            () = until_cancelled(shutdown), if !shutting_down => {
                 shutting_down = true;
                 match first_deadline.as_mut().as_pin_mut() {
                     Some(deadline) if !activity.has_arrived() => {
@@ -333,11 +333,49 @@ pub enum Ended {
 }
 
 /// Waits for the timer in `slot`; never, if there is none.
+/// When the timer in `slot` fires; never without one. Polled on each wake-up of a busy
+/// connection, it looks at the timer only when it has fired (an atomic load) or the task's
+/// waker is not the one the timer holds ([`needs_poll`]).
 async fn until_due(mut slot: Pin<&mut Option<tokio::time::Sleep>>) {
-    match slot.as_mut().as_pin_mut() {
-        Some(sleep) => sleep.await,
-        None => std::future::pending().await,
+    let mut seen = None;
+    std::future::poll_fn(|cx| {
+        let Some(sleep) = slot.as_mut().as_pin_mut() else {
+            return Poll::Pending;
+        };
+        if !needs_poll(&mut seen, cx) && !sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        sleep.poll(cx)
+    })
+    .await
+}
+
+/// When `shutdown` is cancelled. tokio's signal takes a lock each time it is looked at; this
+/// looks at the token's flag instead once the signal holds the task's waker.
+async fn until_cancelled(shutdown: &CancellationToken) {
+    let mut cancelled = std::pin::pin!(shutdown.cancelled());
+    let mut seen = None;
+    std::future::poll_fn(|cx| {
+        if !needs_poll(&mut seen, cx) && !shutdown.is_cancelled() {
+            return Poll::Pending;
+        }
+        cancelled.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// Whether a future that keeps the waker of its last poll and wakes it itself (a timer, a
+/// cancellation) must be polled to learn more: only on the first poll, or when the task polls
+/// with another waker than the one it holds.
+fn needs_poll(seen: &mut Option<Waker>, cx: &Context<'_>) -> bool {
+    if seen
+        .as_ref()
+        .is_some_and(|waker| waker.will_wake(cx.waker()))
+    {
+        return false;
     }
+    *seen = Some(cx.waker().clone());
+    true
 }
 
 fn reset(mut slot: Pin<&mut Option<tokio::time::Sleep>>, at: Instant) {
@@ -385,4 +423,70 @@ pub fn redirect_response<B>(redirect: &Redirect, request: &Request<B>) -> Respon
     *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
     response.headers_mut().insert(header::LOCATION, location);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn waker() -> (Arc<Wakes>, Waker) {
+        let wakes = Arc::new(Wakes::default());
+        (Arc::clone(&wakes), Waker::from(wakes))
+    }
+
+    fn poll<F: Future>(future: Pin<&mut F>, waker: &Waker) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(waker))
+    }
+
+    #[test]
+    fn a_shutdown_wakes_the_last_waker_the_connection_polled_with() {
+        let token = CancellationToken::new();
+        let mut until = std::pin::pin!(until_cancelled(&token));
+        let (first_wakes, first) = waker();
+        assert!(poll(until.as_mut(), &first).is_pending());
+        assert!(poll(until.as_mut(), &first).is_pending());
+        let (second_wakes, second) = waker();
+        assert!(poll(until.as_mut(), &second).is_pending());
+        token.cancel();
+        assert_eq!(second_wakes.0.load(Ordering::SeqCst), 1, "the waker in use");
+        assert_eq!(first_wakes.0.load(Ordering::SeqCst), 0);
+        assert!(poll(until.as_mut(), &second).is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_timer_looked_at_only_once_it_fired_still_ends_the_wait() {
+        let mut slot = std::pin::pin!(Some(tokio::time::sleep(Duration::from_millis(20))));
+        let mut until = std::pin::pin!(until_due(slot.as_mut()));
+        let (wakes, waker) = waker();
+        assert!(poll(until.as_mut(), &waker).is_pending());
+        assert!(poll(until.as_mut(), &waker).is_pending());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while wakes.0.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the timer never fired");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(poll(until.as_mut(), &waker).is_ready());
+    }
+
+    #[tokio::test]
+    async fn without_a_timer_the_wait_never_ends() {
+        let mut slot = std::pin::pin!(None::<tokio::time::Sleep>);
+        let mut until = std::pin::pin!(until_due(slot.as_mut()));
+        let (_, waker) = waker();
+        assert!(poll(until.as_mut(), &waker).is_pending());
+    }
 }
