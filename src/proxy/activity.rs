@@ -3,13 +3,12 @@
 //! body was read to the end. [`super::serve::drive`] reads it for its timers, and an HTTP/1
 //! connection to decide when to set its socket aside ([`super::version`]).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::slot::Spare;
 use crate::upstream::body::BodyRead;
 
 #[derive(Debug, Clone, Default)]
@@ -25,14 +24,6 @@ struct Counts {
     last_end: AtomicU64,
     opened: Instant,
     body_read: BodyRead,
-    /// What the service keeps between requests, let go when the connection parks.
-    spare: OnceLock<Arc<dyn Spare>>,
-}
-
-impl std::fmt::Debug for dyn Spare {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Spare")
-    }
 }
 
 impl Default for Counts {
@@ -50,7 +41,6 @@ impl Counts {
             last_end: AtomicU64::new(0),
             opened: Instant::now(),
             body_read,
-            spare: OnceLock::new(),
         }
     }
 }
@@ -72,17 +62,6 @@ impl Activity {
         counts.body_read.arrived(!request.body().is_end_stream());
         counts.open_requests.fetch_add(1, Ordering::AcqRel);
         OpenRequest(Arc::clone(counts))
-    }
-
-    /// `spare` is let go whenever the connection parks.
-    pub fn keep_spare(&self, spare: Arc<dyn Spare>) {
-        let _ = self.0.spare.set(spare);
-    }
-
-    pub fn release_spare(&self) {
-        if let Some(spare) = self.0.spare.get() {
-            spare.release();
-        }
     }
 
     pub fn has_arrived(&self) -> bool {

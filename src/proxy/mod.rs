@@ -13,7 +13,6 @@ pub mod request;
 pub mod request_id;
 pub mod respond;
 pub mod serve;
-pub mod slot;
 mod strict;
 pub mod takeover;
 pub mod version;

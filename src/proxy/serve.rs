@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -31,7 +31,6 @@ use crate::state::{Snapshot, State};
 use super::activity::Activity;
 use super::body::ResponseBody;
 use super::request::{self, ConnInfo};
-use super::slot::Home;
 use super::takeover::{self, Taken};
 use super::version::{self, Builders};
 
@@ -186,24 +185,21 @@ pub async fn serve<IO>(
     let activity = Activity::new(conn.body_read.clone());
     let upgrade = Arc::clone(&conn.upgrade);
     let requests = activity.clone();
-    let home = Home::new();
-    let requests_home = Arc::clone(&home);
     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
         let open = requests.request(&request);
         let state = Arc::clone(&service_state);
         let conn = Arc::clone(&conn);
         let redirect = redirect.clone();
-        let http1 = request.version() != Version::HTTP_2;
-        let future = async move {
+        // Boxed: hyper keeps a slot the size of the service future for the whole connection, so
+        // an unboxed one would hold a whole request's state per idle keep-alive or SSE connection.
+        Box::pin(async move {
             let response = match redirect {
                 Some(redirect) => redirect_response(&redirect, &request),
                 None => request::handle(state, conn, request).await,
             };
             Ok::<_, Infallible>(response.map(|body| body.count(open)))
-        };
-        requests_home.place(future, http1)
+        })
     });
-    activity.keep_spare(home);
     let parked = &state.metrics.connections_parked;
     let connection = http.serve_connection(io, service, &activity, upgrade, parked);
     tokio::pin!(connection);

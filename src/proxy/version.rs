@@ -415,7 +415,6 @@ impl<I: Io, S: Service> Serving<I, S> {
         }
         match (ending, error) {
             (Some(Ending::Park), None) if read_ahead.is_empty() => {
-                setting.activity.release_spare();
                 let parked = Some(Parked::new(&setting.parked));
                 let detecting = Detecting::new(io, parts.service, setting, parked);
                 Connection::Detecting(Box::new(detecting))
