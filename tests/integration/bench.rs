@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
-use crate::support::TestProxy;
+use crate::support::{TestProxy, get_text};
 use crate::tls::{Pki, tls_line};
 
 /// Serves `switchyard::tools::backend::bench::handle` on a free loopback port until the test ends.
@@ -100,27 +100,14 @@ async fn echo_returns_the_body_and_sse_sends_timestamps() {
 #[tokio::test]
 async fn a_random_phase_spreads_the_first_events_of_streams_opened_together() {
     let address = bench_backend().await;
-    let client = reqwest::Client::new();
-    let first_stamps = |query: &'static str| {
-        let client = client.clone();
-        async move {
-            let streams = (0..20).map(|_| {
-                let client = client.clone();
-                async move {
-                    let text = client
-                        .get(format!("http://{address}/bench/sse?{query}"))
-                        .send()
-                        .await
-                        .unwrap()
-                        .text()
-                        .await
-                        .unwrap();
-                    let stamp = text.strip_prefix("data: ").unwrap().trim_end();
-                    stamp.parse::<u128>().unwrap()
-                }
-            });
-            futures_util::future::join_all(streams).await
-        }
+    let first_stamps = |query: &'static str| async move {
+        let url = format!("http://{address}/bench/sse?{query}");
+        let streams = (0..20).map(|_| async {
+            let text = get_text(&url).await;
+            let stamp = text.strip_prefix("data: ").unwrap().trim_end();
+            stamp.parse::<u128>().unwrap()
+        });
+        futures_util::future::join_all(streams).await
     };
     let spread = |stamps: &[u128]| stamps.iter().max().unwrap() - stamps.iter().min().unwrap();
     let aligned = first_stamps("every_ms=1000&count=1").await;

@@ -43,12 +43,18 @@ async fn untrusted_client_address_headers_are_replaced() {
     );
 }
 
-#[tokio::test]
-async fn trusted_proxies_keep_their_address_headers() {
+/// A backend and a proxy that trusts every loopback peer as a proxy in front of it.
+async fn behind_a_trusted_proxy() -> (TestBackend, TestProxy) {
     let b1 = TestBackend::start("b1").await;
     let routing = "\"blue\"\ntrusted_proxies = [\"127.0.0.0/8\"]";
     let config = config_for_addresses(&[("blue", &[b1.address])], routing, "");
     let proxy = TestProxy::start(&config).await;
+    (b1, proxy)
+}
+
+#[tokio::test]
+async fn trusted_proxies_keep_their_address_headers() {
+    let (_b1, proxy) = behind_a_trusted_proxy().await;
     let told = "forwarded: for=203.0.113.7;proto=https\r\nx-forwarded-for: 203.0.113.7\r\n\
                 x-real-ip: 203.0.113.7\r\n";
     let seen = headers_behind(&proxy, told).await;
@@ -111,10 +117,7 @@ async fn each_forwarding_field_and_the_request_id_reach_the_backend_once() {
 
 #[tokio::test]
 async fn a_trusted_proxys_forwarding_fields_are_extended_or_kept_once() {
-    let b1 = TestBackend::start("b1").await;
-    let routing = "\"blue\"\ntrusted_proxies = [\"127.0.0.0/8\"]";
-    let config = config_for_addresses(&[("blue", &[b1.address])], routing, "");
-    let proxy = TestProxy::start(&config).await;
+    let (_b1, proxy) = behind_a_trusted_proxy().await;
     let told = "forwarded: for=203.0.113.7\r\nx-forwarded-for: 203.0.113.7\r\n\
                 x-forwarded-proto: https\r\nx-forwarded-host: public.example\r\n";
     let expected = [
