@@ -375,7 +375,7 @@ loadgen() {
 
 # CPU seconds used so far by the comma-separated processes: "user system", each summed.
 cpu_seconds() {
-    local pid user=0 system=0
+    local pid u s user=0 system=0
     for pid in ${1//,/ }; do
         read -r u s < <(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12, $13}')
         user=$((user + u))
@@ -402,8 +402,8 @@ EOF
     requests=$(awk '/requests in/ {print $1}' <<<"$output")
     read -r user system < <(awk -v a="$after" -v b="$before" \
         'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.3f %.3f\n", x[1] - y[1], x[2] - y[2]}')
-    # user + kernel is the CPU figure; the split shows how much of it the kernel's TCP work is,
-    # which no proxy's own code can remove.
+    # user + kernel is the CPU figure; the split shows how much of it is the kernel's loopback TCP
+    # work for both sockets, which a proxy's own code can cut only by making fewer syscalls.
     echo "{\"label\":\"$label\",\"round\":$ROUND,\"mode\":\"wrk\",\"per_second\":${rps:-0},\"ok\":${requests:-0},\"watched_cpu_seconds\":$(awk -v u="$user" -v s="$system" 'BEGIN {printf "%.3f", u + s}'),\"watched_user_seconds\":$user,\"watched_system_seconds\":$system}" >>"$RESULTS"
 }
 
